@@ -1,0 +1,220 @@
+"""Discover: which processes to trace, what they are called, what sockets they hold.
+
+Everything is read through procfs.SysRoot, so unit tests run on a fake /proc.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
+
+from .privacy import Redactor
+from .procfs import TCP_ESTABLISHED, TCP_LISTEN, SysRoot
+
+log = logging.getLogger("spanprobe.discovery")
+
+INTERPRETERS = ("python", "node", "ruby", "perl", "php", "bash", "sh", "java", "deno", "bun")
+_INSTANCE_NS = uuid.UUID("6f1c9e53-0a1d-4c55-9d3e-5f7a2b8c4e10")
+
+
+@dataclass
+class ProcessInfo:
+    pid: int
+    exe: str | None
+    cmdline: list[str]
+    comm: str
+    env_service_name: str | None
+    start_time: int | None
+
+    @property
+    def exe_name(self) -> str:
+        if self.exe:
+            return os.path.basename(self.exe.removesuffix(" (deleted)"))
+        return self.comm
+
+    @property
+    def script(self) -> str | None:
+        """The script or module an interpreter runs (python app.py, python -m pkg)."""
+        if not self.exe_name.startswith(INTERPRETERS) or len(self.cmdline) < 2:
+            return None
+        args = self.cmdline[1:]
+        i = 0
+        while i < len(args):
+            a = args[i]
+            if a == "-m" and i + 1 < len(args):
+                return args[i + 1]
+            if a == "-c":
+                return None
+            if a.startswith("-"):
+                i += 2 if a in ("-W", "-X", "-Q") else 1
+                continue
+            return os.path.basename(a)
+        return None
+
+    @property
+    def service_name(self) -> str:
+        if self.env_service_name:
+            return self.env_service_name
+        script = self.script
+        if script:
+            return script.removesuffix(".py").removesuffix(".js").removesuffix(".rb")
+        return self.exe_name or f"pid-{self.pid}"
+
+    def names(self) -> set[str]:
+        out = {self.comm, self.exe_name}
+        if self.exe:
+            out.add(self.exe)
+        if self.script:
+            out.add(self.script)
+            out.add(self.script.removesuffix(".py"))
+        if self.cmdline:
+            out.add(os.path.basename(self.cmdline[0]))
+        return {n for n in out if n}
+
+
+class ProcessRegistry:
+    """pid -> ProcessInfo, read once per exec and forgotten at exit."""
+
+    def __init__(self, root: SysRoot, redactor: Redactor):
+        self.root = root
+        self.redactor = redactor
+        self.procs: dict[int, ProcessInfo] = {}
+        self.boot_id = root.boot_id()
+
+    def get(self, pid: int) -> ProcessInfo | None:
+        info = self.procs.get(pid)
+        if info is None:
+            info = self.read(pid)
+            if info is not None:
+                self.procs[pid] = info
+        return info
+
+    def read(self, pid: int) -> ProcessInfo | None:
+        cmdline = self.root.cmdline(pid)
+        comm = self.root.comm(pid)
+        if cmdline is None or comm is None:
+            return None
+        env = self.root.environ(pid)
+        return ProcessInfo(pid, self.root.exe(pid), cmdline, comm,
+                           env.get("OTEL_SERVICE_NAME") or None, self.root.start_time(pid))
+
+    def refresh(self, pid: int) -> ProcessInfo | None:
+        self.procs.pop(pid, None)
+        return self.get(pid)
+
+    def forget(self, pid: int) -> None:
+        self.procs.pop(pid, None)
+
+    def instance_id(self, info: ProcessInfo) -> str:
+        """Stable for the life of one process, distinct across restarts and hosts."""
+        return str(uuid.uuid5(_INSTANCE_NS, f"{self.boot_id}:{info.pid}:{info.start_time}"))
+
+    def resource_attributes(self, info: ProcessInfo) -> dict[str, object]:
+        return {
+            "service.name": info.service_name,
+            "service.instance.id": self.instance_id(info),
+            "process.pid": info.pid,
+            "process.executable.name": info.exe_name,
+            "process.executable.path": info.exe or "",
+            "process.command_line": self.redactor.command_line(info.cmdline),
+        }
+
+
+@dataclass
+class Selection:
+    """Which processes to trace. Empty = every process that speaks HTTP."""
+
+    ports: set[int] = field(default_factory=set)
+    pids: set[int] = field(default_factory=set)
+    exe: set[str] = field(default_factory=set)
+    exclude_exe: set[str] = field(default_factory=set)
+
+    @property
+    def trace_all(self) -> bool:
+        return not (self.ports or self.pids or self.exe)
+
+    def excluded(self, info: ProcessInfo) -> bool:
+        return bool(self.exclude_exe & info.names())
+
+    def matches(self, info: ProcessInfo) -> bool:
+        if self.excluded(info):
+            return False
+        if self.trace_all:
+            return True
+        return info.pid in self.pids or bool(self.exe & info.names())
+
+    def kernel_comms(self) -> list[str]:
+        """exe names the kernel can match by comm at exec (first 15 bytes)."""
+        return sorted({e[:15] for e in self.exe if "/" not in e})
+
+
+@dataclass(frozen=True)
+class ExistingConnection:
+    pid: int
+    fd: int
+    role: int                 # events.ROLE_SERVER / ROLE_CLIENT
+    local: tuple[str, int]
+    peer: tuple[str, int]
+
+
+def listening_ports(root: SysRoot, pid: int | str = "self") -> set[int]:
+    return {s.local_port for s in root.tcp_sockets(pid) if s.state == TCP_LISTEN}
+
+
+def scan(root: SysRoot, selection: Selection, self_pid: int) -> tuple[list[int], list[ExistingConnection]]:
+    """Processes selected now, and the TCP connections they already hold.
+
+    Connections opened before the agent started are adopted so keep-alive clients
+    that connected earlier are still traced; their role follows from the ports that
+    are listening in the process's network namespace.
+    """
+    from .events import ROLE_CLIENT, ROLE_SERVER
+
+    registry = ProcessRegistry(root, Redactor([], []))
+    selected: list[int] = []
+    existing: list[ExistingConnection] = []
+    listen_cache: dict[str, tuple[set[int], dict[int, object]]] = {}
+    for pid in root.pids():
+        if pid == self_pid:
+            continue
+        info = registry.read(pid)
+        if info is None:
+            continue
+        inodes = root.socket_inodes(pid)
+        by_port = False
+        if selection.ports and inodes:
+            sockets = root.tcp_sockets(pid)
+            by_port = any(s.state == TCP_LISTEN and s.local_port in selection.ports
+                          and s.inode in inodes.values() for s in sockets)
+        if not (selection.matches(info) or (by_port and not selection.excluded(info))):
+            continue
+        selected.append(pid)
+        if not inodes:
+            continue
+        netns = (root.fd_links(pid) and os.path.realpath(root.path("proc", str(pid), "ns", "net"))) or str(pid)
+        if netns not in listen_cache:
+            socks = root.tcp_sockets(pid)
+            listen_cache[netns] = ({s.local_port for s in socks if s.state == TCP_LISTEN},
+                                   {s.inode: s for s in socks})
+        listening, by_inode = listen_cache[netns]
+        for fd, inode in inodes.items():
+            s = by_inode.get(inode)
+            if s is None or s.state != TCP_ESTABLISHED:
+                continue
+            role = ROLE_SERVER if s.local_port in listening else ROLE_CLIENT
+            existing.append(ExistingConnection(pid, fd, role, (s.local_addr, s.local_port),
+                                               (s.remote_addr, s.remote_port)))
+    return selected, existing
+
+
+def listen_address(root: SysRoot, pid: int, fd: int) -> tuple[str, int] | None:
+    """Local address of a listening socket, from its inode (cached by the caller)."""
+    inode = root.socket_inodes(pid).get(fd)
+    if inode is None:
+        return None
+    for s in root.tcp_sockets(pid):
+        if s.inode == inode:
+            return s.local_addr, s.local_port
+    return None

@@ -1,0 +1,226 @@
+"""Attach: compile the kernel side with bcc for one plan, attach its probes, detach.
+
+All variation is passed as -D constants; the C source is never templated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import events as ev
+from .errors import KernelUnsupported, ProbeAttachError
+from .kernel import KernelFeatures
+from .probes import MODE_IDS, Plan, candidates, make_plan
+
+log = logging.getLogger("spanprobe.loader")
+
+SLOW_WRITE_NS = 100_000
+WAKEUP_EVERY = 64
+QUIET = ["-Wno-duplicate-decl-specifier", "-Wno-address-of-packed-member",
+         "-Wno-ignored-attributes", "-Wno-unknown-warning-option", "-Wno-macro-redefined"]
+
+
+def bpf_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "bpf", here.parent.parent / "bpf"):
+        if (candidate / "spanprobe.bpf.c").exists():
+            return candidate
+    raise KernelUnsupported("bpf/spanprobe.bpf.c not found next to the package; reinstall spanprobe")
+
+
+def import_bcc():
+    try:
+        import bcc  # noqa: F401
+        return bcc
+    except ImportError:
+        raise KernelUnsupported(
+            "bcc's Python module is missing: apt-get install python3-bpfcc, and run the agent "
+            "with Debian's python3 or a venv made by /usr/bin/python3 -m venv --system-site-packages"
+        ) from None
+
+
+@dataclass
+class BpfSession:
+    plan: Plan
+    bpf: object
+    attached: list[str] = field(default_factory=list)
+    compile_s: float = 0.0
+
+    # ---- maps ----
+    def table(self, name: str):
+        return self.bpf[name.encode()]
+
+    def select_pid(self, pid: int, excluded: bool = False, capture: int = 0) -> None:
+        t = self.table("traced")
+        t[t.Key(pid)] = t.Leaf(capture=capture, excluded=1 if excluded else 0)
+
+    def forget_pid(self, pid: int) -> None:
+        t = self.table("traced")
+        with contextlib.suppress(KeyError):
+            del t[t.Key(pid)]
+
+    def select_comm(self, comm: str) -> None:
+        t = self.table("exe_names")
+        key = t.Key()
+        key.name = comm.encode()[:15]
+        t[key] = t.Leaf(1)
+
+    def select_port(self, port: int) -> None:
+        t = self.table("ports")
+        t[t.Key(port)] = t.Leaf(1)
+
+    def adopt_connection(self, pid: int, fd: int, conn_id: int, role: int) -> None:
+        t = self.table("conns")
+        t[t.Key(tgid=pid, fd=fd)] = t.Leaf(conn_id=conn_id, role=role, proto=0)
+
+    def counters(self) -> dict[str, int]:
+        t = self.table("counters")
+        out = {}
+        for slot, name in ev.COUNTERS.items():
+            try:
+                out[name] = int(sum(t[t.Key(slot)]))
+            except KeyError:
+                out[name] = 0
+        return out
+
+    # ---- events ----
+    def open_buffer(self, on_raw, on_lost, pages: int) -> None:
+        events = self.table("events")
+        if self.plan.transport == "ringbuf":
+            events.open_ring_buffer(on_raw)
+        else:
+            events.open_perf_buffer(on_raw, page_cnt=max(8, pages // os.cpu_count()),
+                                    lost_cb=on_lost)
+
+    def poll(self, timeout_ms: int) -> None:
+        if self.plan.transport == "ringbuf":
+            self.bpf.ring_buffer_poll(timeout_ms)
+            self.bpf.ring_buffer_consume()
+        else:
+            self.bpf.perf_buffer_poll(timeout_ms)
+
+    def close(self) -> None:
+        self.bpf.cleanup()
+
+
+def cflags(plan: Plan, settings, feats: KernelFeatures, self_pid: int, trace_all: bool) -> list[str]:
+    flags = [f"-I{bpf_dir()}",
+             f"-DSP_MODE={MODE_IDS[plan.strategy]}",
+             f"-DSP_USE_RINGBUF={1 if plan.transport == 'ringbuf' else 0}",
+             f"-DSP_TRACE_ALL={1 if trace_all else 0}",
+             f"-DSP_SELF_TGID={self_pid}",
+             f"-DSP_CAPTURE_BYTES={settings['capture_bytes']}",
+             f"-DSP_RINGBUF_PAGES={settings['ring_buffer_pages']}",
+             f"-DSP_WAKEUP_EVERY={WAKEUP_EVERY}",
+             f"-DSP_SLOW_WRITE_NS={SLOW_WRITE_NS}",
+             f"-DSP_WITH_PORTS={1 if any(p.name == 'sock:inet_sock_set_state' for p in plan.tracepoints) else 0}",
+             f"-DSP_SYSCALL_PREFIX={feats.syscall_prefix or '__x64_sys_'}"]
+    flags += [f"-DSP_HOOK_{p.name}=1" for p in plan.syscalls]
+    return flags + QUIET
+
+
+def _short(exc: BaseException, stderr: str) -> str:
+    """The first compiler or verifier line worth showing."""
+    for line in stderr.splitlines():
+        if re.search(r"error:|invalid|unknown func|R\d+ |permission|not supported", line, re.I):
+            return line.strip()[:300]
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+
+
+def load(plan: Plan, settings, feats: KernelFeatures, self_pid: int, trace_all: bool) -> BpfSession:
+    import time
+
+    bcc = import_bcc()
+    src = bpf_dir() / "spanprobe.bpf.c"
+    flags = cflags(plan, settings, feats, self_pid, trace_all)
+    t0 = time.monotonic()
+    err = io.StringIO()
+    try:
+        with _capture_stderr(err):
+            b = bcc.BPF(src_file=str(src).encode(), cflags=flags)
+    except Exception as exc:
+        raise ProbeAttachError(f"{plan.strategy}: compile/load failed: {_short(exc, err.getvalue())}") from None
+    session = BpfSession(plan, b, compile_s=time.monotonic() - t0)
+    try:
+        for p in plan.tracepoints:
+            session.attached.append(p.name)      # TRACEPOINT_PROBE: bcc attached it at load
+        for p in plan.syscalls:
+            _attach_syscall(session, p, feats)
+    except ProbeAttachError:
+        session.close()
+        raise
+    return session
+
+
+def _attach_syscall(session: BpfSession, probe, feats: KernelFeatures) -> None:
+    b = session.bpf
+    name = probe.name
+    strategy = session.plan.strategy
+    try:
+        if strategy == "tracepoint":
+            b.attach_tracepoint(tp=f"syscalls:sys_enter_{name}".encode(), fn_name=f"sp_enter_{name}".encode())
+            if not probe.entry_only:
+                b.attach_tracepoint(tp=f"syscalls:sys_exit_{name}".encode(), fn_name=f"sp_exit_{name}".encode())
+        elif strategy == "kprobe":
+            fn = f"{feats.syscall_prefix}{name}".encode()
+            b.attach_kprobe(event=fn, fn_name=f"sp_enter_{name}".encode())
+            if not probe.entry_only:
+                b.attach_kretprobe(event=fn, fn_name=f"sp_exit_{name}".encode())
+        elif strategy == "fentry":
+            # bcc attached kfunc__/kretfunc__ programs when it loaded them
+            want = f"kfunc__{feats.syscall_prefix}{name}".encode()
+            if want not in b.kfunc_entry_fds:
+                raise RuntimeError("fentry program not attached")
+    except Exception as exc:
+        if probe.required:
+            raise ProbeAttachError(f"{strategy}: required probe {name} failed to attach: {exc}") from None
+        session.plan.skipped.append((name, f"attach failed: {exc}"))
+        log.warning("optional probe %s not attached (%s): %s", name, probe.why, exc)
+        return
+    session.attached.append(f"{strategy}:{name}")
+
+
+@contextlib.contextmanager
+def _capture_stderr(sink: io.StringIO):
+    """bcc prints compiler and verifier output on fd 2; keep it for the error message."""
+    import tempfile
+
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read()
+            sink.write(text)
+            if log.isEnabledFor(logging.DEBUG) and text:
+                log.debug("bcc output:\n%s", text[-4000:])
+
+
+def load_best(feats: KernelFeatures, settings, self_pid: int, trace_all: bool) -> tuple[BpfSession, list[tuple[str, str]]]:
+    """Try each usable strategy in order; return the first that attaches, with the
+    reasons the others were passed over."""
+    usable, refused = candidates(feats, settings["attach_mode"])
+    tried = list(refused)
+    for strategy in usable:
+        try:
+            plan = make_plan(feats, strategy, settings, settings["buffer"])
+            session = load(plan, settings, feats, self_pid, trace_all)
+            return session, tried
+        except (ProbeAttachError, KernelUnsupported) as exc:
+            log.info("strategy %s not usable: %s", strategy, exc)
+            tried.append((strategy, str(exc)))
+    reasons = "; ".join(f"{s}: {why}" for s, why in tried)
+    if settings["attach_mode"] != "auto":
+        raise ProbeAttachError(f"attach_mode {settings['attach_mode']} is not usable here ({reasons}); "
+                               "use --attach-mode auto")
+    raise ProbeAttachError(f"no attach strategy works on this kernel ({reasons})")

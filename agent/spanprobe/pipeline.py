@@ -1,0 +1,266 @@
+"""The agent: discover -> attach -> decode -> assemble spans -> export, in one loop."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from . import events as ev
+from .clock import MonotonicToWall
+from .config import Settings
+from .discovery import ProcessRegistry, Selection, listen_address, scan
+from .errors import PermissionProblem
+from .export import ExportQueue, make_exporters
+from .kernel import KernelFeatures, detect, ensure_tracefs
+from .loader import BpfSession, load_best
+from .notify import sd_notify
+from .privacy import Redactor
+from .probes import SYSCALLS, TRACEPOINTS
+from .procfs import SysRoot
+from .routes import RouteMatcher
+from .spans import SpanBuilder
+from .streams import Assembler, Exchange
+
+log = logging.getLogger("spanprobe")
+
+
+def agent_resource_attributes(settings: Settings, env: dict[str, str]) -> dict[str, object]:
+    """OTEL_RESOURCE_ATTRIBUTES of the agent, then the config's resource_attributes."""
+    from urllib.parse import unquote
+
+    attrs: dict[str, object] = {}
+    for item in env.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        k, sep, v = item.partition("=")
+        if sep and k.strip() and k.strip() != "service.name":
+            attrs[unquote(k.strip())] = unquote(v.strip())
+    attrs.update({str(k): v for k, v in settings["resource_attributes"].items()})
+    return attrs
+
+
+@dataclass
+class Stats:
+    events: int = 0
+    decode_errors: int = 0
+    perf_lost: int = 0
+    spans: int = 0
+    span_errors: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Agent:
+    def __init__(self, settings: Settings, root: SysRoot | None = None,
+                 stop_after: float | None = None, env: dict[str, str] | None = None):
+        self.settings = settings
+        self.root = root or SysRoot("/")
+        self.env = dict(os.environ if env is None else env)
+        self.stop_after = stop_after
+        self.stop = threading.Event()
+        self.stats = Stats()
+        self.redactor = Redactor(settings["privacy.redact_headers"], settings["privacy.redact_query_params"])
+        self.selection = Selection(set(settings["select.ports"]), set(settings["select.pids"]),
+                                   set(settings["select.exe"]), set(settings["select.exclude_exe"]))
+        self.registry = ProcessRegistry(self.root, self.redactor)
+        self.clock = MonotonicToWall()
+        self.builder = SpanBuilder(self.registry, RouteMatcher(settings["routes"]), self.redactor,
+                                   self.clock, self.root.hostname(),
+                                   agent_resource_attributes(settings, self.env))
+        self.assembler = Assembler(self._exchange_done, self._listen_address)
+        self._listen_cache: dict[tuple[int, int], tuple[str, int] | None] = {}
+        self._batch: list[bytes] = []
+        self._spans: list = []
+        self.session: BpfSession | None = None
+        self.exporter: ExportQueue | None = None
+        self.features: KernelFeatures | None = None
+        self.passed_over: list[tuple[str, str]] = []
+
+    # ---- set-up ----
+    def start(self) -> None:
+        if os.geteuid() != 0:
+            raise PermissionProblem("spanprobe run needs root (or CAP_BPF, CAP_PERFMON, "
+                                    "CAP_SYS_RESOURCE, CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE): "
+                                    "run it with sudo")
+        ensure_tracefs(self.root)
+        self.features = detect(self.root, SYSCALLS, TRACEPOINTS)
+        self_pid = os.getpid()
+        selected, existing = scan(self.root, self.selection, self_pid)
+        self.session, self.passed_over = load_best(self.features, self.settings, self_pid,
+                                                   self.selection.trace_all)
+        s = self.session
+        for comm in self.selection.kernel_comms():
+            s.select_comm(comm)
+        for port in self.selection.ports:
+            s.select_port(port)
+        if not self.selection.trace_all:
+            for pid in selected:
+                s.select_pid(pid)
+        elif self.selection.exclude_exe:
+            for pid in self.root.pids():
+                info = self.registry.get(pid)
+                if info is not None and self.selection.excluded(info):
+                    s.select_pid(pid, excluded=True)
+        now = time.monotonic_ns()
+        for i, c in enumerate(existing):
+            conn_id = now + i
+            s.adopt_connection(c.pid, c.fd, conn_id, c.role)
+            self.assembler.adopt(c.pid, c.fd, conn_id, c.role, c.local, c.peer, now)
+        s.open_buffer(self._on_raw, self._on_lost, self.settings["ring_buffer_pages"])
+        self.exporter = ExportQueue(make_exporters(self.settings), self.settings["export.queue_size"],
+                                    self.settings["export.batch_size"], self.settings["export.max_attempts"])
+        hooks = ",".join(s.attached)
+        log.info("ready strategy=%s transport=%s compile=%.1fs selected=%s adopted=%d hooks=%s",
+                 s.plan.strategy, s.plan.transport, s.compile_s,
+                 "all" if self.selection.trace_all else len(selected), len(existing), hooks)
+        for name, why in s.plan.skipped:
+            log.info("probe %s skipped: %s", name, why)
+        for name, why in self.passed_over:
+            log.info("strategy %s passed over: %s", name, why)
+        sd_notify(f"READY=1\nSTATUS=tracing with {s.plan.strategy}", self.env)
+
+    # ---- buffer callbacks (called from inside bcc's poll) ----
+    def _on_raw(self, ctx, data, size) -> int:
+        self._batch.append(ctypes.string_at(data, size))
+        return 0
+
+    def _on_lost(self, count) -> None:
+        self.stats.perf_lost += count
+
+    # ---- the loop ----
+    def run(self) -> int:
+        deadline = time.monotonic() + self.stop_after if self.stop_after else None
+        interval = self.settings["poll_interval_ms"]
+        next_stats = time.monotonic() + self.settings["stats_interval_s"]
+        try:
+            while not self.stop.is_set():
+                t0 = time.monotonic()
+                self.session.poll(interval)
+                self.process_batch()
+                now = time.monotonic()
+                if now >= next_stats:
+                    self.log_stats("stats")
+                    next_stats = now + self.settings["stats_interval_s"]
+                    self.clock.tick()
+                if deadline and now >= deadline:
+                    break
+                # the poll returns early when woken; keep the cadence so events batch
+                rest = interval / 1000 - (time.monotonic() - t0)
+                if rest > 0:
+                    self.stop.wait(rest)
+        finally:
+            self.shutdown()
+        return 0
+
+    def process_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        if self.session.plan.transport == "perf":
+            batch.sort(key=lambda raw: raw[:8])   # per-CPU buffers: restore time order
+        self.stats.events += len(batch)
+        decode = ev.decode
+        asm = self.assembler
+        for raw in batch:
+            try:
+                e = decode(raw)
+            except ev.DecodeError as exc:
+                self.stats.decode_errors += 1
+                log.debug("decode error: %s", exc)
+                continue
+            kind = e.h.kind
+            if kind == ev.EV_DATA:
+                asm.data(e)
+            elif kind == ev.EV_WRITE_RESULT:
+                asm.write_result(e)
+            elif kind == ev.EV_CONN_OPEN:
+                asm.open(e)
+            elif kind == ev.EV_CONN_CLOSE:
+                asm.close(e)
+            elif kind == ev.EV_CONN_PORTS:
+                asm.ports(e)
+            elif kind == ev.EV_PROC_EXEC:
+                self._exec(e.h.tgid)
+            elif kind == ev.EV_PROC_EXIT:
+                self._exit(e.h.tgid, e.h.ts_ns)
+        asm.drain()
+        if self._spans:
+            spans, self._spans = self._spans, []
+            self.stats.spans += len(spans)
+            self.exporter.submit(spans)
+
+    def _exchange_done(self, x: Exchange) -> None:
+        try:
+            self._spans.append(self.builder.build(x))
+        except Exception as exc:    # one odd exchange must not stop the agent
+            self.stats.span_errors += 1
+            log.debug("span build failed: %s", exc, exc_info=True)
+
+    def _exec(self, pid: int) -> None:
+        info = self.registry.refresh(pid)
+        self.builder.forget(pid)
+        if info is None:
+            return
+        if self.selection.trace_all:
+            if self.selection.excluded(info):
+                self.session.select_pid(pid, excluded=True)
+        elif self.selection.matches(info):
+            self.session.select_pid(pid)
+
+    def _exit(self, pid: int, ts: int) -> None:
+        self.assembler.process_exit(pid, ts)
+        self.assembler.drain()
+        self.registry.forget(pid)
+        self.builder.forget(pid)
+        for key in [k for k in self._listen_cache if k[0] == pid]:
+            del self._listen_cache[key]
+
+    def _listen_address(self, pid: int, fd: int):
+        key = (pid, fd)
+        if key not in self._listen_cache:
+            self._listen_cache[key] = listen_address(self.root, pid, fd)
+        return self._listen_cache[key]
+
+    # ---- reporting and stop ----
+    def counters(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "events_received": self.stats.events,
+            "decode_errors": self.stats.decode_errors,
+            "spans_built": self.stats.spans,
+            "span_build_errors": self.stats.span_errors,
+            "perf_events_lost": self.stats.perf_lost,
+        }
+        if self.session is not None:
+            out.update({f"kernel_{k}": v for k, v in self.session.counters().items()})
+        out.update(self.assembler.counts)
+        if self.exporter is not None:
+            out.update(self.exporter.counts)
+        return out
+
+    def log_stats(self, label: str) -> None:
+        log.info("%s %s", label, json.dumps(self.counters(), sort_keys=True))
+
+    def shutdown(self) -> None:
+        if self.session is None:
+            return
+        try:
+            self.session.poll(0)
+            self.process_batch()
+        except Exception as exc:
+            log.warning("final drain failed: %s", exc)
+        if self.exporter is not None:
+            self.exporter.shutdown(timeout=3.0)
+        self.log_stats("final")
+        self.session.close()
+        self.session_closed = True
+        log.info("stopped: every probe detached")
+
+
+def install_signal_handlers(agent: Agent) -> None:
+    def handler(signum, frame):
+        agent.stop.set()
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,68 @@
+"""What never leaves the host: credentials in headers, secret-looking query values and
+command-line arguments."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, unquote
+
+REDACTED = "REDACTED"
+_SECRET_WORDS = re.compile(r"(pass(word|wd)?|pwd|secret|token|key|auth|credential|signature|session|jwt|cookie)",
+                           re.IGNORECASE)
+_URL_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://[^/:@\s]+):[^/@\s]+@", re.IGNORECASE)
+
+
+class Redactor:
+    def __init__(self, headers: list[str], query_params: list[str]):
+        self.headers = frozenset(h.lower() for h in headers)
+        self.params = frozenset(p.lower() for p in query_params)
+
+    def header_allowed(self, name: str) -> bool:
+        return name.lower() not in self.headers
+
+    def secret_param(self, name: str) -> bool:
+        low = unquote(name).lower()
+        return low in self.params or bool(_SECRET_WORDS.search(low))
+
+    def query(self, query: str) -> str:
+        """The query string with secret-looking values replaced."""
+        if not query:
+            return query
+        out = []
+        for pair in query.split("&"):
+            name, sep, value = pair.partition("=")
+            if sep and value and self.secret_param(name):
+                value = REDACTED
+            out.append(f"{name}{sep}{value}")
+        return "&".join(out)
+
+    def target(self, target: str) -> tuple[str, str]:
+        """(path, redacted query) of a request target."""
+        path, _, query = target.partition("?")
+        if path.startswith(("http://", "https://")):
+            rest = path.split("://", 1)[1]
+            path = "/" + rest.split("/", 1)[1] if "/" in rest else "/"
+        path = path.split("#", 1)[0] or "/"
+        return path, self.query(query.split("#", 1)[0])
+
+    def command_line(self, argv: list[str]) -> str:
+        """Arguments joined, secret values (--password=x, --token x, TOKEN=x) replaced."""
+        out = []
+        hide_next = False
+        for arg in argv:
+            if hide_next:
+                out.append(REDACTED)
+                hide_next = False
+                continue
+            if arg.startswith("-") and "=" not in arg and _SECRET_WORDS.search(arg):
+                out.append(arg)
+                hide_next = True
+                continue
+            # credentials in a URL, wherever it is (--db=postgres://u:p@h, DB_URL=...)
+            arg = _URL_USERINFO.sub(r"\1:" + quote(REDACTED) + "@", arg)
+            name, sep, value = arg.partition("=")
+            if sep and _SECRET_WORDS.search(name):
+                out.append(f"{name}={REDACTED}")
+            else:
+                out.append(arg)
+        return " ".join(out)

@@ -1,0 +1,112 @@
+"""Probes as data, and the plan that picks, from what this kernel offers, how to attach
+them. The fallback logic is the one loop in loader.load_best over PLAN_ORDER."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import KernelUnsupported
+from .kernel import KernelFeatures
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    kind: str                 # "syscall" (entry+exit per strategy) or "tracepoint" (category:event)
+    required: bool
+    why: str
+    entry_only: bool = False  # syscall whose result we do not need
+    only_with: str | None = None   # a setting that must be truthy for the probe to be wanted
+
+
+PROBES: tuple[Probe, ...] = (
+    Probe("accept4", "syscall", True, "inbound connections (glibc, Python, Go)"),
+    Probe("accept", "syscall", False, "inbound connections (older servers)"),
+    Probe("connect", "syscall", True, "outbound connections"),
+    Probe("read", "syscall", True, "bytes received"),
+    Probe("recvfrom", "syscall", True, "bytes received (socket.recv)"),
+    Probe("readv", "syscall", False, "bytes received into several buffers"),
+    Probe("recvmsg", "syscall", False, "bytes received with recvmsg"),
+    Probe("write", "syscall", True, "bytes sent"),
+    Probe("sendto", "syscall", True, "bytes sent (socket.send)"),
+    Probe("writev", "syscall", False, "bytes sent from several buffers"),
+    Probe("sendmsg", "syscall", False, "bytes sent with sendmsg"),
+    Probe("close", "syscall", True, "end of a connection", entry_only=True),
+    Probe("bind", "syscall", False, "services that start listening on a selected port later",
+          entry_only=True, only_with="select.ports"),
+    Probe("sched:sched_process_exec", "tracepoint", True, "processes started after the agent"),
+    Probe("sched:sched_process_fork", "tracepoint", True, "children of traced processes"),
+    Probe("sched:sched_process_exit", "tracepoint", True, "processes that exit"),
+    Probe("sock:inet_sock_set_state", "tracepoint", False,
+          "a client's own port: links services on one host into one trace"),
+)
+SYSCALLS = [p.name for p in PROBES if p.kind == "syscall"]
+TRACEPOINTS = [p.name for p in PROBES if p.kind == "tracepoint"]
+
+# Preference when attach_mode is auto: fentry costs least (no syscall slow path for
+# every process), tracepoints exist everywhere, kprobes are the last resort.
+PLAN_ORDER = ("fentry", "tracepoint", "kprobe")
+MODE_IDS = {"tracepoint": 1, "kprobe": 2, "fentry": 3}
+
+
+@dataclass
+class Plan:
+    strategy: str
+    transport: str                      # "ringbuf" | "perf"
+    syscalls: list[Probe] = field(default_factory=list)
+    tracepoints: list[Probe] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (probe, reason)
+
+    @property
+    def probes(self) -> list[Probe]:
+        return self.syscalls + self.tracepoints
+
+
+def strategy_available(feats: KernelFeatures, strategy: str) -> tuple[bool, str]:
+    if strategy == "tracepoint":
+        if not feats.tracefs:
+            return False, "tracefs not mounted"
+        return (bool(feats.syscall_tracepoints),
+                "" if feats.syscall_tracepoints else "no syscall tracepoints (CONFIG_FTRACE_SYSCALLS)")
+    if strategy == "kprobe":
+        return feats.kprobes, feats.kprobes_reason
+    if strategy == "fentry":
+        return feats.fentry, feats.fentry_reason
+    return False, f"unknown strategy {strategy}"
+
+
+def candidates(feats: KernelFeatures, attach_mode: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """(strategies to try in order, [(strategy, why not)])."""
+    order = PLAN_ORDER if attach_mode == "auto" else (attach_mode,)
+    usable, refused = [], []
+    for s in order:
+        ok, why = strategy_available(feats, s)
+        (usable.append(s) if ok else refused.append((s, why)))
+    return usable, refused
+
+
+def make_plan(feats: KernelFeatures, strategy: str, settings, buffer: str = "auto") -> Plan:
+    if buffer == "ringbuf" and not feats.ringbuf:
+        raise KernelUnsupported(f"buffer: ringbuf needs Linux 5.8+, this is {feats.release}; "
+                                "use buffer: perf or auto")
+    transport = buffer if buffer != "auto" else ("ringbuf" if feats.ringbuf else "perf")
+    plan = Plan(strategy, transport)
+    for p in PROBES:
+        if p.only_with and not settings[p.only_with]:
+            continue
+        if p.kind == "tracepoint":
+            present = p.name in feats.tracepoints
+            reason = f"tracepoint {p.name} not in this kernel"
+            target = plan.tracepoints
+        else:
+            present = p.name in feats.syscall_tracepoints if strategy == "tracepoint" \
+                else bool(feats.syscall_prefix)
+            reason = f"syscall {p.name} has no {strategy} hook here"
+            target = plan.syscalls
+        if present:
+            target.append(p)
+        elif p.required:
+            raise KernelUnsupported(f"required probe {p.name} ({p.why}) is missing: {reason}")
+        else:
+            plan.skipped.append((p.name, reason))
+    return plan

@@ -1,0 +1,171 @@
+"""Every /proc and /sys read of the agent goes through one `SysRoot`.
+
+Unit tests point it at a fake tree (tmp_path) so they need neither root nor a kernel;
+the agent uses the real root. Reads that race with a process exiting return None
+instead of raising: processes come and go while we look at them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Socket:
+    """One row of /proc/<pid>/net/tcp{,6}."""
+
+    inode: int
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+    state: int          # 0x0A = LISTEN, 0x01 = ESTABLISHED
+
+
+TCP_ESTABLISHED = 0x01
+TCP_LISTEN = 0x0A
+
+
+def _decode_addr(hexaddr: str) -> str:
+    raw = bytes.fromhex(hexaddr)
+    if len(raw) == 4:
+        return ".".join(str(b) for b in raw[::-1])
+    # IPv6: four little-endian 32-bit words.
+    words = [raw[i:i + 4][::-1] for i in range(0, 16, 4)]
+    full = b"".join(words)
+    if full[:12] == b"\0" * 10 + b"\xff\xff":
+        return ".".join(str(b) for b in full[12:])
+    import ipaddress
+    return str(ipaddress.IPv6Address(full))
+
+
+class SysRoot:
+    """The machine's /proc and /sys, or a fake copy of them under `root`."""
+
+    def __init__(self, root: str | os.PathLike = "/"):
+        self.root = Path(root)
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*[p.lstrip("/") for p in parts])
+
+    def read_text(self, *parts: str) -> str | None:
+        try:
+            return self.path(*parts).read_text(errors="replace")
+        except (OSError, ValueError):
+            return None
+
+    def read_bytes(self, *parts: str) -> bytes | None:
+        try:
+            return self.path(*parts).read_bytes()
+        except OSError:
+            return None
+
+    def exists(self, *parts: str) -> bool:
+        return self.path(*parts).exists()
+
+    # ---- processes ----
+    def pids(self) -> list[int]:
+        try:
+            return sorted(int(n) for n in os.listdir(self.path("proc")) if n.isdigit())
+        except OSError:
+            return []
+
+    def cmdline(self, pid: int) -> list[str] | None:
+        raw = self.read_bytes("proc", str(pid), "cmdline")
+        if raw is None:
+            return None
+        return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+    def comm(self, pid: int) -> str | None:
+        text = self.read_text("proc", str(pid), "comm")
+        return text.strip() if text is not None else None
+
+    def exe(self, pid: int) -> str | None:
+        try:
+            return os.readlink(self.path("proc", str(pid), "exe"))
+        except OSError:
+            return None
+
+    def environ(self, pid: int) -> dict[str, str]:
+        raw = self.read_bytes("proc", str(pid), "environ") or b""
+        env = {}
+        for item in raw.split(b"\0"):
+            key, sep, value = item.partition(b"=")
+            if sep:
+                env[key.decode(errors="replace")] = value.decode(errors="replace")
+        return env
+
+    def start_time(self, pid: int) -> int | None:
+        """Start time in clock ticks since boot (field 22 of stat): pid + this is unique."""
+        text = self.read_text("proc", str(pid), "stat")
+        if not text:
+            return None
+        try:
+            return int(text.rsplit(")", 1)[1].split()[19])
+        except (IndexError, ValueError):
+            return None
+
+    def ppid(self, pid: int) -> int | None:
+        text = self.read_text("proc", str(pid), "stat")
+        if not text:
+            return None
+        try:
+            return int(text.rsplit(")", 1)[1].split()[1])
+        except (IndexError, ValueError):
+            return None
+
+    def fd_links(self, pid: int) -> dict[int, str]:
+        fddir = self.path("proc", str(pid), "fd")
+        links = {}
+        try:
+            names = os.listdir(fddir)
+        except OSError:
+            return links
+        for name in names:
+            try:
+                links[int(name)] = os.readlink(fddir / name)
+            except (OSError, ValueError):
+                continue
+        return links
+
+    def socket_inodes(self, pid: int) -> dict[int, int]:
+        """fd -> socket inode for every socket the process holds."""
+        out = {}
+        for fd, target in self.fd_links(pid).items():
+            if target.startswith("socket:["):
+                out[fd] = int(target[8:-1])
+        return out
+
+    def tcp_sockets(self, pid: int | str = "self") -> list[Socket]:
+        rows = []
+        for name in ("tcp", "tcp6"):
+            text = self.read_text("proc", str(pid), "net", name) or ""
+            for line in text.splitlines()[1:]:
+                f = line.split()
+                if len(f) < 10:
+                    continue
+                local, remote = f[1].split(":"), f[2].split(":")
+                rows.append(Socket(int(f[9]), _decode_addr(local[0]), int(local[1], 16),
+                                   _decode_addr(remote[0]), int(remote[1], 16), int(f[3], 16)))
+        return rows
+
+    # ---- host ----
+    def hostname(self) -> str:
+        text = self.read_text("proc/sys/kernel/hostname")
+        return text.strip() if text else os.uname().nodename
+
+    def boot_id(self) -> str:
+        text = self.read_text("proc/sys/kernel/random/boot_id")
+        return text.strip() if text else "unknown"
+
+    def boot_time_ns(self) -> int | None:
+        text = self.read_text("proc/stat") or ""
+        for line in text.splitlines():
+            if line.startswith("btime "):
+                return int(line.split()[1]) * 1_000_000_000
+        return None
+
+    def clock_ticks(self) -> int:
+        return os.sysconf("SC_CLK_TCK") if self.root == Path("/") else 100

@@ -1,0 +1,116 @@
+"""Low-cardinality routes: configured templates first, else a heuristic.
+
+Beyla's users complain of route explosions; so an identifier-looking segment never
+reaches a span name: numbers, UUIDs, hex strings and long opaque tokens become
+placeholders.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+_HEX = re.compile(r"^(?:0x)?[0-9a-fA-F]{8,}$")
+_NUM = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}(?:[Tt ].*)?$")
+_WORD = re.compile(r"^[a-z][a-z_-]*$")
+_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)(?::[^}]*)?\}$")
+
+
+def _opaque(segment: str) -> bool:
+    """Long segments mixing letters and digits (tokens, hashes, base64 ids)."""
+    if len(segment) < 16:
+        return False
+    digits = sum(c.isdigit() for c in segment)
+    return digits >= 2 or not _WORD.match(segment)
+
+
+def heuristic(path: str) -> str:
+    parts = path.split("/")
+    out = []
+    for seg in parts:
+        if not seg:
+            out.append(seg)
+        elif _NUM.match(seg):
+            out.append("{id}")
+        elif _UUID.match(seg):
+            out.append("{uuid}")
+        elif _DATE.match(seg):
+            out.append("{date}")
+        elif _HEX.match(seg) and any(c.isdigit() for c in seg):
+            out.append("{hex}")
+        elif _opaque(seg):
+            out.append("{token}")
+        else:
+            out.append(seg)
+    return "/".join(out) or "/"
+
+
+@dataclass(frozen=True)
+class Template:
+    text: str
+    segments: tuple[str | None, ...]    # None = parameter
+    names: tuple[str | None, ...]
+    greedy: bool                         # last parameter matches the rest ({path:path})
+
+    def match(self, parts: list[str]) -> dict[str, str] | None:
+        if self.greedy:
+            if len(parts) < len(self.segments):
+                return None
+        elif len(parts) != len(self.segments):
+            return None
+        params = {}
+        for i, (want, name) in enumerate(zip(self.segments, self.names)):
+            if want is None:
+                value = "/".join(parts[i:]) if self.greedy and i == len(self.segments) - 1 else parts[i]
+                if not value:
+                    return None
+                params[name] = value
+            elif want != parts[i]:
+                return None
+        return params
+
+
+def compile_template(text: str) -> Template:
+    segs, names = [], []
+    greedy = False
+    for seg in text.strip("/").split("/") if text.strip("/") else []:
+        m = _PARAM.match(seg)
+        if m:
+            segs.append(None)
+            names.append(m.group(1))
+            greedy = ":path" in seg
+        else:
+            segs.append(seg)
+            names.append(None)
+            greedy = False
+    return Template(text, tuple(segs), tuple(names), greedy)
+
+
+class RouteMatcher:
+    """Configured templates in order of specificity; the heuristic for the rest."""
+
+    def __init__(self, templates: list[str] | tuple[str, ...] = ()):
+        compiled = [compile_template(t) for t in templates]
+        # literal segments beat parameters: more literals first
+        compiled.sort(key=lambda t: (-sum(s is not None for s in t.segments), t.greedy))
+        self.templates = compiled
+        self._cache: dict[str, tuple[str, bool]] = {}
+
+    def route(self, path: str) -> tuple[str, bool]:
+        """(route, configured) for a path (no query string)."""
+        hit = self._cache.get(path)
+        if hit is not None:
+            return hit
+        parts = path.strip("/").split("/") if path.strip("/") else []
+        result = None
+        for t in self.templates:
+            if t.match(parts) is not None:
+                result = (t.text, True)
+                break
+        if result is None:
+            result = (heuristic(path), False)
+        if len(self._cache) < 10000:
+            self._cache[path] = result
+        return result

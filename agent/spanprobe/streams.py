@@ -1,0 +1,329 @@
+"""Assemble: connection byte streams -> request/response exchanges with trace context.
+
+One `Connection` per (tgid, fd, conn_id) holds a parser per direction. Exchanges are
+paired first-in first-out (HTTP/1.x keep-alive and pipelining). Context is decided when
+a request's head is seen, so children created while it runs can point at it:
+
+* an incoming `traceparent` header is honoured;
+* a server request whose peer is a traced client connection on this host becomes the
+  child of that client's span (one trace across services, no header injection);
+* a client request becomes the child of the server exchange its process is serving,
+  when that is certain: exactly one in flight in the process, or exactly one on the
+  calling thread. Otherwise it stays unlinked rather than guessed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import events as ev
+from .httpparse import Message, MessageParser
+
+_rng = random.Random()
+_rng.seed(int.from_bytes(__import__("os").urandom(16), "little"))
+
+
+def new_trace_id() -> int:
+    while True:
+        v = _rng.getrandbits(128)
+        if v:
+            return v
+
+
+def new_span_id() -> int:
+    while True:
+        v = _rng.getrandbits(64)
+        if v:
+            return v
+
+
+def parse_traceparent(value: str | None) -> tuple[int, int, int] | None:
+    """(trace_id, parent_span_id, flags) from a W3C traceparent, or None if invalid."""
+    if not value:
+        return None
+    parts = value.strip().split("-")
+    if len(parts) < 4 or len(parts[0]) != 2 or parts[0] == "ff":
+        return None
+    if len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
+        return None
+    try:
+        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
+        int(parts[0], 16)
+    except ValueError:
+        return None
+    if trace_id == 0 or span_id == 0:
+        return None
+    return trace_id, span_id, flags
+
+
+@dataclass(slots=True)
+class Exchange:
+    conn: "Connection"
+    request: Message
+    trace_id: int
+    span_id: int
+    parent_span_id: int | None
+    parent_remote: bool
+    trace_flags: int = 1
+    response: Message | None = None
+    linked_downstream: bool = False     # a traced server on this host took it as parent
+    aborted: str | None = None
+
+
+@dataclass
+class Connection:
+    tgid: int
+    fd: int
+    conn_id: int
+    role: int
+    opened_ts: int
+    peer: tuple[str, int] | None = None
+    local: tuple[str, int] | None = None
+    listen_fd: int = -1
+    family: int = 0
+    inflight: deque = field(default_factory=deque)    # Exchanges awaiting a response
+    requests: MessageParser | None = None
+    responses: MessageParser | None = None
+    ingress: MessageParser | None = None      # requests for servers, responses for clients
+    egress: MessageParser | None = None
+    egress_skip: int = 0          # bytes a partial write will send again
+    last_egress: Message | None = None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.tgid, self.fd
+
+
+class Assembler:
+    """Turns decoded events into finished Exchanges, handed to `emit`."""
+
+    def __init__(self, emit: Callable[[Exchange], None],
+                 resolve_listen: Callable[[int, int], tuple[str, int] | None] | None = None):
+        self.emit = emit
+        self.resolve_listen = resolve_listen or (lambda pid, fd: None)
+        self.conns: dict[tuple[int, int], Connection] = {}
+        self.pending_ports: dict[tuple[int, int, int], ev.ConnEvent] = {}
+        self.client_by_port: dict[int, list[Connection]] = {}
+        self.serving: dict[int, list[Exchange]] = {}          # tgid -> server exchanges in flight
+        self.ready: list[Exchange] = []
+        self.counts = {"exchanges": 0, "aborted": 0, "unpaired_responses": 0,
+                       "parse_errors": 0, "lost_bytes": 0, "unknown_connection_data": 0}
+
+    # ---- connections ----
+    def open(self, e: ev.ConnEvent) -> Connection:
+        h = e.h
+        old = self.conns.get((h.tgid, h.fd))
+        if old is not None:
+            self._close(old, h.ts_ns)
+        conn = Connection(h.tgid, h.fd, h.conn_id, e.role, h.ts_ns, e.peer, e.local,
+                          e.listen_fd, e.family)
+        if conn.role == ev.ROLE_SERVER and conn.local is None and e.listen_fd >= 0:
+            conn.local = self.resolve_listen(h.tgid, e.listen_fd)
+        self._wire(conn)
+        self.conns[conn.key] = conn
+        ports = self.pending_ports.pop((h.tgid, h.fd, h.conn_id), None)
+        if ports is not None:
+            self.ports(ports)
+        return conn
+
+    def adopt(self, tgid: int, fd: int, conn_id: int, role: int, local, peer, ts: int) -> Connection:
+        """A connection that existed before tracing started."""
+        conn = Connection(tgid, fd, conn_id, role, ts, peer, local)
+        self._wire(conn)
+        self.conns[conn.key] = conn
+        if role == ev.ROLE_CLIENT and local:
+            self.client_by_port.setdefault(local[1], []).append(conn)
+        return conn
+
+    def _wire(self, conn: Connection) -> None:
+        server = conn.role == ev.ROLE_SERVER
+        conn.requests = MessageParser(True, lambda m, c=conn: self._request_head(c, m),
+                                      lambda m, c=conn: self._request_done(c, m))
+        conn.responses = MessageParser(False, lambda m, c=conn: self._response_head(c, m),
+                                       lambda m, c=conn: self._response_done(c, m))
+        conn.ingress = conn.requests if server else conn.responses
+        conn.egress = conn.responses if server else conn.requests
+
+    def ports(self, e: ev.ConnEvent) -> None:
+        h = e.h
+        conn = self.conns.get((h.tgid, h.fd))
+        if conn is None or conn.conn_id != h.conn_id:
+            # ESTABLISHED can be reported before connect() returns
+            if len(self.pending_ports) < 10000:
+                self.pending_ports[(h.tgid, h.fd, h.conn_id)] = e
+            return
+        conn.local = e.local
+        if e.peer:
+            conn.peer = e.peer
+        if e.local:
+            self.client_by_port.setdefault(e.local[1], []).append(conn)
+
+    def close(self, e: ev.ConnEvent) -> None:
+        conn = self.conns.get((e.h.tgid, e.h.fd))
+        if conn is not None and conn.conn_id == e.h.conn_id:
+            self._close(conn, e.h.ts_ns)
+
+    def _close(self, conn: Connection, ts: int) -> None:
+        self.conns.pop(conn.key, None)
+        for parser in (conn.ingress, conn.egress):
+            self.counts["parse_errors"] += parser.parse_errors
+            self.counts["lost_bytes"] += parser.lost_bytes
+        conn.responses.close(ts)
+        partial = conn.requests.close(ts)
+        while conn.inflight:
+            x = conn.inflight.popleft()
+            x.aborted = "connection closed before the response completed"
+            if x.response is not None and not x.response.end_ts:
+                x.response.end_ts = ts
+            self._finish(x, ts)
+        if partial is not None and conn.role == ev.ROLE_SERVER:
+            pass   # a request that never finished arriving: not a served request
+        if conn.local and conn.role == ev.ROLE_CLIENT:
+            lst = self.client_by_port.get(conn.local[1])
+            if lst:
+                try:
+                    lst.remove(conn)
+                except ValueError:
+                    pass
+                if not lst:
+                    del self.client_by_port[conn.local[1]]
+
+    def process_exit(self, tgid: int, ts: int) -> None:
+        for conn in [c for c in self.conns.values() if c.tgid == tgid]:
+            self._close(conn, ts)
+        self.serving.pop(tgid, None)
+
+    # ---- data ----
+    def data(self, e: ev.DataEvent) -> None:
+        h = e.h
+        conn = self.conns.get((h.tgid, h.fd))
+        if conn is None or conn.conn_id != h.conn_id:
+            self.counts["unknown_connection_data"] += 1
+            return
+        if e.direction == ev.DIR_INGRESS:
+            conn.ingress.feed(h.ts_ns, h.tid, e.data, e.length, e.tail)
+            return
+        data, length = e.data, e.length
+        if conn.egress_skip:
+            # the app is sending again what a partial write did not send
+            n = min(conn.egress_skip, length)
+            conn.egress_skip -= n
+            data, length = data[n:], length - n
+            if length <= 0:
+                return
+        conn.egress.feed(h.ts_ns, h.tid, data, length, e.tail)
+
+    def write_result(self, e: ev.WriteResult) -> None:
+        conn = self.conns.get((e.h.tgid, e.h.fd))
+        if conn is None or conn.conn_id != e.h.conn_id:
+            return
+        sent = max(e.ret, 0)
+        if sent < e.asked:
+            conn.egress_skip += e.asked - sent
+        elif sent > e.asked:
+            # vectored call with more buffers than the kernel copied: a gap
+            conn.egress.feed(e.h.ts_ns, e.h.tid, b"", sent - e.asked)
+        # the write finished later than its entry: move the end of what it completed
+        last = conn.last_egress
+        if last is not None and last.end_ts and e.h.ts_ns > last.end_ts and sent > 0:
+            last.end_ts = e.h.ts_ns
+
+    # ---- exchanges ----
+    def _request_head(self, conn: Connection, msg: Message) -> None:
+        tp = parse_traceparent(msg.headers.get("traceparent"))
+        parent = None
+        remote = False
+        flags = 1
+        if conn.role == ev.ROLE_SERVER:
+            if tp:
+                trace_id, parent, flags = tp
+                remote = True
+            else:
+                up = self._upstream_client(conn)
+                if up is not None:
+                    trace_id, parent = up.trace_id, up.span_id
+                    up.linked_downstream = True
+                else:
+                    trace_id = new_trace_id()
+        else:
+            if tp:
+                trace_id, parent, flags = tp
+                remote = True
+            else:
+                srv = self._serving_parent(conn.tgid, msg.tid)
+                if srv is not None:
+                    trace_id, parent = srv.trace_id, srv.span_id
+                else:
+                    trace_id = new_trace_id()
+        x = Exchange(conn, msg, trace_id, new_span_id(), parent, remote, flags)
+        conn.inflight.append(x)
+        if conn.role == ev.ROLE_SERVER:
+            self.serving.setdefault(conn.tgid, []).append(x)
+        else:
+            conn.responses.pending_methods.append(msg.method or "GET")
+
+    def _request_done(self, conn: Connection, msg: Message) -> None:
+        if conn.role != ev.ROLE_SERVER:
+            conn.last_egress = msg
+
+    def _response_head(self, conn: Connection, msg: Message) -> None:
+        pass
+
+    def _response_done(self, conn: Connection, msg: Message) -> None:
+        if conn.role == ev.ROLE_SERVER:
+            conn.last_egress = msg
+        if msg.interim:
+            return
+        for x in conn.inflight:
+            if x.response is None:
+                x.response = msg
+                break
+        else:
+            self.counts["unpaired_responses"] += 1
+            return
+        while conn.inflight and conn.inflight[0].response is not None:
+            x = conn.inflight.popleft()
+            self._finish(x, msg.end_ts)
+
+    def _finish(self, x: Exchange, ts: int) -> None:
+        if x.conn.role == ev.ROLE_SERVER:
+            lst = self.serving.get(x.conn.tgid)
+            if lst:
+                try:
+                    lst.remove(x)
+                except ValueError:
+                    pass
+        if x.aborted:
+            self.counts["aborted"] += 1
+        self.counts["exchanges"] += 1
+        self.ready.append(x)
+
+    def drain(self) -> None:
+        """Hand finished exchanges on. Called once per batch of events, so that a
+        write's own exit (reported for slow writes) can still move its end time."""
+        ready, self.ready = self.ready, []
+        for x in ready:
+            self.emit(x)
+
+    def _serving_parent(self, tgid: int, tid: int) -> Exchange | None:
+        lst = self.serving.get(tgid)
+        if not lst:
+            return None
+        if len(lst) == 1:
+            return lst[0]
+        on_thread = [x for x in lst if x.request.tid == tid]
+        return on_thread[0] if len(on_thread) == 1 else None
+
+    def _upstream_client(self, conn: Connection) -> Exchange | None:
+        if conn.peer is None:
+            return None
+        for client in self.client_by_port.get(conn.peer[1], ()):
+            if conn.local and client.peer and client.peer[1] != conn.local[1]:
+                continue
+            for x in client.inflight:
+                if not x.linked_downstream:
+                    return x
+        return None
