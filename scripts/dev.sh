@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# spanprobe's one entry point for people and CI. Run as root on Debian (12 or newer):
+#   scripts/dev.sh setup        install everything the agent and the tests need (idempotent)
+#   scripts/dev.sh demo [s]     setup, then trace two demo services for s seconds (default 15)
+#   scripts/dev.sh test         setup, then every test tier, with a timing summary
+#   scripts/dev.sh test-quick   setup, then the unit tier only (no root needed for the tests)
+#   scripts/dev.sh check        setup, then `spanprobe check`
+# Downloads and builds are cached outside the repository in $SPANPROBE_CACHE
+# (default /var/cache/spanprobe), keyed by their pinned versions.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${SPANPROBE_CACHE:-/var/cache/spanprobe}
+export SPANPROBE_CACHE=$CACHE
+APT_PACKAGES=(python3-bpfcc python3-venv python3-pip bpftool gcc libc6-dev curl iproute2 make)
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'spanprobe: %s\n' "$*" >&2; exit 1; }
+
+need_root() {
+  [ "$(id -u)" = 0 ] || die "run as root (sudo $0 $*): BPF and apt need it"
+}
+
+setup_apt() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "apt: installing ${missing[*]}"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+  fi
+}
+
+setup_kernel_fs() {
+  mountpoint -q /sys/kernel/tracing 2>/dev/null || [ -d /sys/kernel/tracing/events ] \
+    || mount -t tracefs nodev /sys/kernel/tracing || die "cannot mount tracefs"
+  [ -d /sys/kernel/debug/tracing ] || mountpoint -q /sys/kernel/debug \
+    || mount -t debugfs nodev /sys/kernel/debug 2>/dev/null || true
+}
+
+setup_headers() {
+  PYTHONPATH="$ROOT/agent" /usr/bin/python3 -m spanprobe.headers ensure --cache "$CACHE" >&2
+}
+
+venv_dir() {
+  local key
+  key=$(cat "$ROOT/requirements/dev.txt" "$ROOT/requirements/constraints.txt" | sha256sum | cut -c1-16)
+  echo "$CACHE/venv-py$(/usr/bin/python3 -c 'import sys;print("%d%d"%sys.version_info[:2])')-$key"
+}
+
+setup_venv() {
+  VENV=$(venv_dir)
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "venv: creating $VENV (Debian python3, system site packages for bcc)"
+    rm -rf "$VENV.tmp"
+    /usr/bin/python3 -m venv --system-site-packages "$VENV.tmp"
+    "$VENV.tmp/bin/pip" install -q --disable-pip-version-check \
+      -r "$ROOT/requirements/dev.txt" -c "$ROOT/requirements/constraints.txt"
+    mv "$VENV.tmp" "$VENV"
+  fi
+  "$VENV/bin/python" -c 'import bcc' 2>/dev/null \
+    || die "bcc is not importable from $VENV: is python3-bpfcc installed for /usr/bin/python3?"
+  # The checkout's own code is used in place: nothing to reinstall when it changes.
+  export PYTHONPATH="$ROOT/agent${PYTHONPATH:+:$PYTHONPATH}"
+  export PATH="$VENV/bin:$PATH"
+}
+
+setup() {
+  need_root
+  local t0=$SECONDS
+  setup_apt
+  setup_kernel_fs
+  setup_headers
+  setup_venv
+  say "setup done in $((SECONDS - t0)) s (venv $VENV)"
+}
+
+run_tier() {  # name, then pytest arguments
+  local name=$1; shift
+  local xml="$RESULTS/junit-$name.xml" t0=$SECONDS rc=0
+  say "tier $name"
+  python -m pytest -p no:cacheprovider --junitxml="$xml" "$@" || rc=$?
+  [ $rc = 5 ] && rc=0   # no test collected in this tier is not a failure of the tier
+  TIER_TIMES+=("$name $((SECONDS - t0)) $rc $xml")
+  return 0
+}
+
+summary() {
+  python - "${TIER_TIMES[@]}" <<'PY'
+import sys, xml.etree.ElementTree as ET
+rows, tot = [], {"passed": 0, "failed": 0, "skipped": 0}
+args = sys.argv[1:]
+for item in args:
+    name, secs, rc, xml = item.split(" ", 3)
+    p = f = s = 0
+    try:
+        for suite in ET.parse(xml).getroot().iter("testsuite"):
+            t, fl, er, sk = (int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped"))
+            p += t - fl - er - sk; f += fl + er; s += sk
+    except (OSError, ET.ParseError):
+        f += 1 if rc != "0" else 0
+    if rc not in ("0",) and f == 0:
+        f = 1
+    rows.append((name, int(secs), p, f, s))
+    tot["passed"] += p; tot["failed"] += f; tot["skipped"] += s
+print("\ntiming summary")
+print(f"{'tier':<14}{'seconds':>8}{'passed':>8}{'failed':>8}{'skipped':>9}")
+for r in rows:
+    print(f"{r[0]:<14}{r[1]:>8}{r[2]:>8}{r[3]:>8}{r[4]:>9}")
+print(f"{'total':<14}{sum(r[1] for r in rows):>8}{tot['passed']:>8}{tot['failed']:>8}{tot['skipped']:>9}")
+print(f"{tot['passed']} passed, {tot['failed']} failed, {tot['skipped']} skipped")
+sys.exit(1 if tot["failed"] else 0)
+PY
+}
+
+cmd=${1:-help}
+case "$cmd" in
+  setup) setup ;;
+  check) setup; exec python -m spanprobe check ;;
+  demo) setup; exec python -m spanprobe demo --duration "${2:-15}" ;;
+  test|test-quick)
+    setup
+    RESULTS=${SPANPROBE_RESULTS:-$ROOT/results}
+    mkdir -p "$RESULTS"
+    TIER_TIMES=()
+    cd "$ROOT"
+    run_tier unit tests/unit -q
+    if [ "$cmd" = test ]; then
+      run_tier integration tests/integration -q
+    fi
+    summary
+    ;;
+  *) sed -n '2,9p' "$0"; exit 2 ;;
+esac

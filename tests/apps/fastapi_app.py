@@ -1,0 +1,45 @@
+"""FastAPI test app: uvicorn tests.apps.fastapi_app:app"""
+
+import asyncio
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from tests.apps.common import STREAM_CHUNKS, STREAM_PAUSE_S, AsgiTiming, downstream
+
+api = FastAPI()
+
+
+@api.get("/users/{user_id}")
+async def user(user_id: int):
+    return {"id": user_id, "name": f"user{user_id}"}
+
+
+@api.post("/orders", status_code=201)
+async def orders(request: Request):
+    return {"created": True, "order": await request.json()}
+
+
+@api.get("/boom")
+async def boom():
+    raise RuntimeError("boom")
+
+
+@api.get("/call")
+async def call():
+    async with httpx.AsyncClient() as client:
+        r = await client.get(downstream() + "/users/7", timeout=5)
+    return JSONResponse({"downstream": r.json()}, status_code=r.status_code)
+
+
+@api.get("/stream")
+async def stream():
+    async def chunks():
+        for i in range(STREAM_CHUNKS):
+            yield f"chunk {i}\n"
+            await asyncio.sleep(STREAM_PAUSE_S)
+    return StreamingResponse(chunks(), media_type="text/plain")
+
+
+app = AsgiTiming(api)

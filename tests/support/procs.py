@@ -1,0 +1,163 @@
+"""Real processes for the integration tier: the apps behind their usual servers, and
+the agent itself, started as a user would start them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "agent"), str(REPO)] +
+                                        ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.update(extra or {})
+    return env
+
+
+# name -> (command template, description)
+SERVERS = {
+    "flask-gunicorn-sync": ["-m", "gunicorn", "-w", "1", "-k", "sync", "-b", "127.0.0.1:{port}",
+                            "tests.apps.flask_app:app"],
+    "flask-gunicorn-gthread": ["-m", "gunicorn", "-w", "1", "-k", "gthread", "--threads", "4",
+                               "-b", "127.0.0.1:{port}", "tests.apps.flask_app:app"],
+    "fastapi-uvicorn": ["-m", "uvicorn", "--host", "127.0.0.1", "--port", "{port}",
+                        "--no-access-log", "tests.apps.fastapi_app:app"],
+    "django-gunicorn-gthread": ["-m", "gunicorn", "-w", "1", "-k", "gthread", "--threads", "4",
+                                "-b", "127.0.0.1:{port}", "tests.apps.django_app:app"],
+    "stdlib-http-server": ["-m", "tests.apps.stdlib_app", "{port}"],
+}
+
+
+class App:
+    def __init__(self, kind: str, tmp: Path, service: str | None = None,
+                 downstream: str | None = None):
+        self.kind = kind
+        self.port = free_port()
+        self.service = service or kind
+        self.timing_file = tmp / f"timing-{kind}-{self.port}.txt"
+        self.log = tmp / f"app-{kind}-{self.port}.log"
+        env = {"OTEL_SERVICE_NAME": self.service, "APP_TIMING_FILE": str(self.timing_file)}
+        if downstream:
+            env["DOWNSTREAM_URL"] = downstream
+        cmd = [sys.executable] + [a.format(port=self.port) for a in SERVERS[kind]]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=_env(env), stdout=open(self.log, "w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        wait_port(self.port, self.proc)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def timings(self) -> dict[str, tuple[int, int]]:
+        out = {}
+        if self.timing_file.exists():
+            for line in self.timing_file.read_text().splitlines():
+                rid, start, end = line.split()
+                out[rid] = (int(start), int(end))
+        return out
+
+    def pids(self) -> set[int]:
+        """The server and its workers."""
+        out = {self.proc.pid}
+        for p in os.listdir("/proc"):
+            if p.isdigit():
+                try:
+                    stat = Path(f"/proc/{p}/stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                    out.add(int(p))
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+class Agent:
+    """`python -m spanprobe run ...` as a child process."""
+
+    def __init__(self, args: list[str], tmp: Path, env: dict[str, str] | None = None,
+                 wait_ready: bool = True, timeout: float = 90.0):
+        self.out = tmp / f"agent-{time.monotonic_ns()}.out"
+        self.err = Path(str(self.out)[:-4] + ".err")
+        self.cmd = [sys.executable, "-m", "spanprobe", "run", *args]
+        self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=_env(env), stdout=open(self.out, "w"),
+                                     stderr=open(self.err, "w"))
+        self.stop_seconds: float | None = None
+        if wait_ready:
+            self.wait_for(r" ready strategy=", timeout)
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            m = re.search(pattern, self.stderr)
+            if m:
+                return m
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited {self.proc.returncode} before /{pattern}/:\n{self.stderr[-3000:]}")
+            time.sleep(0.1)
+        raise TimeoutError(f"agent did not log /{pattern}/ in {timeout}s:\n{self.stderr[-3000:]}")
+
+    @property
+    def stderr(self) -> str:
+        return self.err.read_text() if self.err.exists() else ""
+
+    @property
+    def stdout(self) -> str:
+        return self.out.read_text() if self.out.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            t0 = time.monotonic()
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.stop_seconds = time.monotonic() - t0
+        return self.proc.returncode
+
+    def final_counters(self) -> dict:
+        m = re.findall(r" final (\{.*\})", self.stderr)
+        if not m:
+            raise AssertionError(f"no final counters in agent log:\n{self.stderr[-2000:]}")
+        return json.loads(m[-1])
+
+    def stats(self) -> dict:
+        m = re.findall(r" (?:stats|final) (\{.*\})", self.stderr)
+        return json.loads(m[-1]) if m else {}
