@@ -437,6 +437,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     struct sp_proc_event ev = {};
     fill_header(&ev.h, SP_EV_PROC_EXEC, bpf_ktime_get_ns(), pid_tgid, -1, 0);
     bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
+    TP_DATA_LOC_READ_STR(ev.filename, filename, sizeof(ev.filename));
     struct sp_comm key = {};
     __builtin_memcpy(key.name, ev.comm, sizeof(key.name));
     if (exe_names.lookup(&key)) {

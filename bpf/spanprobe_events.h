@@ -17,6 +17,7 @@
 #define SP_BUF_MASK (SP_BUF_SIZE - 1)
 #define SP_TAIL_BYTES 8
 #define SP_MAX_IOV 4
+#define SP_PATH_BYTES 128
 
 enum sp_kind {
     SP_EV_DATA = 1,        /* bytes read from or written to a connection */
@@ -106,6 +107,8 @@ struct sp_proc_event {
     __u32 ppid;        /* parent for forks */
     __u32 pad;
     char comm[16];
+    char filename[SP_PATH_BYTES]; /* exec: the program run, so a process that is gone
+                                    before the agent reads /proc still has a name */
 };
 
 #endif

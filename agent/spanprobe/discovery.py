@@ -81,15 +81,44 @@ class ProcessRegistry:
         self.root = root
         self.redactor = redactor
         self.procs: dict[int, ProcessInfo] = {}
+        self.seen_exec: dict[int, tuple[str, str]] = {}     # pid -> (comm, filename) from the kernel
+        self.parents: dict[int, int] = {}                   # forked child -> parent
         self.boot_id = root.boot_id()
 
     def get(self, pid: int) -> ProcessInfo | None:
         info = self.procs.get(pid)
         if info is None:
-            info = self.read(pid)
+            info = self.read(pid) or self._remembered(pid)
             if info is not None:
                 self.procs[pid] = info
         return info
+
+    def _remembered(self, pid: int) -> ProcessInfo | None:
+        """A process gone before /proc was read (curl, short scripts): what the kernel
+        told at exec, or its parent's identity for a fork that never exec'd."""
+        seen = self.seen_exec.get(pid)
+        if seen is not None:
+            comm, filename = seen
+            return ProcessInfo(pid, filename or None, [filename or comm], comm, None, None)
+        parent = self.parents.get(pid)
+        if parent is not None and parent != pid:
+            p = self.get(parent)
+            if p is not None:
+                return ProcessInfo(pid, p.exe, p.cmdline, p.comm, p.env_service_name, None)
+        return None
+
+    def on_exec(self, pid: int, comm: str, filename: str) -> ProcessInfo | None:
+        self.procs.pop(pid, None)
+        self.parents.pop(pid, None)
+        if len(self.seen_exec) > 20000:
+            self.seen_exec.clear()
+        self.seen_exec[pid] = (comm, filename)
+        return self.get(pid)
+
+    def on_fork(self, child: int, parent: int) -> None:
+        if len(self.parents) > 20000:
+            self.parents.clear()
+        self.parents[child] = parent
 
     def read(self, pid: int) -> ProcessInfo | None:
         cmdline = self.root.cmdline(pid)
@@ -106,6 +135,8 @@ class ProcessRegistry:
 
     def forget(self, pid: int) -> None:
         self.procs.pop(pid, None)
+        self.seen_exec.pop(pid, None)
+        self.parents.pop(pid, None)
 
     def instance_id(self, info: ProcessInfo) -> str:
         """Stable for the life of one process, distinct across restarts and hosts."""

@@ -54,7 +54,8 @@ HEADER = struct.Struct("<QIIIiQ")                 # struct sp_header
 DATA = struct.Struct("<qIBBH8s")                  # struct sp_data_event after the header
 WRITE_RESULT = struct.Struct("<qq")               # struct sp_write_result_event
 CONN = struct.Struct("<iHBBHHI16s16s")            # struct sp_conn_event
-PROC = struct.Struct("<II16s")                    # struct sp_proc_event
+PATH_BYTES = 128
+PROC = struct.Struct("<II16s128s")                # struct sp_proc_event
 DATA_BUF_OFFSET = HEADER.size + DATA.size
 
 # Sizes and offsets the layout test compares against the C compiler's.
@@ -111,6 +112,7 @@ class ProcEvent:
     h: Header
     ppid: int
     comm: str
+    filename: str
 
 
 class DecodeError(ValueError):
@@ -153,6 +155,7 @@ def decode(raw: bytes):
         return ConnEvent(h, listen_fd, family, role, flags, _addr(family, paddr, pport),
                          _addr(family, laddr, lport))
     if kind in (EV_PROC_EXEC, EV_PROC_FORK, EV_PROC_EXIT):
-        ppid, _pad, comm = PROC.unpack_from(raw, off)
-        return ProcEvent(h, ppid, comm.split(b"\0", 1)[0].decode(errors="replace"))
+        ppid, _pad, comm, filename = PROC.unpack_from(raw, off)
+        return ProcEvent(h, ppid, comm.split(b"\0", 1)[0].decode(errors="replace"),
+                         filename.split(b"\0", 1)[0].decode(errors="replace"))
     raise DecodeError(f"unknown event kind {kind}")

@@ -178,12 +178,15 @@ class Agent:
                 asm.write_result(e)
             elif kind == ev.EV_CONN_OPEN:
                 asm.open(e)
+                self.registry.get(e.h.tgid)    # read /proc while the process is there
             elif kind == ev.EV_CONN_CLOSE:
                 asm.close(e)
             elif kind == ev.EV_CONN_PORTS:
                 asm.ports(e)
             elif kind == ev.EV_PROC_EXEC:
-                self._exec(e.h.tgid)
+                self._exec(e)
+            elif kind == ev.EV_PROC_FORK:
+                self.registry.on_fork(e.h.tgid, e.ppid)
             elif kind == ev.EV_PROC_EXIT:
                 self._exit(e.h.tgid, e.h.ts_ns)
         asm.drain()
@@ -199,8 +202,9 @@ class Agent:
             self.stats.span_errors += 1
             log.debug("span build failed: %s", exc, exc_info=True)
 
-    def _exec(self, pid: int) -> None:
-        info = self.registry.refresh(pid)
+    def _exec(self, e: ev.ProcEvent) -> None:
+        pid = e.h.tgid
+        info = self.registry.on_exec(pid, e.comm, e.filename)
         self.builder.forget(pid)
         if info is None:
             return

@@ -27,13 +27,14 @@ RECORDS = [
     ("sp_conn_event", ev.CONN, ev.HEADER.size,
      ["listen_fd", "family", "role", "flags", "peer_port", "local_port", "pad",
       "peer_addr", "local_addr"]),
-    ("sp_proc_event", ev.PROC, ev.HEADER.size, ["ppid", "pad", "comm"]),
+    ("sp_proc_event", ev.PROC, ev.HEADER.size, ["ppid", "pad", "comm", "filename"]),
 ]
 RECORDS_WITH_HEADER = ["sp_data_event", "sp_write_result_event", "sp_conn_event", "sp_proc_event"]
 
 CONSTANTS = {
     "SP_MAX_CAPTURE": ev.MAX_CAPTURE,
     "SP_TAIL_BYTES": ev.TAIL_BYTES,
+    "SP_PATH_BYTES": ev.PATH_BYTES,
     "SP_EV_DATA": ev.EV_DATA,
     "SP_EV_WRITE_RESULT": ev.EV_WRITE_RESULT,
     "SP_EV_CONN_OPEN": ev.EV_CONN_OPEN,
@@ -172,7 +173,7 @@ def test_constants_and_enums_match_c(c_layout):
 def test_known_sizes():
     # independent of the compiler: catches a format edited together with LAYOUT
     assert (ev.HEADER.size, ev.DATA.size, ev.WRITE_RESULT.size, ev.CONN.size, ev.PROC.size) == \
-        (32, 24, 16, 48, 24)
+        (32, 24, 16, 48, 152)
     assert ev.DATA_BUF_OFFSET == 56
 
 
@@ -279,14 +280,14 @@ def test_decode_conn_zero_address_with_port_is_kept():
 
 @pytest.mark.parametrize("kind", [ev.EV_PROC_EXEC, ev.EV_PROC_FORK, ev.EV_PROC_EXIT])
 def test_decode_proc(kind):
-    raw = header(kind, tgid=200) + ev.PROC.pack(1, 0, b"gunicorn\0junk\0\0\0")
+    raw = header(kind, tgid=200) + ev.PROC.pack(1, 0, b"gunicorn\0junk\0\0\0", b"/usr/bin/gunicorn\0x")
     e = ev.decode(raw)
     assert isinstance(e, ev.ProcEvent)
-    assert (e.h.kind, e.h.tgid, e.ppid, e.comm) == (kind, 200, 1, "gunicorn")
+    assert (e.h.kind, e.h.tgid, e.ppid, e.comm, e.filename) == (kind, 200, 1, "gunicorn", "/usr/bin/gunicorn")
 
 
 def test_decode_proc_full_width_comm():
-    e = ev.decode(header(ev.EV_PROC_EXEC) + ev.PROC.pack(9, 0, b"abcdefghijklmnop"))
+    e = ev.decode(header(ev.EV_PROC_EXEC) + ev.PROC.pack(9, 0, b"abcdefghijklmnop", b""))
     assert e.comm == "abcdefghijklmnop"
 
 
