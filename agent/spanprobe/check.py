@@ -110,5 +110,6 @@ def run_check(settings, load: bool = True, as_json: bool = False) -> int:
     if not report["ok"]:
         sys.stderr.write(f"spanprobe: cannot run here: {report.get('error')}\n")
         return 3
-    print("ok: spanprobe can run here")
+    if not as_json:
+        print("ok: spanprobe can run here")
     return 0

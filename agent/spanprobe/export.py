@@ -143,8 +143,15 @@ class ExportQueue:
         self.thread.join(timeout)
         if self.thread.is_alive():
             self.counts["spans_export_failed"] += len(self.queue)
-        for exporter in self.exporters:
-            try:
-                exporter.shutdown()
-            except Exception:
-                pass
+            self.queue.clear()
+
+        def close_all():
+            for exporter in self.exporters:
+                try:
+                    exporter.shutdown()
+                except Exception:
+                    pass
+        # an exporter stuck on a dead receiver must not hold up the agent's exit
+        closer = threading.Thread(target=close_all, daemon=True)
+        closer.start()
+        closer.join(0.5)

@@ -106,7 +106,24 @@ class BpfSession:
             self.bpf.perf_buffer_poll(timeout_ms)
 
     def close(self) -> None:
-        self.bpf.cleanup()
+        """Detach everything. Each syscall tracepoint's removal waits for an RCU grace
+        period (~65 ms here, 2 s for all of them one by one); in parallel threads the
+        waits overlap, which keeps the agent's stop well within 5 s."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        b = self.bpf
+
+        def detach(tp):
+            try:
+                b.detach_tracepoint(tp)
+            except Exception as exc:   # cleanup() below retries whatever is left
+                log.debug("detach %s: %s", tp, exc)
+
+        tps = list(b.tracepoint_fds)
+        if tps:
+            with ThreadPoolExecutor(min(16, len(tps))) as pool:
+                list(pool.map(detach, tps))
+        b.cleanup()
 
 
 def cflags(plan: Plan, settings, feats: KernelFeatures, self_pid: int, trace_all: bool) -> list[str]:
@@ -127,6 +144,9 @@ def cflags(plan: Plan, settings, feats: KernelFeatures, self_pid: int, trace_all
 
 def _short(exc: BaseException, stderr: str) -> str:
     """The first compiler or verifier line worth showing."""
+    if "super-user" in str(exc) and os.geteuid() == 0:
+        # bcc says this for any EPERM, but we are root: the kernel refused the program
+        return "the kernel refused to load it (EPERM as root: lockdown or a restricted kernel)"
     for line in stderr.splitlines():
         if re.search(r"error:|invalid|unknown func|R\d+ |permission|not supported", line, re.I):
             return line.strip()[:300]

@@ -78,6 +78,7 @@ class Agent:
         self.exporter: ExportQueue | None = None
         self.features: KernelFeatures | None = None
         self.passed_over: list[tuple[str, str]] = []
+        self._kernel_counters: dict[str, int] = {}
 
     # ---- set-up ----
     def start(self) -> None:
@@ -215,6 +216,8 @@ class Agent:
             self.session.select_pid(pid)
 
     def _exit(self, pid: int, ts: int) -> None:
+        if pid in self.registry.procs:
+            log.debug("process %d exited: forgotten", pid)
         self.assembler.process_exit(pid, ts)
         self.assembler.drain()
         self.registry.forget(pid)
@@ -237,8 +240,8 @@ class Agent:
             "span_build_errors": self.stats.span_errors,
             "perf_events_lost": self.stats.perf_lost,
         }
-        if self.session is not None:
-            out.update({f"kernel_{k}": v for k, v in self.session.counters().items()})
+        kernel = self.session.counters() if self.session is not None else self._kernel_counters
+        out.update({f"kernel_{k}": v for k, v in kernel.items()})
         out.update(self.assembler.counts)
         if self.exporter is not None:
             out.update(self.exporter.counts)
@@ -248,6 +251,7 @@ class Agent:
         log.info("%s %s", label, json.dumps(self.counters(), sort_keys=True))
 
     def shutdown(self) -> None:
+        """Flush and detach in parallel, within the 5 s a service manager allows."""
         if self.session is None:
             return
         try:
@@ -255,11 +259,14 @@ class Agent:
             self.process_batch()
         except Exception as exc:
             log.warning("final drain failed: %s", exc)
+        self._kernel_counters = self.session.counters()
+        detach = threading.Thread(target=self.session.close, name="spanprobe-detach")
+        detach.start()
         if self.exporter is not None:
             self.exporter.shutdown(timeout=3.0)
+        detach.join()
+        self.session = None
         self.log_stats("final")
-        self.session.close()
-        self.session_closed = True
         log.info("stopped: every probe detached")
 
 

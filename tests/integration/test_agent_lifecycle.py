@@ -1,0 +1,198 @@
+"""The agent as a process: readiness, clean stop, nothing left attached, bad input,
+exporter trouble, processes that come and go, and the other OTLP protocol."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from tests.support.procs import REPO, Agent, App, _env, free_port, wait_port
+
+
+def our_programs() -> list[str]:
+    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True)
+    names = [p.get("name", "") for p in json.loads(out.stdout or "[]")]
+    return [n for n in names if n.startswith(("sp_enter_", "sp_exit_", "tracepoint__sched",
+                                                "tracepoint__soc", "kfunc__", "kretfunc__"))]
+
+
+def tracefs_probe_lines() -> list[str]:
+    lines = []
+    for name in ("kprobe_events", "uprobe_events"):
+        path = f"/sys/kernel/tracing/{name}"
+        if os.path.exists(path):
+            lines += [l for l in open(path).read().splitlines() if l.strip()]
+    return lines
+
+
+def spanprobe(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "spanprobe", *args], cwd=REPO, env=_env(env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_ready_notify_stop_and_nothing_left_attached(tmp, receiver):
+    before_progs, before_tracefs = our_programs(), tracefs_probe_lines()
+    app = App("stdlib-http-server", tmp, service="lifecycle")
+    sock_path = str(tmp / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(sock_path)
+    notify.settimeout(60)
+    try:
+        agent = Agent(["--port", str(app.port), "--otlp-endpoint", f"http://127.0.0.1:{receiver.grpc_port}"],
+                      tmp, env={"NOTIFY_SOCKET": sock_path})
+        msg = notify.recv(4096).decode()
+        assert "READY=1" in msg.splitlines()
+        ready = agent.wait_for(r"ready strategy=(\w+) transport=(\w+) .* hooks=(\S+)")
+        assert ready.group(1) in ("tracepoint", "kprobe", "fentry")
+        hooks = ready.group(3).split(",")
+        for required in ("accept4", "connect", "read", "write", "recvfrom", "sendto", "close"):
+            assert f"{ready.group(1)}:{required}" in hooks
+        assert len(our_programs()) > len(before_progs)
+        requests.get(f"{app.url}/users/1", timeout=10)
+        receiver.wait_for(lambda s: s["resource"].get("service.name") == "lifecycle")
+        rc = agent.stop(signal.SIGTERM)
+        assert rc == 0, agent.stderr[-2000:]
+        assert agent.stop_seconds < 5.0, f"stop took {agent.stop_seconds:.1f}s"
+        assert "stopped: every probe detached" in agent.stderr
+        counters = agent.final_counters()
+        assert counters["spans_exported"] >= 1
+        assert counters["kernel_events_lost"] == 0
+        assert our_programs() == before_progs
+        assert tracefs_probe_lines() == before_tracefs
+    finally:
+        notify.close()
+        app.stop()
+
+
+def test_sigint_also_stops_cleanly(tmp):
+    agent = Agent(["--pid", str(os.getppid()), "--console"], tmp)
+    assert agent.stop(signal.SIGINT) == 0
+    assert agent.stop_seconds < 5.0
+    assert our_programs() == []
+
+
+@pytest.mark.parametrize("content, key", [
+    ("selct:\n  ports: [80]\n", "unknown key 'selct'"),
+    ("select:\n  ports: [99999]\n", "select.ports"),
+    ("select:\n  ports: eighty\n", "select.ports"),
+    ("capture_bytes: lots\n", "capture_bytes"),
+    ("export:\n  otlp_protocol: xml\n", "export.otlp_protocol"),
+    ("attach_mode: magic\n", "attach_mode"),
+    ("select: [\n", "YAML"),
+])
+def test_bad_config_is_one_line_and_exit_2(tmp, content, key):
+    cfg = tmp / "bad.yaml"
+    cfg.write_text(content)
+    r = spanprobe("run", "--config", str(cfg))
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert key in lines[0] and lines[0].startswith("spanprobe: config error")
+
+
+def test_bad_flag_is_one_line_and_exit_2():
+    r = spanprobe("run", "--port", "70000")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "--port" in r.stderr
+
+
+def test_check_reports_hooks_and_strategy():
+    r = spanprobe("check", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["ok"] and report["chosen"]["loaded"]
+    assert report["strategies"]["tracepoint"] == "available"
+    assert report["chosen"]["strategy"] in ("tracepoint", "kprobe", "fentry")
+    if not report["headers_exact"]:
+        assert "nearest Debian headers" in report["headers"]
+    assert our_programs() == []
+
+
+def test_forced_strategy_the_kernel_lacks_fails_with_the_reason():
+    r = spanprobe("check", "--json")
+    report = json.loads(r.stdout)
+    missing = [s for s, state in report["strategies"].items() if state != "available"]
+    if not missing:
+        pytest.skip("this kernel offers every strategy")
+    r = spanprobe("run", "--attach-mode", missing[0], "--console", "--duration", "1")
+    assert r.returncode == 4, r.stderr
+    assert f"attach_mode {missing[0]} is not usable" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_collector_down_never_blocks_consumption(tmp):
+    dead = free_port()   # nothing listens here
+    app = App("stdlib-http-server", tmp, service="nocollector")
+    try:
+        agent = Agent(["--port", str(app.port), "--otlp-endpoint", f"http://127.0.0.1:{dead}"], tmp,
+                      env={"SPANPROBE_EXPORT_QUEUE_SIZE": "50", "SPANPROBE_EXPORT_TIMEOUT_S": "1",
+                           "SPANPROBE_EXPORT_MAX_ATTEMPTS": "1", "SPANPROBE_STATS_INTERVAL_S": "1"})
+        session = requests.Session()
+        for i in range(300):
+            assert session.get(f"{app.url}/users/{i}", timeout=10).status_code == 200
+        time.sleep(2)
+        rc = agent.stop()
+        assert rc == 0
+        assert agent.stop_seconds < 5.0
+        c = agent.final_counters()
+        # every request became a span; none was exported; each is counted as dropped or failed
+        assert c["spans_built"] == 300
+        assert c["spans_exported"] == 0
+        assert c["spans_dropped_queue_full"] + c["spans_export_failed"] == 300
+        assert c["spans_dropped_queue_full"] > 0
+    finally:
+        app.stop()
+
+
+def test_process_started_later_is_picked_up_and_exit_forgotten(tmp, receiver):
+    agent = Agent(["--exe", "tests.apps.stdlib_app", "--otlp-endpoint",
+                   f"http://127.0.0.1:{receiver.grpc_port}", "--log-level", "debug"], tmp)
+    try:
+        app = App("stdlib-http-server", tmp, service="latecomer")
+        try:
+            requests.get(f"{app.url}/users/5", timeout=10)
+            (span,) = receiver.wait_for(lambda s: s["resource"].get("service.name") == "latecomer")
+            assert span["resource"]["process.pid"] == app.proc.pid
+        finally:
+            app.stop()
+        agent.wait_for(rf"process {app.proc.pid} exited", 10)
+    finally:
+        assert agent.stop() == 0
+
+
+def test_otlp_http_protobuf_export(tmp, receiver):
+    app = App("flask-gunicorn-gthread", tmp, service="over-http")
+    try:
+        agent = Agent(["--port", str(app.port), "--otlp-protocol", "http/protobuf", "--otlp-endpoint",
+                       f"http://127.0.0.1:{receiver.http_port}"], tmp)
+        requests.get(f"{app.url}/users/77", timeout=10)
+        (span,) = receiver.wait_for(lambda s: s["resource"].get("service.name") == "over-http")
+        assert span["name"] == "GET /users/{id}"
+        assert agent.stop() == 0
+    finally:
+        app.stop()
+
+
+def test_standard_otel_variables_are_honoured(tmp, receiver):
+    app = App("stdlib-http-server", tmp, service="via-env")
+    try:
+        agent = Agent(["--port", str(app.port)], tmp, env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.http_port}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=ci,team=obs"})
+        requests.get(f"{app.url}/users/3", timeout=10)
+        (span,) = receiver.wait_for(lambda s: s["resource"].get("service.name") == "via-env")
+        assert span["resource"]["deployment.environment.name"] == "ci"
+        assert span["resource"]["team"] == "obs"
+        assert agent.stop() == 0
+    finally:
+        app.stop()
