@@ -67,9 +67,14 @@ def nearest(running: str, candidates: list[str]) -> str | None:
         newer = 1 if series > want else 0
         # Among equal distance, prefer older; among equal everything, newest ABI name.
         key = (newer, distance, 0)
-        if best is None or key < best[0] or (key == best[0] and name > best[1]):
+        if best is None or key < best[0] or (key == best[0] and _natural(name) > _natural(best[1])):
             best = (key, name)
     return best[1] if best else None
+
+
+def _natural(name: str) -> list:
+    """Sort key comparing digit runs as numbers: ABI 6.1.0-28 is newer than 6.1.0-9."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def read_status(running: str | None = None, root: Path = Path("/")) -> HeadersStatus:

@@ -70,7 +70,9 @@ class Agent:
         self.builder = SpanBuilder(self.registry, RouteMatcher(settings["routes"]), self.redactor,
                                    self.clock, self.root.hostname(),
                                    agent_resource_attributes(settings, self.env))
-        self.assembler = Assembler(self._exchange_done, self._listen_address)
+        self.assembler = Assembler(self._exchange_done, self._listen_address, self._own_peer)
+        self._own_ports: set[int] = set()
+        self._own_ports_at = 0.0
         self._listen_cache: dict[tuple[int, int], tuple[str, int] | None] = {}
         self._batch: list[bytes] = []
         self._spans: list = []
@@ -161,7 +163,8 @@ class Agent:
         if not batch:
             return
         if self.session.plan.transport == "perf":
-            batch.sort(key=lambda raw: raw[:8])   # per-CPU buffers: restore time order
+            # per-CPU buffers: restore time order (ts_ns is the first, little-endian, field)
+            batch.sort(key=lambda raw: int.from_bytes(raw[:8], "little"))
         self.stats.events += len(batch)
         decode = ev.decode
         asm = self.assembler
@@ -224,6 +227,21 @@ class Agent:
         self.builder.forget(pid)
         for key in [k for k in self._listen_cache if k[0] == pid]:
             del self._listen_cache[key]
+
+    def _own_peer(self, peer: tuple[str, int]) -> bool:
+        """Is this peer one of the agent's own sockets? Checked on loopback peers only,
+        with /proc/self/net/tcp re-read at most ten times a second."""
+        if not (peer[0].startswith("127.") or peer[0] == "::1"):
+            return False
+        if peer[1] in self._own_ports:
+            return True
+        now = time.monotonic()
+        if now - self._own_ports_at < 0.1:
+            return False
+        self._own_ports_at = now
+        mine = set(self.root.socket_inodes(os.getpid()).values())
+        self._own_ports = {s.local_port for s in self.root.tcp_sockets(os.getpid()) if s.inode in mine}
+        return peer[1] in self._own_ports
 
     def _listen_address(self, pid: int, fd: int):
         key = (pid, fd)

@@ -120,7 +120,8 @@ class SpanBuilder:
             attrs["server.address"] = address
             if port:
                 attrs["server.port"] = port
-            netloc = address if not port or port == 80 else f"{address}:{port}"
+            host_part = f"[{address}]" if ":" in address else address   # IPv6 literal
+            netloc = host_part if not port or port == 80 else f"{host_part}:{port}"
             attrs["url.full"] = f"http://{netloc}{path}" + (f"?{query}" if query else "")
             attrs["url.template"] = route
             kind = SpanKind.CLIENT

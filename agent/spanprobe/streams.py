@@ -15,6 +15,7 @@ a request's head is seen, so children created while it runs can point at it:
 from __future__ import annotations
 
 import random
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -40,20 +41,19 @@ def new_span_id() -> int:
             return v
 
 
+# W3C trace-context: lowercase hex only; version 00 has exactly four fields, later
+# versions may append more (the same rule as OpenTelemetry's own propagator).
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
 def parse_traceparent(value: str | None) -> tuple[int, int, int] | None:
     """(trace_id, parent_span_id, flags) from a W3C traceparent, or None if invalid."""
     if not value:
         return None
-    parts = value.strip().split("-")
-    if len(parts) < 4 or len(parts[0]) != 2 or parts[0] == "ff":
+    m = _TRACEPARENT.fullmatch(value.strip())
+    if m is None or m.group(1) == "ff" or (m.group(1) == "00" and m.group(5)):
         return None
-    if len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
-        return None
-    try:
-        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
-        int(parts[0], 16)
-    except ValueError:
-        return None
+    trace_id, span_id, flags = int(m.group(2), 16), int(m.group(3), 16), int(m.group(4), 16)
     if trace_id == 0 or span_id == 0:
         return None
     return trace_id, span_id, flags
@@ -90,6 +90,7 @@ class Connection:
     ingress: MessageParser | None = None      # requests for servers, responses for clients
     egress: MessageParser | None = None
     egress_skip: int = 0          # bytes a partial write will send again
+    ignored: bool = False         # the agent's own traffic
     last_egress: Message | None = None
 
     @property
@@ -101,16 +102,21 @@ class Assembler:
     """Turns decoded events into finished Exchanges, handed to `emit`."""
 
     def __init__(self, emit: Callable[[Exchange], None],
-                 resolve_listen: Callable[[int, int], tuple[str, int] | None] | None = None):
+                 resolve_listen: Callable[[int, int], tuple[str, int] | None] | None = None,
+                 own_peer: Callable[[tuple[str, int]], bool] | None = None):
         self.emit = emit
         self.resolve_listen = resolve_listen or (lambda pid, fd: None)
+        # True for a peer that is the agent itself (its OTLP export to a traced
+        # collector): tracing that would feed spans back into the export forever
+        self.own_peer = own_peer or (lambda peer: False)
         self.conns: dict[tuple[int, int], Connection] = {}
         self.pending_ports: dict[tuple[int, int, int], ev.ConnEvent] = {}
         self.client_by_port: dict[int, list[Connection]] = {}
         self.serving: dict[int, list[Exchange]] = {}          # tgid -> server exchanges in flight
         self.ready: list[Exchange] = []
         self.counts = {"exchanges": 0, "aborted": 0, "unpaired_responses": 0,
-                       "parse_errors": 0, "lost_bytes": 0, "unknown_connection_data": 0}
+                       "parse_errors": 0, "lost_bytes": 0, "unknown_connection_data": 0,
+                       "agent_own_connections": 0}
 
     # ---- connections ----
     def open(self, e: ev.ConnEvent) -> Connection:
@@ -122,6 +128,9 @@ class Assembler:
                           e.listen_fd, e.family)
         if conn.role == ev.ROLE_SERVER and conn.local is None and e.listen_fd >= 0:
             conn.local = self.resolve_listen(h.tgid, e.listen_fd)
+        if conn.role == ev.ROLE_SERVER and conn.peer is not None and self.own_peer(conn.peer):
+            conn.ignored = True
+            self.counts["agent_own_connections"] += 1
         self._wire(conn)
         self.conns[conn.key] = conn
         ports = self.pending_ports.pop((h.tgid, h.fd, h.conn_id), None)
@@ -203,6 +212,8 @@ class Assembler:
         if conn is None or conn.conn_id != h.conn_id:
             self.counts["unknown_connection_data"] += 1
             return
+        if conn.ignored:
+            return
         if e.direction == ev.DIR_INGRESS:
             conn.ingress.feed(h.ts_ns, h.tid, e.data, e.length, e.tail)
             return
@@ -280,6 +291,8 @@ class Assembler:
         for x in conn.inflight:
             if x.response is None:
                 x.response = msg
+                if not msg.complete:    # only a close ends a message incomplete
+                    x.aborted = "connection closed before the response completed"
                 break
         else:
             self.counts["unpaired_responses"] += 1

@@ -196,3 +196,45 @@ def test_standard_otel_variables_are_honoured(tmp, receiver):
         assert agent.stop() == 0
     finally:
         app.stop()
+
+
+def test_trace_all_by_default_without_tracing_its_own_export(tmp, receiver):
+    """No selection: every process that speaks HTTP, here the receiver in this test
+    process too, which the agent exports to over OTLP/HTTP: that export must not be
+    traced, or every export would produce a span to export."""
+    app = App("stdlib-http-server", tmp, service="everyone")
+    try:
+        agent = Agent(["--otlp-protocol", "http/protobuf", "--otlp-endpoint",
+                       f"http://127.0.0.1:{receiver.http_port}"], tmp)
+        assert "selected=all" in agent.stderr
+        for i in range(5):
+            requests.get(f"{app.url}/users/{i}", timeout=10)
+            time.sleep(0.3)
+        receiver.wait_for(lambda s: s["resource"].get("service.name") == "everyone", 5)
+        # this test process is traced as a client of the app
+        receiver.wait_for(lambda s: s["kind"] == "CLIENT" and s["resource"].get("process.pid") == os.getpid()
+                          and s["attributes"].get("server.port") == app.port, 5)
+        time.sleep(1.5)
+        assert agent.stop() == 0
+        exports = [s for s in receiver.spans if s["attributes"].get("url.path") == "/v1/traces"]
+        assert exports == []
+        assert agent.final_counters()["agent_own_connections"] >= 1
+    finally:
+        app.stop()
+
+
+def test_perf_buffer_transport(tmp, receiver):
+    app = App("stdlib-http-server", tmp, service="perfbuf")
+    try:
+        agent = Agent(["--port", str(app.port), "--buffer", "perf", "--otlp-endpoint",
+                       f"http://127.0.0.1:{receiver.grpc_port}"], tmp)
+        assert "transport=perf" in agent.stderr
+        session = requests.Session()
+        for i in range(20):
+            session.get(f"{app.url}/users/{i}", timeout=10)
+        spans = receiver.wait_for(lambda s: s["resource"].get("service.name") == "perfbuf", 20)
+        assert len(spans) == 20
+        assert agent.stop() == 0
+        assert agent.final_counters()["perf_events_lost"] == 0
+    finally:
+        app.stop()
