@@ -1,0 +1,134 @@
+"""Per-span CPU cost of the agent's user-space path, side by side with the SDK's tracer API.
+
+    python bench/span_cost.py [--spans 20000]
+
+Feeds synthetic kernel records (the same bytes the ring buffer delivers) through
+decode -> assemble -> build, then encodes the spans as OTLP protobuf, and compares with
+creating the same spans through the OpenTelemetry SDK's tracer API. CPU time
+(time.process_time), medians of 5 rounds, one process: ratios are what matter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import struct
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
+
+from spanprobe import events as ev  # noqa: E402
+from spanprobe.clock import MonotonicToWall  # noqa: E402
+from spanprobe.discovery import ProcessRegistry  # noqa: E402
+from spanprobe.privacy import Redactor  # noqa: E402
+from spanprobe.procfs import SysRoot  # noqa: E402
+from spanprobe.routes import RouteMatcher  # noqa: E402
+from spanprobe.spans import SpanBuilder  # noqa: E402
+from spanprobe.streams import Assembler  # noqa: E402
+
+REQ = (b"GET /users/%d?page=2 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: bench/1.0\r\n"
+       b"Accept: */*\r\nConnection: keep-alive\r\n\r\n")
+RESP = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 27\r\n\r\n{\"id\": 42, \"name\": \"bench\"}"
+
+
+def header(kind, ts, fd=5, conn_id=1, tgid=4242, tid=4242):
+    return ev.HEADER.pack(ts, kind, tgid, tid, fd, conn_id)
+
+
+def data(ts, direction, payload):
+    return header(ev.EV_DATA, ts) + ev.DATA.pack(len(payload), len(payload), direction, 0, 0, b"\0" * 8) + payload
+
+
+def records(n: int) -> list[bytes]:
+    peer = b"\x7f\0\0\x01" + b"\0" * 12
+    out = [header(ev.EV_CONN_OPEN, 1) + ev.CONN.pack(3, ev.AF_INET, ev.ROLE_SERVER, 0, 50000, 8000, 0, peer, peer)]
+    ts = 10
+    for i in range(n):
+        out.append(data(ts, ev.DIR_INGRESS, REQ % i))
+        out.append(data(ts + 50_000, ev.DIR_EGRESS, RESP))
+        ts += 100_000
+    return out
+
+
+def agent_path(raw: list[bytes]):
+    spans = []
+    registry = ProcessRegistry(SysRoot("/"), Redactor([], []))
+    builder = SpanBuilder(registry, RouteMatcher([]), Redactor(["authorization"], ["token"]),
+                          MonotonicToWall(), "bench-host", {})
+    asm = Assembler(lambda x: spans.append(builder.build(x)))
+    t0 = time.process_time()
+    for r in raw:
+        e = ev.decode(r)
+        if e.h.kind == ev.EV_DATA:
+            asm.data(e)
+        else:
+            asm.open(e)
+    asm.drain()
+    t1 = time.process_time()
+    return spans, t1 - t0
+
+
+def encode(spans):
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    t0 = time.process_time()
+    for i in range(0, len(spans), 512):
+        encode_spans(spans[i:i + 512]).SerializeToString()
+    return time.process_time() - t0
+
+
+def sdk_path(n: int):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.trace import SpanKind
+
+    class Null(SpanExporter):
+        def export(self, spans):
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Null(), max_queue_size=n + 10))
+    tracer = provider.get_tracer("bench")
+    t0 = time.process_time()
+    for i in range(n):
+        with tracer.start_as_current_span("GET /users/{id}", kind=SpanKind.SERVER, attributes={
+            "http.request.method": "GET", "url.path": f"/users/{i}", "url.query": "page=2",
+            "url.scheme": "http", "http.route": "/users/{id}", "server.address": "127.0.0.1",
+            "server.port": 8000, "client.address": "127.0.0.1", "client.port": 50000,
+            "network.peer.address": "127.0.0.1", "network.peer.port": 50000,
+            "network.protocol.version": "1.1", "user_agent.original": "bench/1.0"}) as span:
+            span.set_attribute("http.response.status_code", 200)
+    t1 = time.process_time()
+    provider.shutdown()
+    return t1 - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--spans", type=int, default=20000)
+    p.add_argument("--rounds", type=int, default=5)
+    a = p.parse_args()
+    raw = records(a.spans)
+    rows = {"agent: decode + assemble + build": [], "agent: OTLP protobuf encode": [],
+            "agent: total per span": [], "SDK tracer API (no export)": []}
+    for _ in range(a.rounds):
+        spans, t_build = agent_path(raw)
+        assert len(spans) == a.spans, len(spans)
+        t_enc = encode(spans)
+        t_sdk = sdk_path(a.spans)
+        rows["agent: decode + assemble + build"].append(t_build / a.spans * 1e6)
+        rows["agent: OTLP protobuf encode"].append(t_enc / a.spans * 1e6)
+        rows["agent: total per span"].append((t_build + t_enc) / a.spans * 1e6)
+        rows["SDK tracer API (no export)"].append(t_sdk / a.spans * 1e6)
+    print(f"CPU µs per span, median of {a.rounds} rounds of {a.spans} spans (same process, same run)")
+    print(f"{'path':<36}{'µs/span':>10}")
+    for name, vals in rows.items():
+        print(f"{name:<36}{statistics.median(vals):>10.1f}")
+    agent = statistics.median(rows["agent: total per span"])
+    sdk = statistics.median(rows["SDK tracer API (no export)"])
+    print(f"agent total / SDK API = {agent / sdk:.2f}; agent spans/s per core (user space) ~ {1e6 / agent:,.0f}")
+
+
+if __name__ == "__main__":
+    main()

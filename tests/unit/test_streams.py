@@ -1,0 +1,732 @@
+"""Unit tests of exchange assembly and trace context (spanprobe.streams).
+
+Events are built directly from the spanprobe.events dataclasses, in the order the
+kernel side reports them: a DataEvent per read/write (egress captured at the write's
+entry), a WriteResult at a write's exit when it matters, ConnEvents for open, ports
+and close.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from spanprobe import events as ev
+from spanprobe import streams
+from spanprobe.streams import Assembler, Exchange, new_span_id, new_trace_id, parse_traceparent
+
+SRV_TGID = 100
+CLI_TGID = 200
+
+TP_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+TP_PARENT = 0x00F067AA0BA902B7
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def req(method: str = "GET", target: str = "/", headers: dict[str, str] | None = None,
+        body: bytes = b"") -> bytes:
+    hs = {"Host": "svc"} | (headers or {})
+    if body:
+        hs["Content-Length"] = str(len(body))
+    head = f"{method} {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hs.items())
+    return head.encode() + b"\r\n" + body
+
+
+def resp(status: int = 200, body: bytes = b"ok", reason: str = "OK") -> bytes:
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+class Sim:
+    """An Assembler plus helpers that make the events of one connection at a time."""
+
+    def __init__(self, resolve_listen=None):
+        self.out: list[Exchange] = []
+        self.asm = Assembler(lambda x: self.out.append(x), resolve_listen)
+
+    @staticmethod
+    def h(kind: int, ts: int, tgid: int, fd: int, conn_id: int, tid: int | None = None) -> ev.Header:
+        return ev.Header(ts, kind, tgid, tgid if tid is None else tid, fd, conn_id)
+
+    def open(self, ts, role, *, tgid=SRV_TGID, fd=5, conn_id=1, peer=None, local=None,
+             listen_fd=-1, tid=None):
+        e = ev.ConnEvent(self.h(ev.EV_CONN_OPEN, ts, tgid, fd, conn_id, tid), listen_fd,
+                         ev.AF_INET, role, 0, peer, local)
+        return self.asm.open(e)
+
+    def ports(self, ts, *, local, peer, tgid=CLI_TGID, fd=5, conn_id=1):
+        e = ev.ConnEvent(self.h(ev.EV_CONN_PORTS, ts, tgid, fd, conn_id), -1, ev.AF_INET,
+                         ev.ROLE_CLIENT, 0, peer, local)
+        self.asm.ports(e)
+
+    def close(self, ts, *, tgid=SRV_TGID, fd=5, conn_id=1):
+        e = ev.ConnEvent(self.h(ev.EV_CONN_CLOSE, ts, tgid, fd, conn_id), -1, ev.AF_INET, 0, 0,
+                         None, None)
+        self.asm.close(e)
+
+    def _data(self, direction, ts, data, *, tgid, fd, conn_id, tid, length, tail, flags):
+        length = len(data) if length is None else length
+        e = ev.DataEvent(self.h(ev.EV_DATA, ts, tgid, fd, conn_id, tid), length, data,
+                         direction, flags, 0, tail)
+        self.asm.data(e)
+
+    def read(self, ts, data, *, tgid=SRV_TGID, fd=5, conn_id=1, tid=None, length=None,
+             tail=b"", flags=0):
+        self._data(ev.DIR_INGRESS, ts, data, tgid=tgid, fd=fd, conn_id=conn_id, tid=tid,
+                   length=length, tail=tail, flags=flags)
+
+    def write(self, ts, data, *, tgid=SRV_TGID, fd=5, conn_id=1, tid=None, length=None,
+              tail=b"", flags=0):
+        self._data(ev.DIR_EGRESS, ts, data, tgid=tgid, fd=fd, conn_id=conn_id, tid=tid,
+                   length=length, tail=tail, flags=flags)
+
+    def write_result(self, ts, ret, asked, *, tgid=SRV_TGID, fd=5, conn_id=1, tid=None):
+        self.asm.write_result(ev.WriteResult(self.h(ev.EV_WRITE_RESULT, ts, tgid, fd, conn_id, tid),
+                                             ret, asked))
+
+    def drain(self) -> list[Exchange]:
+        self.asm.drain()
+        out, self.out = self.out, []
+        return out
+
+
+PEER = ("10.0.0.9", 51000)
+LOCAL = ("10.0.0.5", 8000)
+
+
+def server(sim: Sim, ts: int = 1, **kw):
+    kw.setdefault("peer", PEER)
+    kw.setdefault("local", LOCAL)
+    return sim.open(ts, ev.ROLE_SERVER, **kw)
+
+
+# ---- one server exchange ----
+
+def test_server_request_and_response_make_one_exchange_on_drain():
+    sim = Sim()
+    conn = server(sim)
+    sim.read(10, req("GET", "/users/42?q=1"), tid=101)
+    sim.write(20, resp(200, b"hello"), tid=101)
+    assert sim.out == []                       # nothing before drain
+    assert len(sim.asm.ready) == 1
+    [x] = sim.drain()
+    assert x.conn is conn
+    assert x.conn.peer == PEER and x.conn.local == LOCAL
+    assert x.request.method == "GET"
+    assert x.request.target == "/users/42?q=1"
+    assert x.request.tid == 101
+    assert x.request.start_ts == 10
+    assert x.response.status == 200
+    assert x.response.body_size == 5
+    assert x.response.end_ts == 20
+    assert x.parent_span_id is None
+    assert x.parent_remote is False
+    assert x.aborted is None
+    assert x.trace_id != 0 and x.span_id != 0
+    assert sim.asm.counts["exchanges"] == 1
+    assert sim.asm.counts["aborted"] == 0
+    assert sim.asm.serving == {SRV_TGID: []}   # no longer in flight
+    assert sim.asm.ready == []
+    assert sim.drain() == []                   # emitted once
+
+
+def test_no_exchange_before_the_response_is_complete():
+    sim = Sim()
+    server(sim)
+    sim.read(10, req())
+    full = resp(200, b"0123456789")
+    sim.write(20, full[:-4])
+    assert sim.drain() == []
+    assert len(sim.asm.serving[SRV_TGID]) == 1
+    sim.write(21, full[-4:])
+    [x] = sim.drain()
+    assert x.response.end_ts == 21
+    assert x.response.body_size == 10
+
+
+def test_keep_alive_sequence_gives_one_exchange_each_in_order():
+    sim = Sim()
+    server(sim)
+    for i, path in enumerate(["/a", "/b", "/c"]):
+        sim.read(10 + 10 * i, req("GET", path))
+        sim.write(15 + 10 * i, resp(200 + i, path.encode()))
+    xs = sim.drain()
+    assert [x.request.target for x in xs] == ["/a", "/b", "/c"]
+    assert [x.response.status for x in xs] == [200, 201, 202]
+    assert [x.request.start_ts for x in xs] == [10, 20, 30]
+    assert [x.response.end_ts for x in xs] == [15, 25, 35]
+    assert len({x.span_id for x in xs}) == 3
+    assert len({x.trace_id for x in xs}) == 3       # each a root of its own trace
+    assert all(x.parent_span_id is None for x in xs)
+    assert sim.asm.counts["exchanges"] == 3
+
+
+def test_pipelined_requests_in_one_read_pair_first_in_first_out():
+    sim = Sim()
+    server(sim)
+    sim.read(10, req("GET", "/first") + req("POST", "/second", body=b"abc") + req("GET", "/third"))
+    assert [x.request.target for x in sim.asm.conns[(SRV_TGID, 5)].inflight] == \
+        ["/first", "/second", "/third"]
+    sim.write(20, resp(200, b"1"))
+    [x1] = sim.drain()
+    assert (x1.request.target, x1.response.status) == ("/first", 200)
+    sim.write(30, resp(201, b"22") + resp(404, b"333"))
+    x2, x3 = sim.drain()
+    assert (x2.request.target, x2.request.method, x2.request.body_size) == ("/second", "POST", 3)
+    assert (x2.response.status, x2.response.body_size) == (201, 2)
+    assert (x3.request.target, x3.response.status, x3.response.body_size) == ("/third", 404, 3)
+    assert sim.asm.counts["unpaired_responses"] == 0
+
+
+def test_response_without_request_is_counted_unpaired():
+    sim = Sim()
+    server(sim)
+    sim.write(10, resp(200))
+    assert sim.drain() == []
+    assert sim.asm.counts["unpaired_responses"] == 1
+
+
+def test_interim_100_continue_does_not_consume_the_pairing():
+    sim = Sim()
+    server(sim)
+    head = req("POST", "/upload", {"Expect": "100-continue", "Content-Length": "5"})
+    sim.read(10, head)
+    sim.write(11, b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert sim.drain() == []
+    sim.read(12, b"hello")
+    sim.write(20, resp(201, b"done"))
+    [x] = sim.drain()
+    assert x.request.target == "/upload"
+    assert x.request.body_size == 5
+    assert x.response.status == 201
+    assert x.response.interim is False
+    assert sim.asm.counts["unpaired_responses"] == 0
+
+
+def test_client_interim_response_keeps_the_method_for_the_final_one():
+    # HEAD's final response has a Content-Length but no body: the parser must still
+    # know the method after the 100 Continue
+    sim = Sim()
+    sim.open(1, ev.ROLE_CLIENT, tgid=CLI_TGID, peer=("10.0.0.7", 80))
+    sim.write(10, req("HEAD", "/big"), tgid=CLI_TGID)
+    sim.read(11, b"HTTP/1.1 100 Continue\r\n\r\n", tgid=CLI_TGID)
+    sim.read(12, b"HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n", tgid=CLI_TGID)
+    [x] = sim.drain()
+    assert x.request.method == "HEAD"
+    assert x.response.status == 200
+    assert x.response.body_size == 0
+    assert x.response.end_ts == 12
+
+
+# ---- traceparent ----
+
+def test_incoming_traceparent_is_honoured():
+    sim = Sim()
+    server(sim)
+    sim.read(10, req(headers={"traceparent": TRACEPARENT}))
+    sim.write(20, resp())
+    [x] = sim.drain()
+    assert x.trace_id == TP_TRACE
+    assert x.parent_span_id == TP_PARENT
+    assert x.parent_remote is True
+    assert x.trace_flags == 1
+    assert x.span_id not in (0, TP_PARENT)
+
+
+def test_unsampled_traceparent_flags_are_kept():
+    sim = Sim()
+    server(sim)
+    sim.read(10, req(headers={"traceparent": TRACEPARENT[:-2] + "00"}))
+    sim.write(20, resp())
+    [x] = sim.drain()
+    assert (x.trace_id, x.parent_span_id, x.trace_flags) == (TP_TRACE, TP_PARENT, 0)
+
+
+def test_invalid_traceparent_starts_a_new_trace():
+    sim = Sim()
+    server(sim)
+    sim.read(10, req(headers={"traceparent": "00-" + "0" * 32 + "-00f067aa0ba902b7-01"}))
+    sim.write(20, resp())
+    [x] = sim.drain()
+    assert x.parent_span_id is None
+    assert x.parent_remote is False
+    assert x.trace_id not in (0, TP_TRACE)
+
+
+def test_client_request_with_traceparent_uses_it():
+    # an instrumented client propagates its own context: that wins over the guess
+    sim = Sim()
+    server(sim)
+    sim.read(10, req())
+    sim.open(11, ev.ROLE_CLIENT, tgid=SRV_TGID, fd=9, peer=("10.0.0.7", 80))
+    sim.write(12, req(headers={"traceparent": TRACEPARENT}), fd=9)
+    [cx] = list(sim.asm.conns[(SRV_TGID, 9)].inflight)
+    assert (cx.trace_id, cx.parent_span_id, cx.parent_remote) == (TP_TRACE, TP_PARENT, True)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (TRACEPARENT, (TP_TRACE, TP_PARENT, 1)),
+    ("  " + TRACEPARENT + " ", (TP_TRACE, TP_PARENT, 1)),
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", (TP_TRACE, TP_PARENT, 0)),
+    # a later version may carry more fields
+    ("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future", (TP_TRACE, TP_PARENT, 1)),
+])
+def test_parse_traceparent_valid(value, expected):
+    assert parse_traceparent(value) == expected
+
+
+@pytest.mark.parametrize("value", [
+    None,
+    "",
+    "00-00000000000000000000000000000000-00f067aa0ba902b7-01",      # zero trace id
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",      # zero span id
+    "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",      # version ff
+    "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",       # trace id 31 chars
+    "00-4bf92f3577b34da6a3ce929d0e0e47361-00f067aa0ba902b7-01",     # trace id 33 chars
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b-01",       # span id 15 chars
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",       # flags 1 char
+    "0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",       # version 1 char
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",         # three fields
+    "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",      # not hex
+    "zz-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",      # version not hex
+    "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",      # upper case
+    "00-0x4bf92f3577b34da6a3ce929d0e0e47-00f067aa0ba902b7-01",      # 0x prefix
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-+0f067aa0ba902b7-01",      # sign
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-0_f067aa0ba902b7-01",      # underscore
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-       0ba902b7-01",       # inner spaces
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",    # version 00 has 4 fields
+])
+def test_parse_traceparent_invalid(value):
+    assert parse_traceparent(value) is None
+
+
+# ---- in-process parent: client calls made while serving ----
+
+def test_client_call_while_serving_exactly_one_request_is_its_child():
+    sim = Sim()
+    server(sim)
+    sim.read(10, req("GET", "/checkout"), tid=101)
+    [sx] = list(sim.asm.serving[SRV_TGID])
+    sim.open(11, ev.ROLE_CLIENT, tgid=SRV_TGID, fd=9, peer=("10.0.0.7", 8080))
+    # another thread of the same process: still certain, only one request in flight
+    sim.write(12, req("GET", "/stock"), fd=9, tid=102)
+    sim.read(13, resp(200, b"7"), fd=9, tid=102)
+    [cx] = sim.drain()
+    assert cx.conn.role == ev.ROLE_CLIENT
+    assert cx.request.target == "/stock"
+    assert cx.trace_id == sx.trace_id
+    assert cx.parent_span_id == sx.span_id
+    assert cx.parent_remote is False
+    assert cx.span_id != sx.span_id
+    sim.write(14, resp(200, b"paid"), tid=101)
+    [done] = sim.drain()
+    assert done is sx
+    assert sx.parent_span_id is None
+
+
+def test_client_call_on_the_thread_with_exactly_one_request_links_to_it():
+    sim = Sim()
+    server(sim, fd=5, conn_id=1)
+    server(sim, fd=6, conn_id=2, peer=("10.0.0.10", 52000))
+    sim.read(10, req("GET", "/one"), fd=5, conn_id=1, tid=101)
+    sim.read(11, req("GET", "/two"), fd=6, conn_id=2, tid=102)
+    one, two = sim.asm.serving[SRV_TGID]
+    assert (one.request.target, two.request.target) == ("/one", "/two")
+    sim.open(12, ev.ROLE_CLIENT, tgid=SRV_TGID, fd=9, peer=("10.0.0.7", 8080))
+    sim.write(13, req("GET", "/down"), fd=9, tid=102)
+    [cx] = sim.asm.conns[(SRV_TGID, 9)].inflight
+    assert cx.parent_span_id == two.span_id
+    assert cx.trace_id == two.trace_id
+
+
+def test_client_call_on_a_thread_serving_nothing_stays_unlinked():
+    sim = Sim()
+    server(sim, fd=5, conn_id=1)
+    server(sim, fd=6, conn_id=2)
+    sim.read(10, req("GET", "/one"), fd=5, conn_id=1, tid=101)
+    sim.read(11, req("GET", "/two"), fd=6, conn_id=2, tid=102)
+    sim.open(12, ev.ROLE_CLIENT, tgid=SRV_TGID, fd=9, peer=("10.0.0.7", 8080))
+    sim.write(13, req("GET", "/down"), fd=9, tid=103)
+    [cx] = sim.asm.conns[(SRV_TGID, 9)].inflight
+    assert cx.parent_span_id is None
+    assert cx.trace_id not in {x.trace_id for x in sim.asm.serving[SRV_TGID]}
+
+
+def test_client_call_with_two_requests_in_flight_on_the_same_thread_stays_unlinked():
+    sim = Sim()
+    server(sim, fd=5, conn_id=1)
+    server(sim, fd=6, conn_id=2)
+    sim.read(10, req("GET", "/one"), fd=5, conn_id=1, tid=101)
+    sim.read(11, req("GET", "/two"), fd=6, conn_id=2, tid=101)     # an event loop
+    sim.open(12, ev.ROLE_CLIENT, tgid=SRV_TGID, fd=9, peer=("10.0.0.7", 8080))
+    sim.write(13, req("GET", "/down"), fd=9, tid=101)
+    sim.read(14, resp(), fd=9, tid=101)
+    [cx] = sim.drain()
+    assert cx.parent_span_id is None
+    assert cx.parent_remote is False
+    assert cx.trace_id not in {x.trace_id for x in sim.asm.serving[SRV_TGID]}
+    assert cx.trace_id != 0
+
+
+def test_client_call_in_another_process_is_not_a_child():
+    sim = Sim()
+    server(sim)
+    sim.read(10, req(), tid=101)
+    sim.open(11, ev.ROLE_CLIENT, tgid=CLI_TGID, fd=9, peer=("10.0.0.7", 8080))
+    sim.write(12, req(), tgid=CLI_TGID, fd=9)
+    [cx] = sim.asm.conns[(CLI_TGID, 9)].inflight
+    assert cx.parent_span_id is None
+
+
+def test_client_call_after_the_request_was_answered_is_not_a_child():
+    sim = Sim()
+    server(sim)
+    sim.read(10, req(), tid=101)
+    sim.write(11, resp(), tid=101)
+    [sx] = sim.drain()
+    sim.open(12, ev.ROLE_CLIENT, tgid=SRV_TGID, fd=9, peer=("10.0.0.7", 8080))
+    sim.write(13, req(), fd=9, tid=101)
+    [cx] = sim.asm.conns[(SRV_TGID, 9)].inflight
+    assert cx.parent_span_id is None
+    assert cx.trace_id != sx.trace_id
+
+
+# ---- cross-service on one host ----
+
+CLI_LOCAL = ("127.0.0.1", 41000)
+SRV_ADDR = ("127.0.0.1", 8000)
+
+
+def _client_sends(sim: Sim, *, ports_first: bool = False, srv_port: int = 8000):
+    peer = ("127.0.0.1", srv_port)
+    if ports_first:
+        # ESTABLISHED can be reported before connect() returns
+        sim.ports(1, local=CLI_LOCAL, peer=peer, tgid=CLI_TGID, fd=7, conn_id=70)
+        assert (CLI_TGID, 7, 70) in sim.asm.pending_ports
+        assert sim.asm.client_by_port == {}
+        sim.open(2, ev.ROLE_CLIENT, tgid=CLI_TGID, fd=7, conn_id=70, peer=peer)
+        assert sim.asm.pending_ports == {}
+    else:
+        sim.open(1, ev.ROLE_CLIENT, tgid=CLI_TGID, fd=7, conn_id=70, peer=peer)
+        sim.ports(2, local=CLI_LOCAL, peer=peer, tgid=CLI_TGID, fd=7, conn_id=70)
+    conn = sim.asm.conns[(CLI_TGID, 7)]
+    assert conn.local == CLI_LOCAL
+    assert sim.asm.client_by_port == {CLI_LOCAL[1]: [conn]}
+    sim.write(10, req("GET", "/api/items"), tgid=CLI_TGID, fd=7, conn_id=70)
+    [cx] = conn.inflight
+    return cx
+
+
+@pytest.mark.parametrize("ports_first", [False, True])
+def test_server_accepting_a_traced_client_continues_its_trace(ports_first):
+    sim = Sim()
+    cx = _client_sends(sim, ports_first=ports_first)
+    sim.open(11, ev.ROLE_SERVER, tgid=SRV_TGID, fd=4, conn_id=40, peer=CLI_LOCAL, local=SRV_ADDR)
+    sim.read(12, req("GET", "/api/items"), tgid=SRV_TGID, fd=4, conn_id=40)
+    sim.write(13, resp(200, b"[]"), tgid=SRV_TGID, fd=4, conn_id=40)
+    [sx] = sim.drain()
+    assert sx.conn.role == ev.ROLE_SERVER
+    assert sx.trace_id == cx.trace_id
+    assert sx.parent_span_id == cx.span_id
+    assert sx.parent_remote is False
+    assert cx.linked_downstream is True
+    sim.read(14, resp(200, b"[]"), tgid=CLI_TGID, fd=7, conn_id=70)
+    [done] = sim.drain()
+    assert done is cx
+    assert cx.parent_span_id is None
+
+
+def test_server_on_another_port_is_not_linked_to_the_client():
+    sim = Sim()
+    cx = _client_sends(sim, srv_port=9000)
+    sim.open(11, ev.ROLE_SERVER, tgid=SRV_TGID, fd=4, conn_id=40, peer=CLI_LOCAL, local=SRV_ADDR)
+    sim.read(12, req(), tgid=SRV_TGID, fd=4, conn_id=40)
+    [sx] = sim.asm.serving[SRV_TGID]
+    assert sx.parent_span_id is None
+    assert sx.trace_id != cx.trace_id
+    assert cx.linked_downstream is False
+
+
+def test_client_exchange_is_parent_of_one_server_exchange_only():
+    sim = Sim()
+    cx = _client_sends(sim)
+    for fd in (4, 6):
+        sim.open(11, ev.ROLE_SERVER, tgid=SRV_TGID, fd=fd, conn_id=fd, peer=CLI_LOCAL, local=SRV_ADDR)
+        sim.read(12, req(), tgid=SRV_TGID, fd=fd, conn_id=fd)
+    first, second = sim.asm.serving[SRV_TGID]
+    assert first.parent_span_id == cx.span_id
+    assert second.parent_span_id is None
+
+
+def test_closed_client_is_forgotten_for_linking():
+    sim = Sim()
+    _client_sends(sim)
+    sim.close(20, tgid=CLI_TGID, fd=7, conn_id=70)
+    assert sim.asm.client_by_port == {}
+    [aborted] = sim.drain()
+    assert aborted.aborted is not None
+    sim.open(21, ev.ROLE_SERVER, tgid=SRV_TGID, fd=4, conn_id=40, peer=CLI_LOCAL, local=SRV_ADDR)
+    sim.read(22, req(), tgid=SRV_TGID, fd=4, conn_id=40)
+    [sx] = sim.asm.serving[SRV_TGID]
+    assert sx.parent_span_id is None
+
+
+def test_adopted_client_connection_is_linkable():
+    sim = Sim()
+    conn = sim.asm.adopt(CLI_TGID, 7, 70, ev.ROLE_CLIENT, CLI_LOCAL, SRV_ADDR, 0)
+    assert sim.asm.client_by_port == {CLI_LOCAL[1]: [conn]}
+    sim.write(10, req(), tgid=CLI_TGID, fd=7, conn_id=70)
+    [cx] = conn.inflight
+    sim.open(11, ev.ROLE_SERVER, tgid=SRV_TGID, fd=4, conn_id=40, peer=CLI_LOCAL, local=SRV_ADDR)
+    sim.read(12, req(), tgid=SRV_TGID, fd=4, conn_id=40)
+    [sx] = sim.asm.serving[SRV_TGID]
+    assert (sx.trace_id, sx.parent_span_id) == (cx.trace_id, cx.span_id)
+
+
+def test_ports_for_an_older_connection_on_the_same_fd_wait_for_their_open():
+    sim = Sim()
+    sim.open(1, ev.ROLE_CLIENT, tgid=CLI_TGID, fd=7, conn_id=1, peer=SRV_ADDR)
+    sim.ports(2, local=CLI_LOCAL, peer=SRV_ADDR, tgid=CLI_TGID, fd=7, conn_id=2)
+    assert sim.asm.conns[(CLI_TGID, 7)].local is None
+    assert set(sim.asm.pending_ports) == {(CLI_TGID, 7, 2)}
+    new = sim.open(3, ev.ROLE_CLIENT, tgid=CLI_TGID, fd=7, conn_id=2, peer=SRV_ADDR)
+    assert new.local == CLI_LOCAL
+    assert sim.asm.client_by_port == {CLI_LOCAL[1]: [new]}
+
+
+# ---- partial and vectored writes ----
+
+def test_partial_write_resent_remainder_is_not_parsed_twice():
+    sim = Sim()
+    server(sim)
+    sim.read(10, req("GET", "/big"))
+    full = resp(200, b"0123456789")
+    sim.write(20, full)
+    sim.write_result(21, len(full) - 6, len(full))        # only part went out
+    conn = sim.asm.conns[(SRV_TGID, 5)]
+    assert conn.egress_skip == 6
+    sim.write(30, full[-6:])                               # the app sends the rest again
+    assert conn.egress_skip == 0
+    sim.write_result(31, 6, 6)
+    # the connection goes on: the next exchange must parse cleanly
+    sim.read(40, req("GET", "/next"))
+    sim.write(50, resp(404, b"no"))
+    x1, x2 = sim.drain()
+    assert (x1.request.target, x1.response.status, x1.response.body_size) == ("/big", 200, 10)
+    assert x1.response.end_ts == 31           # the last write of it finished then
+    assert (x2.request.target, x2.response.status) == ("/next", 404)
+    assert conn.responses.parse_errors == 0
+    assert conn.responses.lost_bytes == 0
+    assert sim.asm.counts["unpaired_responses"] == 0
+
+
+def test_failed_write_resent_entirely_is_skipped():
+    sim = Sim()
+    server(sim)
+    sim.read(10, req())
+    full = resp(200, b"abc")
+    sim.write(20, full)
+    sim.write_result(21, -11, len(full))       # EAGAIN: nothing sent
+    conn = sim.asm.conns[(SRV_TGID, 5)]
+    assert conn.egress_skip == len(full)
+    sim.write(30, full)
+    sim.write_result(31, len(full), len(full))
+    assert conn.egress_skip == 0
+    [x] = sim.drain()
+    assert x.response.status == 200
+    assert sim.asm.counts["unpaired_responses"] == 0
+
+
+def test_resend_followed_by_new_bytes_in_one_write_keeps_the_new_bytes():
+    sim = Sim()
+    server(sim)
+    sim.read(10, req("GET", "/a") + req("GET", "/b"))
+    r1, r2 = resp(200, b"first"), resp(201, b"second")
+    sim.write(20, r1)
+    sim.write_result(21, len(r1) - 3, len(r1))
+    sim.write(30, r1[-3:] + r2)
+    x1, x2 = sim.drain()
+    assert (x1.request.target, x1.response.status) == ("/a", 200)
+    assert (x2.request.target, x2.response.status, x2.response.body_size) == ("/b", 201, 6)
+
+
+def test_slow_write_exit_moves_the_response_end():
+    sim = Sim()
+    server(sim)
+    sim.read(10, req())
+    full = resp()
+    sim.write(20, full)
+    sim.write_result(95, len(full), len(full))
+    [x] = sim.drain()
+    assert x.response.end_ts == 95
+
+
+def test_vectored_write_reporting_more_than_asked_feeds_a_gap():
+    # writev(head, body): the kernel copied the head's buffer only (asked = its size)
+    sim = Sim()
+    server(sim)
+    sim.read(10, req())
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n"
+    sim.write(20, head, flags=ev.DATA_VECTOR)
+    assert sim.drain() == []
+    sim.write_result(25, len(head) + 5000, len(head))
+    [x] = sim.drain()
+    assert x.response.status == 200
+    assert x.response.body_size == 5000
+    assert x.response.end_ts == 25
+    assert x.aborted is None
+
+
+def test_write_result_of_an_unknown_connection_is_ignored():
+    sim = Sim()
+    server(sim)
+    sim.write_result(20, 5, 10, conn_id=99)
+    assert sim.asm.conns[(SRV_TGID, 5)].egress_skip == 0
+
+
+# ---- close, exit, unknown ----
+
+def test_close_mid_response_emits_an_aborted_exchange():
+    sim = Sim()
+    server(sim)
+    sim.read(10, req())
+    sim.write(20, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+    assert sim.drain() == []
+    sim.close(30)
+    [x] = sim.drain()
+    assert x.aborted == "connection closed before the response completed"
+    assert x.response.status == 200
+    assert x.response.complete is False
+    assert x.response.end_ts == 30
+    assert sim.asm.counts["aborted"] == 1
+    assert sim.asm.counts["exchanges"] == 1
+    assert sim.asm.conns == {}
+    assert sim.asm.serving == {SRV_TGID: []}
+
+
+def test_close_mid_response_head_emits_an_aborted_exchange():
+    sim = Sim()
+    server(sim)
+    sim.read(10, req())
+    sim.write(20, b"HTTP/1.1 200 OK\r\nContent-Le")
+    sim.close(30)
+    [x] = sim.drain()
+    assert x.aborted is not None
+    assert x.response.status is None
+    assert sim.asm.counts["aborted"] == 1
+
+
+def test_close_before_any_response_emits_an_aborted_exchange_without_response():
+    sim = Sim()
+    server(sim)
+    sim.read(10, req())
+    sim.close(30)
+    [x] = sim.drain()
+    assert x.aborted == "connection closed before the response completed"
+    assert x.response is None
+
+
+def test_close_of_client_reading_a_body_until_close_is_not_aborted():
+    # no Content-Length: the close is the end of the body
+    sim = Sim()
+    sim.open(1, ev.ROLE_CLIENT, tgid=CLI_TGID, peer=("10.0.0.7", 80))
+    sim.write(10, req(), tgid=CLI_TGID)
+    sim.read(20, b"HTTP/1.0 200 OK\r\n\r\nbody bytes", tgid=CLI_TGID)
+    sim.close(30, tgid=CLI_TGID)
+    [x] = sim.drain()
+    assert x.aborted is None
+    assert x.response.complete is True
+    assert x.response.body_size == 10
+    assert sim.asm.counts["aborted"] == 0
+
+
+def test_close_with_a_half_received_request_emits_nothing():
+    sim = Sim()
+    server(sim)
+    sim.read(10, b"GET /slow HTTP/1.1\r\nHost: sv")
+    sim.close(20)
+    assert sim.drain() == []
+    assert sim.asm.counts["exchanges"] == 0
+    assert sim.asm.counts["aborted"] == 0
+    assert sim.asm.serving.get(SRV_TGID, []) == []
+    assert sim.asm.conns == {}
+
+
+def test_close_with_other_conn_id_leaves_the_connection_open():
+    sim = Sim()
+    server(sim, conn_id=1)
+    sim.read(10, req())
+    sim.close(20, conn_id=2)
+    assert (SRV_TGID, 5) in sim.asm.conns
+    assert sim.drain() == []
+
+
+def test_reopening_an_fd_closes_the_previous_connection():
+    sim = Sim()
+    server(sim, conn_id=1)
+    sim.read(10, req("GET", "/old"))
+    new = server(sim, ts=20, conn_id=2)
+    [x] = sim.drain()
+    assert x.request.target == "/old"
+    assert x.aborted is not None
+    assert sim.asm.conns[(SRV_TGID, 5)] is new
+
+
+def test_process_exit_closes_that_processes_connections_only():
+    sim = Sim()
+    server(sim, fd=5, conn_id=1)
+    server(sim, fd=6, conn_id=2)
+    other = server(sim, tgid=300, fd=5, conn_id=3)
+    sim.read(10, req("GET", "/a"), fd=5, conn_id=1)
+    sim.read(11, req("GET", "/b"), fd=6, conn_id=2)
+    sim.read(12, req("GET", "/c"), tgid=300, fd=5, conn_id=3)
+    sim.asm.process_exit(SRV_TGID, 50)
+    xs = sim.drain()
+    assert sorted(x.request.target for x in xs) == ["/a", "/b"]
+    assert all(x.aborted for x in xs)
+    assert sim.asm.counts["aborted"] == 2
+    assert list(sim.asm.conns) == [(300, 5)]
+    assert sim.asm.conns[(300, 5)] is other
+    assert SRV_TGID not in sim.asm.serving
+    assert [x.request.target for x in sim.asm.serving[300]] == ["/c"]
+
+
+def test_data_for_an_unknown_connection_is_counted():
+    sim = Sim()
+    sim.read(10, req())                          # never opened
+    assert sim.asm.counts["unknown_connection_data"] == 1
+    server(sim, conn_id=1)
+    sim.read(11, req(), conn_id=2)               # same fd, another connection
+    sim.write(12, resp(), conn_id=2)
+    assert sim.asm.counts["unknown_connection_data"] == 3
+    assert sim.asm.conns[(SRV_TGID, 5)].inflight == type(sim.asm.conns[(SRV_TGID, 5)].inflight)()
+    assert sim.drain() == []
+
+
+def test_server_local_address_resolved_from_the_listening_socket():
+    calls = []
+
+    def resolve(pid, fd):
+        calls.append((pid, fd))
+        return ("0.0.0.0", 8000)
+
+    sim = Sim(resolve)
+    conn = sim.open(1, ev.ROLE_SERVER, peer=PEER, local=None, listen_fd=3)
+    assert calls == [(SRV_TGID, 3)]
+    assert conn.local == ("0.0.0.0", 8000)
+    sim.open(2, ev.ROLE_SERVER, fd=6, peer=PEER, local=LOCAL, listen_fd=3)
+    assert calls == [(SRV_TGID, 3)]             # known already: not asked
+
+
+# ---- ids ----
+
+def test_ids_are_never_zero(monkeypatch):
+    values = iter([0, 0, 7, 0, 9])
+    monkeypatch.setattr(streams._rng, "getrandbits", lambda bits: next(values))
+    assert new_trace_id() == 7
+    assert new_span_id() == 9
+
+
+def test_ids_fit_their_widths():
+    for _ in range(200):
+        t, s = new_trace_id(), new_span_id()
+        assert 0 < t < 1 << 128
+        assert 0 < s < 1 << 64
