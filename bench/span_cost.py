@@ -38,7 +38,7 @@ def header(kind, ts, fd=5, conn_id=1, tgid=4242, tid=4242):
 
 
 def data(ts, direction, payload):
-    return header(ev.EV_DATA, ts) + ev.DATA.pack(len(payload), len(payload), direction, 0, 0, b"\0" * 8) + payload
+    return header(ev.EV_DATA, ts) + ev.DATA.pack(len(payload), len(payload), direction, 0, 0, -1, 0, b"\0" * 8) + payload
 
 
 def records(n: int) -> list[bytes]:

@@ -80,6 +80,18 @@ struct sp_sk_owner {
 
 struct sp_comm { char name[16]; };
 
+/* CPython layout of one traced process, from spanprobe/pyruntime.py's calibration. */
+struct sp_pyrt {
+    __u64 runtime;     /* address of _PyRuntime in this process */
+    __u32 off_interp;  /* _PyRuntime -> main interpreter */
+    __u32 off_head;    /* interpreter -> newest thread state */
+    __u32 off_next;    /* thread state -> next (older) one */
+    __u32 off_tid;     /* thread state -> native thread id */
+    __u32 off_ctx;     /* thread state -> current contextvars.Context */
+    __u32 pad;
+};
+#define SP_PY_MAX_THREADS 16
+
 /* User ABI layouts (stable), declared here so no kernel header is needed. */
 struct sp_iovec { __u64 base; __u64 len; };
 struct sp_msghdr {
@@ -96,6 +108,10 @@ BPF_TABLE("lru_hash", struct sp_conn_key, struct sp_conn_state, conns, 65536);
 BPF_HASH(active, __u64, struct sp_active, 16384);
 BPF_TABLE("lru_hash", __u64, struct sp_sk_owner, connecting, 4096);
 BPF_PERCPU_ARRAY(scratch, struct sp_data_event, 1);
+/* asyncio linking: which server connection each task context works for */
+BPF_HASH(pyrt, __u32, struct sp_pyrt, 4096);
+BPF_TABLE("lru_hash", __u64, struct sp_conn_key, ctx_owner, 65536);
+BPF_TABLE("lru_hash", __u64, struct sp_conn_key, last_server, 16384);
 BPF_PERCPU_ARRAY(counters, __u64, SP_CNT_MAX);
 
 #if SP_USE_RINGBUF
@@ -196,9 +212,59 @@ static __always_inline int wanted(struct sp_conn_state *cs, __u64 ubuf, __u64 le
     return p != PROTO_OTHER;
 }
 
+/* The contextvars.Context the calling Python thread is in, or 0. */
+static __always_inline __u64 py_current_ctx(struct sp_pyrt *rt, __u32 tid)
+{
+    __u64 interp = 0, ts = 0;
+    if (bpf_probe_read_user(&interp, sizeof(interp), (void *)(rt->runtime + rt->off_interp)) != 0)
+        return 0;
+    if (bpf_probe_read_user(&ts, sizeof(ts), (void *)(interp + rt->off_head)) != 0)
+        return 0;
+#pragma unroll
+    for (int i = 0; i < SP_PY_MAX_THREADS; i++) {
+        if (!ts)
+            return 0;
+        __u64 t = 0;
+        bpf_probe_read_user(&t, sizeof(t), (void *)(ts + rt->off_tid));
+        if ((__u32)t == tid) {
+            __u64 c = 0;
+            bpf_probe_read_user(&c, sizeof(c), (void *)(ts + rt->off_ctx));
+            return c;
+        }
+        if (bpf_probe_read_user(&ts, sizeof(ts), (void *)(ts + rt->off_next)) != 0)
+            return 0;
+    }
+    return 0;
+}
+
+/* The server connection the calling asyncio task works for, or -1. */
+static __always_inline __s32 task_owner(__u64 pid_tgid)
+{
+    __u32 tgid = pid_tgid >> 32;
+    struct sp_pyrt *rt = pyrt.lookup(&tgid);
+    if (!rt)
+        return -1;
+    __u64 c = py_current_ctx(rt, (__u32)pid_tgid);
+    if (!c)
+        return -1;
+    struct sp_conn_key *owner = ctx_owner.lookup(&c);
+    return owner ? owner->fd : -1;
+}
+
+/* A Python thread just read from, or accepted, a server connection: contexts it
+ * creates next from the loop's own context belong to that connection's work. */
+static __always_inline void note_server(__u64 pid_tgid, __s32 fd)
+{
+    __u32 tgid = pid_tgid >> 32;
+    if (!pyrt.lookup(&tgid))
+        return;
+    struct sp_conn_key k = {.tgid = tgid, .fd = fd};
+    last_server.update(&pid_tgid, &k);
+}
+
 static __always_inline void emit_data(void *ctx, __u64 pid_tgid, __s32 fd, __u64 conn_id,
                                       __u64 ts, __u8 dir, __u8 flags, __u16 iov_index,
-                                      __u64 ubuf, __u64 len, __u32 capture)
+                                      __u64 ubuf, __u64 len, __u32 capture, __s32 owner)
 {
     __u32 zero = 0;
     struct sp_data_event *ev = scratch.lookup(&zero);
@@ -209,6 +275,7 @@ static __always_inline void emit_data(void *ctx, __u64 pid_tgid, __s32 fd, __u64
     ev->direction = dir;
     ev->flags = flags;
     ev->iov_index = iov_index;
+    ev->owner_fd = owner;
     __u64 n = len < capture ? len : capture;
     /* Verifier: the mask is what proves n fits buf; capture <= SP_MAX_CAPTURE
      * already, so it never changes the value. */
@@ -227,7 +294,7 @@ static __always_inline void emit_data(void *ctx, __u64 pid_tgid, __s32 fd, __u64
 
 static __always_inline void emit_iovecs(void *ctx, __u64 pid_tgid, struct sp_active *a,
                                         __u8 dir, __u64 iov, __u64 iovcnt, __s64 budget,
-                                        __u64 ts)
+                                        __u64 ts, __s32 owner)
 {
     if (iovcnt > SP_MAX_IOV)
         count(SP_CNT_IOV_TRUNCATED);
@@ -244,7 +311,7 @@ static __always_inline void emit_iovecs(void *ctx, __u64 pid_tgid, struct sp_act
         budget -= take;
         emit_data(ctx, pid_tgid, a->fd, a->conn_id, ts, dir,
                   SP_DATA_VECTOR | (dir == SP_DIR_EGRESS ? SP_DATA_AT_ENTRY : 0),
-                  i, v.base, take, a->capture);
+                  i, v.base, take, a->capture, owner);
         a->asked += take;
     }
 }
@@ -345,15 +412,17 @@ static __always_inline int sp_on_enter(void *ctx, __u32 op, __u64 a0, __u64 a1, 
          * host then always comes later in the ring buffer (cross-service links). */
         if (!wanted(cs, a1, a2))
             return 0;
+        __s32 owner = cs->role == SP_ROLE_CLIENT ? task_owner(pid_tgid) : -1;
         emit_data(ctx, pid_tgid, fd, a.conn_id, ts, SP_DIR_EGRESS, SP_DATA_AT_ENTRY, 0,
-                  a1, a2, capture);
+                  a1, a2, capture, owner);
         a.asked = a2;
     } else if (op == OP_WRITEV) {
         struct sp_iovec first = {};
         bpf_probe_read_user(&first, sizeof(first), (void *)a1);
         if (!wanted(cs, first.base, first.len))
             return 0;
-        emit_iovecs(ctx, pid_tgid, &a, SP_DIR_EGRESS, a1, a2, 0x7fffffffffffffffLL, ts);
+        __s32 owner = cs->role == SP_ROLE_CLIENT ? task_owner(pid_tgid) : -1;
+        emit_iovecs(ctx, pid_tgid, &a, SP_DIR_EGRESS, a1, a2, 0x7fffffffffffffffLL, ts, owner);
     }
     if (active.update(&pid_tgid, &a) != 0)
         count(SP_CNT_ACTIVE_FULL);
@@ -387,8 +456,10 @@ static __always_inline int sp_on_exit(void *ctx, __s64 ret)
     __u64 ts = bpf_ktime_get_ns();
 
     if (a.op == OP_ACCEPT) {
-        if (ret >= 0)
+        if (ret >= 0) {
             open_conn(ctx, pid_tgid, &a, (__s32)ret, SP_ROLE_SERVER, ts, ts);
+            note_server(pid_tgid, (__s32)ret);
+        }
         return 0;
     }
     if (a.op == OP_CONNECT) {
@@ -417,14 +488,16 @@ static __always_inline int sp_on_exit(void *ctx, __s64 ret)
         if (!wanted(cs, a.ptr, ret))
             return 0;
         emit_data(ctx, pid_tgid, a.fd, a.conn_id, ts, SP_DIR_INGRESS, 0, 0, a.ptr, ret,
-                  a.capture);
+                  a.capture, -1);
     } else if (a.op == OP_READV) {
         struct sp_iovec first = {};
         bpf_probe_read_user(&first, sizeof(first), (void *)a.ptr);
         if (!wanted(cs, first.base, first.len < (__u64)ret ? first.len : (__u64)ret))
             return 0;
-        emit_iovecs(ctx, pid_tgid, &a, SP_DIR_INGRESS, a.ptr, a.len, ret, ts);
+        emit_iovecs(ctx, pid_tgid, &a, SP_DIR_INGRESS, a.ptr, a.len, ret, ts, -1);
     }
+    if (cs->role == SP_ROLE_SERVER)
+        note_server(pid_tgid, a.fd);
     return 0;
 }
 
@@ -438,6 +511,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     fill_header(&ev.h, SP_EV_PROC_EXEC, bpf_ktime_get_ns(), pid_tgid, -1, 0);
     bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
     TP_DATA_LOC_READ_STR(ev.filename, filename, sizeof(ev.filename));
+    pyrt.delete(&tgid);   /* a new program image: its interpreter layout is unknown */
     struct sp_comm key = {};
     __builtin_memcpy(key.name, ev.comm, sizeof(key.name));
     if (exe_names.lookup(&key)) {
@@ -460,6 +534,12 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
     __u32 child = args->child_pid;
     struct sp_target copy = *t;
     traced.update(&child, &copy);
+    /* a forked worker (gunicorn, uvicorn --workers) has its parent's memory layout */
+    struct sp_pyrt *rt = pyrt.lookup(&parent);
+    if (rt) {
+        struct sp_pyrt rcopy = *rt;
+        pyrt.update(&child, &rcopy);
+    }
     struct sp_proc_event ev = {};
     fill_header(&ev.h, SP_EV_PROC_FORK, bpf_ktime_get_ns(), pid_tgid, -1, 0);
     ev.ppid = parent;
@@ -482,6 +562,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     __u32 capture = 0;
     int was = selected(tgid, &capture);
     traced.delete(&tgid);
+    pyrt.delete(&tgid);
     if (!was)
         return 0;
     struct sp_proc_event ev = {};
@@ -534,6 +615,34 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     }
     connecting.delete(&sk);
     output(args, &ev, sizeof(ev));
+    return 0;
+}
+#endif
+
+#if SP_WITH_PYTHON
+/* uretprobe on PyContext_CopyCurrent: a new context (a task or a callback) is born
+ * inside the current one. It works for whatever its parent works for; born in the
+ * loop's own context, it works for the server connection this thread last read. */
+int sp_py_ctx_copy(struct pt_regs *ctx)
+{
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    __u32 tgid = pid_tgid >> 32;
+    struct sp_pyrt *rt = pyrt.lookup(&tgid);
+    if (!rt)
+        return 0;
+    __u64 created = PT_REGS_RC(ctx);
+    if (!created)
+        return 0;
+    __u64 parent = py_current_ctx(rt, (__u32)pid_tgid);
+    struct sp_conn_key *owner = parent ? ctx_owner.lookup(&parent) : 0;
+    if (!owner)
+        owner = last_server.lookup(&pid_tgid);
+    if (owner) {
+        struct sp_conn_key copy = *owner;
+        ctx_owner.update(&created, &copy);
+    } else {
+        ctx_owner.delete(&created);   /* an address reused by a context nobody owns */
+    }
     return 0;
 }
 #endif

@@ -79,6 +79,9 @@ struct sp_data_event {
     __u8 direction;    /* enum sp_direction */
     __u8 flags;        /* enum sp_data_flags */
     __u16 iov_index;
+    __s32 owner_fd;    /* Python asyncio: the server connection whose task made this
+                          call (-1 unknown); see spanprobe/pyruntime.py */
+    __u32 pad;
     __u8 tail[SP_TAIL_BYTES]; /* last bytes of the buffer when not all was captured */
     __u8 buf[SP_BUF_SIZE];    /* only `captured` bytes are sent */
 };

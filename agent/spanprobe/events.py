@@ -51,7 +51,7 @@ AF_INET = 2
 AF_INET6 = 10
 
 HEADER = struct.Struct("<QIIIiQ")                 # struct sp_header
-DATA = struct.Struct("<qIBBH8s")                  # struct sp_data_event after the header
+DATA = struct.Struct("<qIBBHiI8s")                # struct sp_data_event after the header
 WRITE_RESULT = struct.Struct("<qq")               # struct sp_write_result_event
 CONN = struct.Struct("<iHBBHHI16s16s")            # struct sp_conn_event
 PATH_BYTES = 128
@@ -87,6 +87,7 @@ class DataEvent:
     flags: int
     iov_index: int
     tail: bytes          # last bytes when not all were captured, else b""
+    owner_fd: int = -1   # asyncio: server connection whose task made the call
 
 
 @dataclass(slots=True)
@@ -141,12 +142,12 @@ def decode(raw: bytes):
     kind = h.kind
     off = HEADER.size
     if kind == EV_DATA:
-        length, captured, direction, flags, iov_index, tail = DATA.unpack_from(raw, off)
+        length, captured, direction, flags, iov_index, owner_fd, _pad, tail = DATA.unpack_from(raw, off)
         data = raw[DATA_BUF_OFFSET:DATA_BUF_OFFSET + captured]
         if len(data) != captured:
             raise DecodeError(f"data record truncated: {len(data)} of {captured} bytes")
         return DataEvent(h, length, data, direction, flags, iov_index,
-                         tail if length > captured else b"")
+                         tail if length > captured else b"", owner_fd)
     if kind == EV_WRITE_RESULT:
         ret, asked = WRITE_RESULT.unpack_from(raw, off)
         return WriteResult(h, ret, asked)

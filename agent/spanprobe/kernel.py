@@ -28,6 +28,7 @@ class KernelFeatures:
     fentry: bool = False
     fentry_reason: str = ""
     ringbuf: bool = False
+    uprobes: bool = False
     syscall_prefix: str | None = None
 
     @property
@@ -121,4 +122,6 @@ def detect(root: SysRoot, syscalls: list[str], tracepoints: list[str]) -> Kernel
     else:
         feats.fentry = True
     feats.ringbuf = "bpf_ringbuf_output" in syms or feats.version >= (5, 8)
+    feats.uprobes = root.exists("sys/bus/event_source/devices/uprobe/type") or \
+        (bool(tracefs) and root.exists(tracefs or "", "uprobe_events"))
     return feats

@@ -51,6 +51,7 @@ class BpfSession:
     bpf: object
     attached: list[str] = field(default_factory=list)
     compile_s: float = 0.0
+    python_binaries: dict[str, bool] = field(default_factory=dict)
 
     # ---- maps ----
     def table(self, name: str):
@@ -74,6 +75,28 @@ class BpfSession:
     def select_port(self, port: int) -> None:
         t = self.table("ports")
         t[t.Key(port)] = t.Leaf(1)
+
+    def set_python(self, pid: int, layout, runtime: int) -> bool:
+        """Enable asyncio linking for one process; attach the uretprobe to its
+        interpreter binary the first time that binary is seen."""
+        if not self.plan.uprobes:
+            return False
+        if layout.binary not in self.python_binaries:
+            try:
+                self.bpf.attach_uretprobe(name=layout.binary.encode(), sym=b"PyContext_CopyCurrent",
+                                          fn_name=b"sp_py_ctx_copy")
+            except Exception as exc:
+                self.python_binaries[layout.binary] = False
+                log.warning("uretprobe on %s failed: %s", layout.binary, exc)
+                return False
+            self.python_binaries[layout.binary] = True
+            self.attached.append(f"uretprobe:{layout.binary}:PyContext_CopyCurrent")
+        if not self.python_binaries[layout.binary]:
+            return False
+        t = self.table("pyrt")
+        t[t.Key(pid)] = t.Leaf(runtime=runtime, off_interp=layout.off_interp, off_head=layout.off_head,
+                               off_next=layout.off_next, off_tid=layout.off_tid, off_ctx=layout.off_ctx)
+        return True
 
     def adopt_connection(self, pid: int, fd: int, conn_id: int, role: int) -> None:
         t = self.table("conns")
@@ -138,6 +161,7 @@ def cflags(plan: Plan, settings, feats: KernelFeatures, self_pid: int, trace_all
              f"-DSP_SLOW_WRITE_NS={SLOW_WRITE_NS}",
              f"-DSP_WITH_PORTS={1 if any(p.name == 'sock:inet_sock_set_state' for p in plan.tracepoints) else 0}",
              f"-DSP_SYSCALL_PREFIX={feats.syscall_prefix or '__x64_sys_'}"]
+    flags.append(f"-DSP_WITH_PYTHON={1 if plan.uprobes else 0}")
     flags += [f"-DSP_HOOK_{p.name}=1" for p in plan.syscalls]
     return flags + QUIET
 

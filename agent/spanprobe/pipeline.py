@@ -22,6 +22,7 @@ from .loader import BpfSession, load_best
 from .notify import sd_notify
 from .privacy import Redactor
 from .probes import SYSCALLS, TRACEPOINTS
+from .pyruntime import Calibrations
 from .procfs import SysRoot
 from .routes import RouteMatcher
 from .spans import SpanBuilder
@@ -71,6 +72,8 @@ class Agent:
                                    self.clock, self.root.hostname(),
                                    agent_resource_attributes(settings, self.env))
         self.assembler = Assembler(self._exchange_done, self._listen_address, self._own_peer)
+        self.calibrations = Calibrations(self.root)
+        self._python_checked: set[int] = set()
         self._own_ports: set[int] = set()
         self._own_ports_at = 0.0
         self._listen_cache: dict[tuple[int, int], tuple[str, int] | None] = {}
@@ -107,6 +110,8 @@ class Agent:
                 info = self.registry.get(pid)
                 if info is not None and self.selection.excluded(info):
                     s.select_pid(pid, excluded=True)
+        for pid in selected:
+            self._python(pid)
         now = time.monotonic_ns()
         for i, c in enumerate(existing):
             conn_id = now + i
@@ -183,6 +188,8 @@ class Agent:
             elif kind == ev.EV_CONN_OPEN:
                 asm.open(e)
                 self.registry.get(e.h.tgid)    # read /proc while the process is there
+                if e.role == ev.ROLE_SERVER and e.h.tgid not in self._python_checked:
+                    self._python(e.h.tgid)
             elif kind == ev.EV_CONN_CLOSE:
                 asm.close(e)
             elif kind == ev.EV_CONN_PORTS:
@@ -217,8 +224,20 @@ class Agent:
                 self.session.select_pid(pid, excluded=True)
         elif self.selection.matches(info):
             self.session.select_pid(pid)
+        self._python_checked.discard(pid)
+
+    def _python(self, pid: int) -> None:
+        """Asyncio linking for a Python process (calibrated once per interpreter)."""
+        self._python_checked.add(pid)
+        if not self.session.plan.uprobes:
+            return
+        info = self.registry.get(pid)
+        found = self.calibrations.for_process(pid, info.exe if info else None)
+        if found is not None and self.session.set_python(pid, *found):
+            log.debug("asyncio linking on for pid %d (Python %s)", pid, found[0].version)
 
     def _exit(self, pid: int, ts: int) -> None:
+        self._python_checked.discard(pid)
         if pid in self.registry.procs:
             log.debug("process %d exited: forgotten", pid)
         self.assembler.process_exit(pid, ts)

@@ -39,6 +39,8 @@ PROBES: tuple[Probe, ...] = (
     Probe("sched:sched_process_exit", "tracepoint", True, "processes that exit"),
     Probe("sock:inet_sock_set_state", "tracepoint", False,
           "a client's own port: links services on one host into one trace"),
+    Probe("PyContext_CopyCurrent", "uretprobe", False,
+          "Python asyncio servers: links outbound calls to the request their task serves"),
 )
 SYSCALLS = [p.name for p in PROBES if p.kind == "syscall"]
 TRACEPOINTS = [p.name for p in PROBES if p.kind == "tracepoint"]
@@ -55,6 +57,7 @@ class Plan:
     transport: str                      # "ringbuf" | "perf"
     syscalls: list[Probe] = field(default_factory=list)
     tracepoints: list[Probe] = field(default_factory=list)
+    uprobes: list[Probe] = field(default_factory=list)     # attached per binary, later
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (probe, reason)
 
     @property
@@ -93,6 +96,12 @@ def make_plan(feats: KernelFeatures, strategy: str, settings, buffer: str = "aut
     plan = Plan(strategy, transport)
     for p in PROBES:
         if p.only_with and not settings[p.only_with]:
+            continue
+        if p.kind == "uretprobe":
+            if feats.uprobes:
+                plan.uprobes.append(p)
+            else:
+                plan.skipped.append((p.name, "no uprobes in this kernel"))
             continue
         if p.kind == "tracepoint":
             present = p.name in feats.tracepoints

@@ -91,6 +91,7 @@ class Connection:
     egress: MessageParser | None = None
     egress_skip: int = 0          # bytes a partial write will send again
     ignored: bool = False         # the agent's own traffic
+    owner_fd: int = -1            # asyncio: server connection of the task writing now
     last_egress: Message | None = None
 
     @property
@@ -116,7 +117,7 @@ class Assembler:
         self.ready: list[Exchange] = []
         self.counts = {"exchanges": 0, "aborted": 0, "unpaired_responses": 0,
                        "parse_errors": 0, "lost_bytes": 0, "unknown_connection_data": 0,
-                       "agent_own_connections": 0}
+                       "agent_own_connections": 0, "task_links": 0}
 
     # ---- connections ----
     def open(self, e: ev.ConnEvent) -> Connection:
@@ -218,6 +219,7 @@ class Assembler:
             conn.ingress.feed(h.ts_ns, h.tid, e.data, e.length, e.tail)
             return
         data, length = e.data, e.length
+        conn.owner_fd = e.owner_fd
         if conn.egress_skip:
             # the app is sending again what a partial write did not send
             n = min(conn.egress_skip, length)
@@ -264,7 +266,7 @@ class Assembler:
                 trace_id, parent, flags = tp
                 remote = True
             else:
-                srv = self._serving_parent(conn.tgid, msg.tid)
+                srv = self._task_parent(conn) or self._serving_parent(conn.tgid, msg.tid)
                 if srv is not None:
                     trace_id, parent = srv.trace_id, srv.span_id
                 else:
@@ -320,6 +322,17 @@ class Assembler:
         ready, self.ready = self.ready, []
         for x in ready:
             self.emit(x)
+
+    def _task_parent(self, conn: Connection) -> Exchange | None:
+        """Asyncio: the kernel said which server connection's task wrote this request;
+        its one exchange in flight is the parent (HTTP/1.x serves one at a time)."""
+        if conn.owner_fd < 0:
+            return None
+        srv = self.conns.get((conn.tgid, conn.owner_fd))
+        if srv is None or srv.role != ev.ROLE_SERVER or len(srv.inflight) != 1:
+            return None
+        self.counts["task_links"] += 1
+        return srv.inflight[0]
 
     def _serving_parent(self, tgid: int, tid: int) -> Exchange | None:
         lst = self.serving.get(tgid)

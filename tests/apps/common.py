@@ -22,6 +22,13 @@ def record(request_id: str | None, start_ns: int, end_ns: int) -> None:
         f.write(f"{request_id} {start_ns} {end_ns}\n")
 
 
+def call_path(args) -> str:
+    """What /call asks downstream for: /users/<n>[?delay=ms], from /call?n=..&delay=.."""
+    n = args.get("n") or "7"
+    delay = args.get("delay")
+    return f"/users/{int(n)}" + (f"?delay={int(delay)}" if delay else "")
+
+
 def downstream() -> str:
     return os.environ.get("DOWNSTREAM_URL", "http://127.0.0.1:9")
 

@@ -17,7 +17,7 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse  # noq
 from django.urls import path  # noqa: E402
 from django.views.decorators.csrf import csrf_exempt  # noqa: E402
 
-from tests.apps.common import STREAM_CHUNKS, STREAM_PAUSE_S, WsgiTiming, downstream  # noqa: E402
+from tests.apps.common import STREAM_CHUNKS, STREAM_PAUSE_S, WsgiTiming, call_path, downstream  # noqa: E402
 
 django.setup()
 
@@ -38,7 +38,7 @@ def boom(request):
 
 
 def call(request):
-    r = requests.get(downstream() + "/users/7", timeout=5)
+    r = requests.get(downstream() + call_path(request.GET), timeout=5)
     return JsonResponse({"downstream": r.json()}, status=r.status_code)
 
 

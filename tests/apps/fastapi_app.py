@@ -6,7 +6,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from tests.apps.common import STREAM_CHUNKS, STREAM_PAUSE_S, AsgiTiming, downstream
+from tests.apps.common import STREAM_CHUNKS, STREAM_PAUSE_S, AsgiTiming, call_path, downstream
 
 api = FastAPI()
 
@@ -27,9 +27,9 @@ async def boom():
 
 
 @api.get("/call")
-async def call():
+async def call(request: Request):
     async with httpx.AsyncClient() as client:
-        r = await client.get(downstream() + "/users/7", timeout=5)
+        r = await client.get(downstream() + call_path(request.query_params), timeout=5)
     return JSONResponse({"downstream": r.json()}, status_code=r.status_code)
 
 

@@ -5,7 +5,7 @@ import time
 import requests
 from flask import Flask, Response, jsonify, request
 
-from tests.apps.common import STREAM_CHUNKS, STREAM_PAUSE_S, WsgiTiming, downstream
+from tests.apps.common import STREAM_CHUNKS, STREAM_PAUSE_S, WsgiTiming, call_path, downstream
 
 flask = Flask(__name__)
 
@@ -28,7 +28,7 @@ def boom():
 
 @flask.get("/call")
 def call():
-    r = requests.get(downstream() + "/users/7", timeout=5)
+    r = requests.get(downstream() + call_path(request.args), timeout=5)
     return jsonify(downstream=r.json()), r.status_code
 
 

@@ -6,7 +6,7 @@ import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.apps.common import STREAM_CHUNKS, STREAM_PAUSE_S, downstream, record
+from tests.apps.common import STREAM_CHUNKS, STREAM_PAUSE_S, call_path, downstream, record
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -37,11 +37,14 @@ class Handler(BaseHTTPRequestHandler):
         self._done()
 
     def _get(self):
-        path = self.path.split("?")[0]
+        path, _, query = self.path.partition("?")
+        params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
         if path.startswith("/users/"):
+            if "delay" in params:
+                time.sleep(int(params["delay"]) / 1000)
             self._json(200, {"id": int(path.rsplit("/", 1)[1])})
         elif path == "/call":
-            with urllib.request.urlopen(downstream() + "/users/7", timeout=5) as r:
+            with urllib.request.urlopen(downstream() + call_path(params), timeout=5) as r:
                 self._json(200, {"downstream": json.loads(r.read())})
         elif path == "/stream":
             self.send_response(200)
