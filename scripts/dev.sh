@@ -67,6 +67,26 @@ setup_venv() {
   export PATH="$VENV/bin:$PATH"
 }
 
+# Apps whose pins clash with the main venv get one of their own (requirements/app-*.txt),
+# exported as SPANPROBE_<NAME>_PYTHON for the framework tier.
+setup_app_venvs() {
+  local req name key dir
+  for req in "$ROOT"/requirements/app-*.txt; do
+    [ -e "$req" ] || continue
+    name=$(basename "$req" .txt); name=${name#app-}
+    key=$(sha256sum "$req" | cut -c1-16)
+    dir="$CACHE/venv-app-$name-$key"
+    if [ ! -x "$dir/bin/python" ]; then
+      say "venv: creating $dir"
+      rm -rf "$dir.tmp"
+      /usr/bin/python3 -m venv "$dir.tmp"
+      "$dir.tmp/bin/pip" install -q --disable-pip-version-check -r "$req"
+      mv "$dir.tmp" "$dir"
+    fi
+    export "SPANPROBE_${name^^}_PYTHON=$dir/bin/python"
+  done
+}
+
 setup() {
   need_root
   local t0=$SECONDS
@@ -74,6 +94,7 @@ setup() {
   setup_kernel_fs
   setup_headers
   setup_venv
+  setup_app_venvs
   say "setup done in $((SECONDS - t0)) s (venv $VENV)"
 }
 
@@ -129,6 +150,7 @@ case "$cmd" in
     run_tier unit tests/unit -q
     if [ "$cmd" = test ]; then
       run_tier integration tests/integration -q
+      run_tier frameworks tests/frameworks -q -s
     fi
     summary
     ;;

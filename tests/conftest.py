@@ -2,7 +2,53 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 for p in (REPO / "agent", REPO):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
+
+# Tiers that run the real agent on this kernel.
+KERNEL_TIERS = ("integration", "frameworks")
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (BPF)"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "bcc (python3-bpfcc) is not importable: run scripts/dev.sh setup"
+    if not os.path.exists(f"/lib/modules/{os.uname().release}/build"):
+        return "no kernel headers: run scripts/dev.sh setup"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    kernel_items = [i for i in items if Path(str(i.fspath)).parent.name in KERNEL_TIERS]
+    if not kernel_items:
+        return
+    why = _why_not()
+    if why is None:
+        return
+    if os.environ.get("CI") == "true":
+        raise pytest.UsageError(f"kernel tiers cannot run in CI: {why}")
+    for item in kernel_items:
+        item.add_marker(pytest.mark.skip(reason=f"LOUD SKIP: {why}"))
+
+
+@pytest.fixture(scope="session")
+def receiver():
+    from tests.support.receiver import Receiver
+
+    r = Receiver()
+    r.start_grpc()
+    r.start_http()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def tmp(tmp_path):
+    return tmp_path

@@ -42,18 +42,39 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-# name -> (command template, description)
+def _gunicorn(module: str, worker: str) -> list[str]:
+    args = ["-m", "gunicorn", "-w", "1", "-k", worker]
+    if worker == "gthread":
+        args += ["--threads", "4"]
+    return args + ["-b", "127.0.0.1:{port}", f"tests.apps.{module}:app"]
+
+
+# kind -> argv after the interpreter; "{port}" is filled in
 SERVERS = {
-    "flask-gunicorn-sync": ["-m", "gunicorn", "-w", "1", "-k", "sync", "-b", "127.0.0.1:{port}",
-                            "tests.apps.flask_app:app"],
-    "flask-gunicorn-gthread": ["-m", "gunicorn", "-w", "1", "-k", "gthread", "--threads", "4",
-                               "-b", "127.0.0.1:{port}", "tests.apps.flask_app:app"],
     "fastapi-uvicorn": ["-m", "uvicorn", "--host", "127.0.0.1", "--port", "{port}",
                         "--no-access-log", "tests.apps.fastapi_app:app"],
-    "django-gunicorn-gthread": ["-m", "gunicorn", "-w", "1", "-k", "gthread", "--threads", "4",
-                                "-b", "127.0.0.1:{port}", "tests.apps.django_app:app"],
     "stdlib-http-server": ["-m", "tests.apps.stdlib_app", "{port}"],
+    "tornado-server": ["-m", "tests.apps.tornado_app", "{port}"],
+    "sanic-server": ["-m", "tests.apps.sanic_app", "{port}"],
+    "cherrypy-server": ["-m", "tests.apps.cherrypy_app", "{port}"],
 }
+for _name in ("flask", "django", "bottle", "pyramid", "falcon", "hug"):
+    for _worker in ("sync", "gthread"):
+        SERVERS[f"{_name}-gunicorn-{_worker}"] = _gunicorn(f"{_name}_app", _worker)
+
+# Apps whose dependencies clash with the main environment's run in their own venv
+# (Hug pins Falcon 2): the bootstrap exports its interpreter.
+INTERPRETERS = {"hug": "SPANPROBE_HUG_PYTHON"}
+
+
+def interpreter(kind: str) -> str:
+    var = INTERPRETERS.get(kind.split("-", 1)[0])
+    if var is None:
+        return sys.executable
+    path = os.environ.get(var)
+    if not path or not os.path.exists(path):
+        raise RuntimeError(f"{kind} needs its own venv: set {var} (scripts/dev.sh setup does)")
+    return path
 
 
 class App:
@@ -67,7 +88,7 @@ class App:
         env = {"OTEL_SERVICE_NAME": self.service, "APP_TIMING_FILE": str(self.timing_file)}
         if downstream:
             env["DOWNSTREAM_URL"] = downstream
-        cmd = [sys.executable] + [a.format(port=self.port) for a in SERVERS[kind]]
+        cmd = [interpreter(kind)] + [a.format(port=self.port) for a in SERVERS[kind]]
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=_env(env), stdout=open(self.log, "w"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
         wait_port(self.port, self.proc)

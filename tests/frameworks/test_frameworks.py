@@ -1,0 +1,228 @@
+"""The ten Python frameworks behind the servers people run them with, traced with no
+code change. Every cell (framework x server) runs every check; the table is printed and
+written to docs/frameworks.md and results/frameworks.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support.checks import (call_links, duration_agreement, min_stream_seconds, parallel,
+                                  server_spans, stream_span, uid)
+from tests.support.procs import REPO, Agent, App
+
+ASYNC_IN_FLIGHT = 20
+
+
+@dataclass(frozen=True)
+class Cell:
+    framework: str
+    server: str
+    kind: str              # key of tests.support.procs.SERVERS
+    event_loop: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.kind
+
+    @property
+    def service(self) -> str:
+        return f"fw-{self.kind}"
+
+
+CELLS = [
+    Cell("FastAPI", "uvicorn", "fastapi-uvicorn", event_loop=True),
+    Cell("Flask", "gunicorn sync", "flask-gunicorn-sync"),
+    Cell("Flask", "gunicorn gthread", "flask-gunicorn-gthread"),
+    Cell("Django", "gunicorn sync", "django-gunicorn-sync"),
+    Cell("Django", "gunicorn gthread", "django-gunicorn-gthread"),
+    Cell("Bottle", "gunicorn sync", "bottle-gunicorn-sync"),
+    Cell("Bottle", "gunicorn gthread", "bottle-gunicorn-gthread"),
+    Cell("Tornado", "tornado", "tornado-server", event_loop=True),
+    Cell("Pyramid", "gunicorn sync", "pyramid-gunicorn-sync"),
+    Cell("Pyramid", "gunicorn gthread", "pyramid-gunicorn-gthread"),
+    Cell("Sanic", "sanic", "sanic-server", event_loop=True),
+    Cell("Falcon", "gunicorn sync", "falcon-gunicorn-sync"),
+    Cell("Falcon", "gunicorn gthread", "falcon-gunicorn-gthread"),
+    Cell("CherryPy", "cherrypy (cheroot)", "cherrypy-server"),
+    Cell("Hug", "gunicorn sync", "hug-gunicorn-sync"),
+    Cell("Hug", "gunicorn gthread", "hug-gunicorn-gthread"),
+]
+CHECKS = ["span", "route", "post 201", "404", "boom=ERROR", "stream end", "duration",
+          "call child", "100 keep-alive", "50 concurrent", "async links"]
+
+
+@dataclass
+class Results:
+    rows: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def set(self, cell: Cell, check: str, ok: bool, detail: str = "") -> None:
+        self.rows.setdefault(cell.id, {})[check] = ("pass" if ok else "FAIL") + (f" ({detail})" if detail else "")
+
+    def markdown(self) -> str:
+        head = "| framework | server | " + " | ".join(CHECKS) + " |"
+        sep = "|---|---|" + "---|" * len(CHECKS)
+        lines = [head, sep]
+        for cell in CELLS:
+            row = self.rows.get(cell.id, {})
+            lines.append(f"| {cell.framework} | {cell.server} | " +
+                         " | ".join(row.get(c, "—") for c in CHECKS) + " |")
+        return "\n".join(lines)
+
+
+RESULTS = Results()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, receiver):
+    tmp = tmp_path_factory.mktemp("frameworks")
+    apps: dict[str, App] = {}
+    try:
+        down = apps["downstream"] = App("stdlib-http-server", tmp, service="fw-downstream")
+        for cell in CELLS:
+            apps[cell.id] = App(cell.kind, tmp, service=cell.service, downstream=down.url)
+        ports = [a for app in apps.values() for a in ("--port", str(app.port))]
+        agent = Agent([*ports, "--otlp-endpoint", f"http://127.0.0.1:{receiver.grpc_port}"], tmp)
+        yield apps, agent
+        assert agent.stop() == 0, agent.stderr[-2000:]
+        print("\nagent counters:", json.dumps(agent.final_counters(), sort_keys=True))
+    finally:
+        for app in apps.values():
+            app.stop()
+        write_table()
+
+
+def write_table() -> None:
+    table = RESULTS.markdown()
+    print("\n" + table)
+    results = Path(os.environ.get("SPANPROBE_RESULTS", REPO / "results"))
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "frameworks.json").write_text(json.dumps(RESULTS.rows, indent=2, sort_keys=True))
+    doc = REPO / "docs" / "frameworks.md"
+    doc.parent.mkdir(exist_ok=True)
+    doc.write_text(
+        "# Frameworks, traced with no code change\n\n"
+        "Written by `tests/frameworks/test_frameworks.py` at every run (latest run below).\n"
+        "Each app has the same routes (`tests/apps/`); one agent traces them all, selected by port,\n"
+        "exporting over OTLP/gRPC to a receiver on loopback.\n\n"
+        "* **span/route**: one SERVER span named `GET /users/{id}` with route `/users/{id}`, method, status.\n"
+        "* **duration**: span vs the app's own measurement, median and how many of 20 within 1 ms.\n"
+        "* **stream end**: `/stream` (4 chunks, 30 ms apart) ends at the last chunk.\n"
+        "* **call child**: `/call` has a CLIENT child; the downstream SERVER span is that CLIENT's child.\n"
+        "* **100 keep-alive / 50 concurrent**: that many requests give that many distinct spans.\n"
+        f"* **async links**: event-loop servers, {ASYNC_IN_FLIGHT} `/call`s in flight on one thread:\n"
+        "  correct/wrong/unlinked parents (wrong must be 0).\n\n" + table + "\n")
+
+
+def run(cell: Cell, check: str, fn) -> None:
+    try:
+        detail = fn()
+        RESULTS.set(cell, check, True, detail or "")
+    except AssertionError as exc:
+        RESULTS.set(cell, check, False, str(exc).splitlines()[0][:80] if str(exc) else "")
+        raise
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.id)
+def test_framework(stack, receiver, cell):
+    apps, _agent = stack
+    app = apps[cell.id]
+    svc = cell.service
+    failures = []
+
+    def check(name, fn):
+        try:
+            run(cell, name, fn)
+        except AssertionError as exc:
+            failures.append(f"{name}: {exc}")
+
+    def span_and_route():
+        n = uid()
+        r = requests.get(f"{app.url}/users/{n}", timeout=10)
+        assert r.status_code == 200, r.status_code
+        (s,) = server_spans(receiver, f"/users/{n}", service=svc)
+        a = s["attributes"]
+        assert a["http.request.method"] == "GET" and a["http.response.status_code"] == 200, a
+        assert s["name"] == "GET /users/{id}" and a["http.route"] == "/users/{id}", (s["name"], a["http.route"])
+        RESULTS.set(cell, "span", True)
+    check("route", span_and_route)
+
+    def post():
+        r = requests.post(f"{app.url}/orders", json={"item": uid()}, timeout=10)
+        assert r.status_code == 201, r.status_code
+        (s,) = receiver.wait_for(lambda s: s["resource"]["service.name"] == svc and s["kind"] == "SERVER"
+                                 and s["attributes"].get("http.request.method") == "POST")
+        assert s["attributes"]["http.response.status_code"] == 201 and s["name"] == "POST /orders", s["name"]
+    check("post 201", post)
+
+    def missing():
+        assert requests.get(f"{app.url}/missing", timeout=10).status_code == 404
+        (s,) = server_spans(receiver, "/missing", service=svc)
+        assert s["attributes"]["http.response.status_code"] == 404 and s["status"] == "UNSET"
+    check("404", missing)
+
+    def boom():
+        assert requests.get(f"{app.url}/boom", timeout=10).status_code == 500
+        (s,) = server_spans(receiver, "/boom", service=svc)
+        assert s["status"] == "ERROR" and s["attributes"]["http.response.status_code"] == 500
+    check("boom=ERROR", boom)
+
+    def stream():
+        seconds, _ = stream_span(app, receiver, svc)
+        assert min_stream_seconds() <= seconds < 5, f"{seconds * 1000:.0f} ms"
+        return f"{seconds * 1000:.0f} ms"
+    check("stream end", stream)
+
+    def duration():
+        median, worst, within = duration_agreement(app, receiver, svc)
+        assert median < 0.5 and within >= 18, f"median {median:.2f} ms, {within}/20 within 1 ms"
+        return f"median {median:.2f} ms, {within}/20 <1 ms"
+    check("duration", duration)
+
+    def call():
+        correct, wrong, unlinked = call_links(app, receiver, svc, "fw-downstream", 1, delay_ms=0)
+        assert correct == 1, (correct, wrong, unlinked)
+    check("call child", call)
+
+    def keepalive():
+        base = uid()
+        with requests.Session() as session:
+            for i in range(100):
+                assert session.get(f"{app.url}/users/{base + i}", timeout=10).status_code == 200
+        paths = {f"/users/{base + i}" for i in range(100)}
+        spans = receiver.wait_for(lambda s: s["resource"]["service.name"] == svc and s["kind"] == "SERVER"
+                                  and s["attributes"].get("url.path") in paths, 100)
+        assert len(spans) == 100 and {s["attributes"]["url.path"] for s in spans} == paths
+    check("100 keep-alive", keepalive)
+
+    def concurrent():
+        base = uid()
+        codes = parallel(50, lambda i: requests.get(f"{app.url}/users/{base + i}", timeout=60).status_code)
+        assert all(c == 200 for c in codes), codes
+        paths = {f"/users/{base + i}" for i in range(50)}
+        spans = receiver.wait_for(lambda s: s["resource"]["service.name"] == svc and s["kind"] == "SERVER"
+                                  and s["attributes"].get("url.path") in paths, 50)
+        time.sleep(0.5)
+        again = [s for s in receiver.spans if s["resource"]["service.name"] == svc
+                 and s["attributes"].get("url.path") in paths]
+        assert len(again) == 50 and len({s["span_id"] for s in again}) == 50, len(again)
+        assert {s["attributes"]["url.path"] for s in spans} == paths
+    check("50 concurrent", concurrent)
+
+    if cell.event_loop:
+        def async_links():
+            correct, wrong, unlinked = call_links(app, receiver, svc, "fw-downstream", ASYNC_IN_FLIGHT)
+            detail = f"{correct}/{ASYNC_IN_FLIGHT} correct, {wrong} wrong, {unlinked} unlinked"
+            print(f"{cell.framework}/{cell.server}: {detail}")
+            assert wrong == 0, detail
+            assert correct == ASYNC_IN_FLIGHT, detail
+            return detail
+        check("async links", async_links)
+
+    assert not failures, "; ".join(failures)

@@ -1,0 +1,111 @@
+"""Checks shared by the integration and framework tiers: each sends real requests and
+reads the spans the receiver got."""
+
+from __future__ import annotations
+
+import random
+import statistics
+import threading
+
+import requests
+
+from tests.apps.common import STREAM_CHUNKS, STREAM_PAUSE_S
+
+
+def uid() -> int:
+    return random.randrange(10**6, 10**9)
+
+
+def server_spans(receiver, path, count=1, timeout=15.0, service=None):
+    return receiver.wait_for(lambda s: s["kind"] == "SERVER" and s["attributes"].get("url.path") == path
+                             and (service is None or s["resource"].get("service.name") == service),
+                             count, timeout)
+
+
+def parallel(n: int, fn) -> list:
+    """Run fn(i) in n threads released together; exceptions are returned, not lost."""
+    barrier = threading.Barrier(n)
+    out: list = [None] * n
+
+    def run(i):
+        barrier.wait()
+        try:
+            out[i] = fn(i)
+        except Exception as exc:
+            out[i] = exc
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def duration_agreement(app, receiver, service: str, n: int = 20) -> tuple[float, float, int]:
+    """(median |span - app| ms, max ms, how many within 1 ms) over n requests."""
+    ids = {}
+    with requests.Session() as session:
+        for _ in range(n):
+            k = uid()
+            ids[f"r{k}"] = f"/users/{k}"
+            session.get(f"{app.url}/users/{k}", headers={"X-Request-Id": f"r{k}"}, timeout=10)
+    spans = {s["attributes"]["url.path"]: s for s in receiver.wait_for(
+        lambda s: s["kind"] == "SERVER" and s["attributes"].get("url.path") in ids.values()
+        and s["resource"].get("service.name") == service, n)}
+    import time
+    deadline = time.monotonic() + 5
+    timings = app.timings()
+    while len([r for r in ids if r in timings]) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+        timings = app.timings()
+    diffs = sorted(abs((spans[p]["end"] - spans[p]["start"]) - (timings[r][1] - timings[r][0])) / 1e6
+                   for r, p in ids.items())
+    return statistics.median(diffs), diffs[-1], sum(d < 1.0 for d in diffs)
+
+
+def stream_span(app, receiver, service: str) -> tuple[float, dict]:
+    r = requests.get(f"{app.url}/stream", timeout=10)
+    assert r.status_code == 200 and r.text.count("chunk") == STREAM_CHUNKS, r.text[:200]
+    (span,) = server_spans(receiver, "/stream", service=service)
+    return (span["end"] - span["start"]) / 1e9, span
+
+
+def min_stream_seconds() -> float:
+    return (STREAM_CHUNKS - 1) * STREAM_PAUSE_S
+
+
+def call_links(app, receiver, service: str, downstream_service: str, in_flight: int,
+               delay_ms: int = 150) -> tuple[int, int, int]:
+    """`in_flight` concurrent /call requests; (correct, wrong, unlinked) CLIENT parents.
+    Also checks each downstream SERVER span is the child of its CLIENT span."""
+    ids = random.sample(range(10**6, 10**8), in_flight)
+    results = parallel(in_flight, lambda i: requests.get(
+        f"{app.url}/call?n={ids[i]}&delay={delay_ms}", timeout=60).status_code)
+    assert all(r == 200 for r in results), results
+    want = {f"n={n}&delay={delay_ms}": n for n in ids}
+    servers = receiver.wait_for(lambda s: s["kind"] == "SERVER" and s["resource"]["service.name"] == service
+                                and s["attributes"].get("url.query") in want, in_flight)
+    by_n = {want[s["attributes"]["url.query"]]: s for s in servers}
+    targets = {f"/users/{n}": n for n in ids}
+
+    def target(s):
+        full = s["attributes"].get("url.full", "")
+        return "/" + full.split("://", 1)[-1].split("/", 1)[-1].split("?")[0]
+
+    clients = receiver.wait_for(lambda s: s["kind"] == "CLIENT" and s["resource"]["service.name"] == service
+                                and target(s) in targets, in_flight)
+    downs = receiver.wait_for(lambda s: s["kind"] == "SERVER" and s["resource"]["service.name"] == downstream_service
+                              and s["attributes"].get("url.path") in targets, in_flight)
+    down_by_n = {targets[s["attributes"]["url.path"]]: s for s in downs}
+    correct = wrong = unlinked = 0
+    for c in clients:
+        n = targets[target(c)]
+        d = down_by_n[n]
+        assert d["parent_span_id"] == c["span_id"] and d["trace_id"] == c["trace_id"], (c, d)
+        if c["parent_span_id"] is None:
+            unlinked += 1
+        elif c["parent_span_id"] == by_n[n]["span_id"] and c["trace_id"] == by_n[n]["trace_id"]:
+            correct += 1
+        else:
+            wrong += 1
+    return correct, wrong, unlinked
