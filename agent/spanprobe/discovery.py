@@ -224,7 +224,11 @@ def scan(root: SysRoot, selection: Selection, self_pid: int) -> tuple[list[int],
         selected.append(pid)
         if not inodes:
             continue
-        netns = (root.fd_links(pid) and os.path.realpath(root.path("proc", str(pid), "ns", "net"))) or str(pid)
+        try:
+            # "net:[4026531840]": processes in one namespace share one socket table
+            netns = os.readlink(root.path("proc", str(pid), "ns", "net"))
+        except OSError:         # gone, or not ours to read
+            netns = str(pid)
         if netns not in listen_cache:
             socks = root.tcp_sockets(pid)
             listen_cache[netns] = ({s.local_port for s in socks if s.state == TCP_LISTEN},

@@ -96,8 +96,9 @@ class ExportQueue:
     def _run(self) -> None:
         backoff = 0.0
         while True:
-            self.wake.wait(self.flush_interval if not backoff else backoff)
-            self.wake.clear()
+            if not self.stopping:     # stopping: drain at once, no interval, no backoff
+                self.wake.wait(self.flush_interval if not backoff else backoff)
+                self.wake.clear()
             if self.stopping and not self.queue:
                 return
             while self.queue:

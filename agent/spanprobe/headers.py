@@ -105,13 +105,27 @@ def debian_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
             texts.append(path.read_text())
         except OSError:
             continue
+    found = []
     for text in texts:
         for line in text.splitlines():
             line = line.strip()
             m = re.match(r"URIs:\s*(\S+)", line) or re.match(r"deb\s+(?:\[[^\]]*\]\s+)?(\S+)", line)
             if m and re.search(r"/debian/?$", m.group(1)):
-                return m.group(1).rstrip("/")
-    raise SystemExit("spanprobe: no Debian mirror in /etc/apt sources; set SPANPROBE_DEBIAN_MIRROR")
+                found.append(m.group(1).rstrip("/"))
+    if not found:
+        raise SystemExit("spanprobe: no Debian mirror in /etc/apt sources; set SPANPROBE_DEBIAN_MIRROR")
+    return min(found, key=_mirror_rank)     # the first of the best rank
+
+
+def _mirror_rank(url: str) -> int:
+    """Third-party repositories end in /debian too (download.docker.com/linux/debian,
+    packages.gitlab.com/runner/gitlab-runner/debian): prefer Debian's own hosts, then a
+    mirror's top-level /debian, then anything else."""
+    netloc, _, path = url.split("://", 1)[-1].partition("/")
+    host = netloc.rsplit("@", 1)[-1].split(":", 1)[0].lower()
+    if host == "debian.org" or host.endswith(".debian.org"):
+        return 0
+    return 1 if path == "debian" else 2
 
 
 class AptView:

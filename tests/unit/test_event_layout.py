@@ -22,7 +22,7 @@ HEADER_H = Path(__file__).resolve().parents[2] / "bpf" / "spanprobe_events.h"
 RECORDS = [
     ("sp_header", ev.HEADER, 0, ["ts_ns", "kind", "tgid", "tid", "fd", "conn_id"]),
     ("sp_data_event", ev.DATA, ev.HEADER.size,
-     ["len", "captured", "direction", "flags", "iov_index", "tail"]),
+     ["len", "captured", "direction", "flags", "iov_index", "owner_fd", "pad", "tail"]),
     ("sp_write_result_event", ev.WRITE_RESULT, ev.HEADER.size, ["ret", "asked"]),
     ("sp_conn_event", ev.CONN, ev.HEADER.size,
      ["listen_fd", "family", "role", "flags", "peer_port", "local_port", "pad",
@@ -173,8 +173,8 @@ def test_constants_and_enums_match_c(c_layout):
 def test_known_sizes():
     # independent of the compiler: catches a format edited together with LAYOUT
     assert (ev.HEADER.size, ev.DATA.size, ev.WRITE_RESULT.size, ev.CONN.size, ev.PROC.size) == \
-        (32, 24, 16, 48, 152)
-    assert ev.DATA_BUF_OFFSET == 56
+        (32, 32, 16, 48, 152)
+    assert ev.DATA_BUF_OFFSET == 64
 
 
 # ---------------------------------------------------------------- decode round trips
@@ -186,7 +186,7 @@ def header(kind: int, ts=123456789, tgid=100, tid=101, fd=7, conn_id=0xDEADBEEF0
 def data_record(payload: bytes, length: int, tail: bytes = b"\0" * 8, direction=ev.DIR_EGRESS,
                 flags=0, iov=0, **hk) -> bytes:
     return (header(ev.EV_DATA, **hk)
-            + ev.DATA.pack(length, len(payload), direction, flags, iov, tail) + payload)
+            + ev.DATA.pack(length, len(payload), direction, flags, iov, -1, 0, tail) + payload)
 
 
 def test_decode_data_fully_captured():

@@ -697,7 +697,7 @@ def test_data_for_an_unknown_connection_is_counted():
     sim.read(11, req(), conn_id=2)               # same fd, another connection
     sim.write(12, resp(), conn_id=2)
     assert sim.asm.counts["unknown_connection_data"] == 3
-    assert sim.asm.conns[(SRV_TGID, 5)].inflight == type(sim.asm.conns[(SRV_TGID, 5)].inflight)()
+    assert len(sim.asm.conns[(SRV_TGID, 5)].inflight) == 0
     assert sim.drain() == []
 
 
@@ -714,6 +714,21 @@ def test_server_local_address_resolved_from_the_listening_socket():
     assert conn.local == ("0.0.0.0", 8000)
     sim.open(2, ev.ROLE_SERVER, fd=6, peer=PEER, local=LOCAL, listen_fd=3)
     assert calls == [(SRV_TGID, 3)]             # known already: not asked
+
+
+def test_the_agents_own_connections_are_not_traced():
+    own = ("127.0.0.1", 39000)
+    sim = Sim()
+    sim.asm.own_peer = lambda peer: peer == own
+    sim.open(1, ev.ROLE_SERVER, fd=5, conn_id=1, peer=own, local=("127.0.0.1", 4318))
+    sim.open(2, ev.ROLE_SERVER, fd=6, conn_id=2, peer=PEER, local=LOCAL)
+    assert sim.asm.counts["agent_own_connections"] == 1
+    for fd, conn_id in ((5, 1), (6, 2)):
+        sim.read(10, req("POST", "/v1/traces", body=b"x"), fd=fd, conn_id=conn_id)
+        sim.write(11, resp(), fd=fd, conn_id=conn_id)
+    [x] = sim.drain()
+    assert x.conn.fd == 6
+    assert sim.asm.counts["unknown_connection_data"] == 0
 
 
 # ---- ids ----
