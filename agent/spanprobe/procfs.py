@@ -97,24 +97,22 @@ class SysRoot:
                 env[key.decode(errors="replace")] = value.decode(errors="replace")
         return env
 
-    def start_time(self, pid: int) -> int | None:
-        """Start time in clock ticks since boot (field 22 of stat): pid + this is unique."""
+    def _stat_field(self, pid: int, index: int) -> int | None:
+        """A numeric field of /proc/<pid>/stat, counted after the ")" closing comm."""
         text = self.read_text("proc", str(pid), "stat")
         if not text:
             return None
         try:
-            return int(text.rsplit(")", 1)[1].split()[19])
+            return int(text.rsplit(")", 1)[1].split()[index])
         except (IndexError, ValueError):
             return None
 
+    def start_time(self, pid: int) -> int | None:
+        """Start time in clock ticks since boot (field 22 of stat): pid + this is unique."""
+        return self._stat_field(pid, 19)
+
     def ppid(self, pid: int) -> int | None:
-        text = self.read_text("proc", str(pid), "stat")
-        if not text:
-            return None
-        try:
-            return int(text.rsplit(")", 1)[1].split()[1])
-        except (IndexError, ValueError):
-            return None
+        return self._stat_field(pid, 1)
 
     def fd_links(self, pid: int) -> dict[int, str]:
         fddir = self.path("proc", str(pid), "fd")
