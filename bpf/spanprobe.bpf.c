@@ -111,7 +111,7 @@ BPF_PERCPU_ARRAY(scratch, struct sp_data_event, 1);
 /* asyncio linking: which server connection each task context works for */
 BPF_HASH(pyrt, __u32, struct sp_pyrt, 4096);
 BPF_TABLE("lru_hash", __u64, struct sp_conn_key, ctx_owner, 65536);
-BPF_TABLE("lru_hash", __u64, struct sp_conn_key, last_server, 16384);
+
 BPF_PERCPU_ARRAY(counters, __u64, SP_CNT_MAX);
 
 #if SP_USE_RINGBUF
@@ -251,15 +251,34 @@ static __always_inline __s32 task_owner(__u64 pid_tgid)
     return owner ? owner->fd : -1;
 }
 
-/* A Python thread just read from, or accepted, a server connection: contexts it
- * creates next from the loop's own context belong to that connection's work. */
+/* Per thread: the server connection it last accepted or read, and the context the
+ * thread was in at that moment (the event loop's own). A context created next *from
+ * that same context* is work the loop started for that connection: uvicorn's request
+ * task (created in data_received, right after the read), Tornado's connection
+ * coroutine (right after accept), asyncio's connection_made callback. A context created
+ * from the first context entered after it counts too (uvloop runs data_received in the
+ * transport's context). A context created from any other unowned context gets no
+ * owner: uvloop runs connection_made later, in the server's context, after reads of
+ * other connections; guessing there would link calls to the wrong request, so they
+ * stay unlinked. */
+struct sp_last_server {
+    __u64 loop_ctx;
+    __u64 first_enter;  /* first context entered since (uvloop runs data_received in
+                           the transport's context: PyContext_Enter) */
+    __s32 fd;
+    __u32 enters;       /* contexts entered since the read or accept */
+};
+BPF_TABLE("lru_hash", __u64, struct sp_last_server, last_server, 16384);
+
 static __always_inline void note_server(__u64 pid_tgid, __s32 fd)
 {
     __u32 tgid = pid_tgid >> 32;
-    if (!pyrt.lookup(&tgid))
+    struct sp_pyrt *rt = pyrt.lookup(&tgid);
+    if (!rt)
         return;
-    struct sp_conn_key k = {.tgid = tgid, .fd = fd};
-    last_server.update(&pid_tgid, &k);
+    struct sp_last_server e = {.fd = fd};
+    e.loop_ctx = py_current_ctx(rt, (__u32)pid_tgid);
+    last_server.update(&pid_tgid, &e);
 }
 
 static __always_inline void emit_data(void *ctx, __u64 pid_tgid, __s32 fd, __u64 conn_id,
@@ -412,7 +431,7 @@ static __always_inline int sp_on_enter(void *ctx, __u32 op, __u64 a0, __u64 a1, 
          * host then always comes later in the ring buffer (cross-service links). */
         if (!wanted(cs, a1, a2))
             return 0;
-        __s32 owner = cs->role == SP_ROLE_CLIENT ? task_owner(pid_tgid) : -1;
+        __s32 owner = task_owner(pid_tgid);
         emit_data(ctx, pid_tgid, fd, a.conn_id, ts, SP_DIR_EGRESS, SP_DATA_AT_ENTRY, 0,
                   a1, a2, capture, owner);
         a.asked = a2;
@@ -421,7 +440,7 @@ static __always_inline int sp_on_enter(void *ctx, __u32 op, __u64 a0, __u64 a1, 
         bpf_probe_read_user(&first, sizeof(first), (void *)a1);
         if (!wanted(cs, first.base, first.len))
             return 0;
-        __s32 owner = cs->role == SP_ROLE_CLIENT ? task_owner(pid_tgid) : -1;
+        __s32 owner = task_owner(pid_tgid);
         emit_iovecs(ctx, pid_tgid, &a, SP_DIR_EGRESS, a1, a2, 0x7fffffffffffffffLL, ts, owner);
     }
     if (active.update(&pid_tgid, &a) != 0)
@@ -635,14 +654,32 @@ int sp_py_ctx_copy(struct pt_regs *ctx)
         return 0;
     __u64 parent = py_current_ctx(rt, (__u32)pid_tgid);
     struct sp_conn_key *owner = parent ? ctx_owner.lookup(&parent) : 0;
-    if (!owner)
-        owner = last_server.lookup(&pid_tgid);
     if (owner) {
         struct sp_conn_key copy = *owner;
         ctx_owner.update(&created, &copy);
-    } else {
-        ctx_owner.delete(&created);   /* an address reused by a context nobody owns */
+        return 0;
     }
+    struct sp_last_server *e = last_server.lookup(&pid_tgid);
+    if (e && (e->loop_ctx == parent || (e->enters == 1 && e->first_enter == parent))) {
+        struct sp_conn_key k = {.tgid = tgid, .fd = e->fd};
+        ctx_owner.update(&created, &k);
+        return 0;
+    }
+    ctx_owner.delete(&created);   /* an address reused by a context nobody owns */
+    return 0;
+}
+
+/* uprobe on PyContext_Enter (uvloop enters a context for every callback it runs) */
+int sp_py_ctx_enter(struct pt_regs *ctx)
+{
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct sp_last_server *e = last_server.lookup(&pid_tgid);
+    if (!e)
+        return 0;
+    if (e->enters == 0)
+        e->first_enter = PT_REGS_PARM1(ctx);
+    if (e->enters < 1000)
+        e->enters++;
     return 0;
 }
 #endif

@@ -85,12 +85,15 @@ class BpfSession:
             try:
                 self.bpf.attach_uretprobe(name=layout.binary.encode(), sym=b"PyContext_CopyCurrent",
                                           fn_name=b"sp_py_ctx_copy")
+                self.bpf.attach_uprobe(name=layout.binary.encode(), sym=b"PyContext_Enter",
+                                       fn_name=b"sp_py_ctx_enter")
             except Exception as exc:
                 self.python_binaries[layout.binary] = False
                 log.warning("uretprobe on %s failed: %s", layout.binary, exc)
                 return False
             self.python_binaries[layout.binary] = True
             self.attached.append(f"uretprobe:{layout.binary}:PyContext_CopyCurrent")
+            self.attached.append(f"uprobe:{layout.binary}:PyContext_Enter")
         if not self.python_binaries[layout.binary]:
             return False
         t = self.table("pyrt")

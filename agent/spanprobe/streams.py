@@ -23,6 +23,10 @@ from typing import Callable
 from . import events as ev
 from .httpparse import Message, MessageParser
 
+import logging
+_debug = logging.getLogger("spanprobe.streams")
+TASK_TRUST_AFTER = 3   # verified task owners before a process's task links are used
+
 _rng = random.Random()
 _rng.seed(int.from_bytes(__import__("os").urandom(16), "little"))
 
@@ -117,7 +121,8 @@ class Assembler:
         self.ready: list[Exchange] = []
         self.counts = {"exchanges": 0, "aborted": 0, "unpaired_responses": 0,
                        "parse_errors": 0, "lost_bytes": 0, "unknown_connection_data": 0,
-                       "agent_own_connections": 0, "task_links": 0}
+                       "agent_own_connections": 0, "task_links": 0, "task_owner_mismatch": 0}
+        self.task_trust: dict[int, int] = {}   # tgid -> verified owners, -1 = distrusted
 
     # ---- connections ----
     def open(self, e: ev.ConnEvent) -> Connection:
@@ -202,6 +207,7 @@ class Assembler:
                     del self.client_by_port[conn.local[1]]
 
     def process_exit(self, tgid: int, ts: int) -> None:
+        self.task_trust.pop(tgid, None)
         for conn in [c for c in self.conns.values() if c.tgid == tgid]:
             self._close(conn, ts)
         self.serving.pop(tgid, None)
@@ -220,6 +226,8 @@ class Assembler:
             return
         data, length = e.data, e.length
         conn.owner_fd = e.owner_fd
+        if conn.role == ev.ROLE_SERVER and e.owner_fd >= 0:
+            self._verify_owner(conn, e.owner_fd)
         if conn.egress_skip:
             # the app is sending again what a partial write did not send
             n = min(conn.egress_skip, length)
@@ -323,14 +331,32 @@ class Assembler:
         for x in ready:
             self.emit(x)
 
+    def _verify_owner(self, conn: Connection, owner_fd: int) -> None:
+        """A server connection wrote from a task context: the kernel's idea of that
+        context's owner must be this very connection. Trust a process's task links only
+        once that held a few times, and never again after it failed once."""
+        trust = self.task_trust.setdefault(conn.tgid, 0)
+        if trust < 0:
+            return
+        if owner_fd == conn.fd:
+            self.task_trust[conn.tgid] = trust + 1
+        else:
+            self.task_trust[conn.tgid] = -1
+            self.counts["task_owner_mismatch"] += 1
+            _debug.info("pid %d: task context owner %d wrote on server fd %d: asyncio "
+                        "links off for this process", conn.tgid, owner_fd, conn.fd)
+
     def _task_parent(self, conn: Connection) -> Exchange | None:
         """Asyncio: the kernel said which server connection's task wrote this request;
         its one exchange in flight is the parent (HTTP/1.x serves one at a time)."""
-        if conn.owner_fd < 0:
+        if conn.owner_fd < 0 or self.task_trust.get(conn.tgid, 0) < TASK_TRUST_AFTER:
             return None
         srv = self.conns.get((conn.tgid, conn.owner_fd))
         if srv is None or srv.role != ev.ROLE_SERVER or len(srv.inflight) != 1:
             return None
+        if _debug.isEnabledFor(10):
+            _debug.debug("task link: client fd %d -> server fd %d serving %s", conn.fd, srv.fd,
+                         srv.inflight[0].request.target)
         self.counts["task_links"] += 1
         return srv.inflight[0]
 

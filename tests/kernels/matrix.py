@@ -1,0 +1,268 @@
+#!/usr/bin/python3
+"""The kernel matrix: boot each pinned Debian kernel under QEMU (one at a time), run
+tests/kernels/guest_run.py inside (check + one cell per attach strategy), add a row for
+the host kernel, and write results/kernel-matrix.{md,json}.
+
+    matrix.py                         every kernel, every strategy
+    matrix.py --kernel 6.1 --mode kprobe      one cell (kernel: name, release or prefix)
+
+Guests have no network at all (-nic none): the OTLP receiver runs inside the guest.
+The repository is shared read-only (9p tag "repo"), results come back on a writable 9p
+share (tag "results"); the serial console is kept as console.log for failures.
+Standard library only; run as root with Debian's /usr/bin/python3 (or the dev venv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+MODES = ("tracepoint", "kprobe", "fentry")
+CACHE = Path(os.environ.get("SPANPROBE_CACHE", "/var/cache/spanprobe")) / "kernels"
+BOOT_TIMEOUT = float(os.environ.get("SPANPROBE_BOOT_TIMEOUT", "1200"))
+MEMORY = os.environ.get("SPANPROBE_GUEST_MEMORY", "3072")
+
+
+def say(msg: str) -> None:
+    print(f"matrix: {msg}", file=sys.stderr, flush=True)
+
+
+def build() -> tuple[dict, float]:
+    t0 = time.monotonic()
+    p = subprocess.run(["/usr/bin/python3", str(HERE / "build.py"), "build"], stdout=subprocess.PIPE,
+                       text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"matrix: build failed (rc {p.returncode})")
+    return json.loads(Path(p.stdout.strip().splitlines()[-1]).read_text()), time.monotonic() - t0
+
+
+def qemu_cmd(kernel: dict, disk: str, accel: str, results: Path, append: str, console: Path) -> list[str]:
+    cpu = ["-cpu", "host"] if accel == "kvm" else ["-cpu", "max"]
+    accel_opt = "kvm" if accel == "kvm" else "tcg,thread=multi"
+    return ["qemu-system-x86_64", "-accel", accel_opt, *cpu, "-smp", "2", "-m", MEMORY,
+            "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
+            "-serial", f"file:{console}", "-no-reboot", "-nic", "none",
+            "-kernel", kernel["vmlinuz"], "-initrd", kernel["initrd"],
+            "-append", f"console=ttyS0 root=/dev/vda rw init=/usr/local/sbin/spanprobe-init panic=-1 {append}",
+            # -snapshot semantics for this disk only: the cached image is never written
+            "-drive", f"file={disk},format=raw,if=virtio,snapshot=on",
+            "-virtfs", f"local,path={REPO},mount_tag=repo,security_model=none,readonly=on",
+            "-virtfs", f"local,path={results},mount_tag=results,security_model=none",
+            "-device", "virtio-rng-pci"]
+
+
+def boot(kernel: dict, disk: str, accel: str, results: Path, append: str, timeout: float,
+         marker: str | None = None) -> tuple[int | None, float, Path]:
+    """Run one guest to its poweroff (QEMU exits 0) or the timeout. Returns (rc, seconds, console)."""
+    if results.exists():
+        shutil.rmtree(results)
+    results.mkdir(parents=True)
+    console = results / "console.log"
+    cmd = qemu_cmd(kernel, disk, accel, results, append, console)
+    (results / "qemu-cmd.txt").write_text(" ".join(cmd) + "\n")
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(results / "qemu.log", "w"),
+                            stderr=subprocess.STDOUT)
+    rc = None
+    while time.monotonic() - t0 < timeout:
+        rc = proc.poll()
+        if rc is not None:
+            break
+        if marker and console.exists() and marker in console.read_text(errors="replace"):
+            time.sleep(1)
+            rc = proc.poll()
+            break
+        time.sleep(0.5)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    return rc, time.monotonic() - t0, console
+
+
+def probe_accel(manifest: dict) -> tuple[str, str]:
+    """KVM only if a short probe boot proves it works here (cached per host kernel + QEMU)."""
+    forced = os.environ.get("SPANPROBE_ACCEL")
+    if forced in ("tcg", "kvm"):
+        return forced, "forced by SPANPROBE_ACCEL"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg", "no /dev/kvm"
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256((os.uname().release + qemu + manifest["kernels"][0]["release"]).encode()).hexdigest()[:12]
+    cached = CACHE / f"kvm-probe-{key}.json"
+    if cached.exists():
+        d = json.loads(cached.read_text())
+        return d["accel"], d["why"] + " (cached probe)"
+    rc, secs, console = boot(manifest["kernels"][0], manifest["disk"], "kvm", CACHE / "kvm-probe",
+                             "spanprobe.probe=1", 30, marker="SPANPROBE-PROBE-OK")
+    ok = "SPANPROBE-PROBE-OK" in console.read_text(errors="replace") if console.exists() else False
+    log = (CACHE / "kvm-probe" / "qemu.log").read_text(errors="replace").strip().splitlines()
+    why = (f"KVM probe boot reached the guest in {secs:.0f} s" if ok else
+           f"KVM probe boot failed (rc {rc}, {secs:.0f} s: {(log[-1] if log else 'no guest output')[:160]})")
+    d = {"accel": "kvm" if ok else "tcg", "why": why}
+    cached.write_text(json.dumps(d) + "\n")
+    return d["accel"], why
+
+
+def select(kernels: list[dict], want: str | None) -> list[dict]:
+    if not want:
+        return kernels
+    hits = [k for k in kernels if want in (k["name"], k["release"], k["suite"])
+            or k["release"].startswith(want + ".") or k["release"].startswith(want + "-")
+            or k["release"] == want or k["name"].endswith("-" + want)]
+    if not hits:
+        raise SystemExit(f"matrix: no kernel matches {want!r}; have "
+                         + ", ".join(f"{k['name']} ({k['release']})" for k in kernels))
+    return hits
+
+
+def run_guest(kernel: dict, manifest: dict, accel: str, modes: list[str], outdir: Path) -> dict:
+    say(f"boot {kernel['name']} ({kernel['release']}, {accel}) modes={','.join(modes)}")
+    rc, secs, console = boot(kernel, manifest["disk"], accel, outdir,
+                             f"spanprobe.modes={','.join(modes)}", BOOT_TIMEOUT)
+    text = console.read_text(errors="replace") if console.exists() else ""
+    row = {"name": kernel["name"], "suite": kernel["suite"], "release": kernel["release"],
+           "accel": accel, "boot_s": round(secs, 1), "qemu_rc": rc, "logs": str(outdir)}
+    try:
+        res = json.loads((outdir / "result.json").read_text())
+    except (OSError, ValueError):
+        res = {}
+    row.update({k: res[k] for k in ("kernel", "bcc", "python", "check", "times") if k in res})
+    cells = res.get("cells", {})
+    why = ("guest timed out" if rc is None else "guest ended") + " before this cell finished"
+    if "SPANPROBE-GUEST-ERROR" in text:
+        why = text.split("SPANPROBE-GUEST-ERROR", 1)[1].splitlines()[0].strip()
+    for m in modes:
+        if m not in cells:
+            cells[m] = {"status": "fail", "reason": why,
+                        "console_tail": "\n".join(text.strip().splitlines()[-30:])}
+    row["cells"] = cells
+    return row
+
+
+def host_row() -> dict:
+    """The machine's own kernel, from `spanprobe check --json`: what loads here is loaded
+    and attached by check; traffic on it is the host integration tier's job."""
+    env = dict(os.environ, PYTHONPATH=f"{REPO / 'agent'}:{REPO}")
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "spanprobe", "check", "--json"], capture_output=True,
+                       text=True, env=env)
+    row = {"name": "host", "suite": "-", "release": os.uname().release, "accel": "-",
+           "boot_s": round(time.monotonic() - t0, 1)}
+    try:
+        rep = json.loads(p.stdout)
+    except ValueError:
+        rep = {"error": p.stderr.strip()[-300:]}
+    row["bcc"] = rep.get("bcc")
+    row["kernel"] = rep.get("kernel")
+    chosen = rep.get("chosen") or {}
+    passed = dict(chosen.get("passed_over", []))
+    cells = {}
+    for m in MODES:
+        state = (rep.get("strategies") or {}).get(m, "unknown: " + str(rep.get("error")))
+        if m == chosen.get("strategy") and chosen.get("loaded"):
+            cells[m] = {"status": "pass", "note": "loaded and attached by spanprobe check; real traffic "
+                        "is the host integration tier (tests/integration)", "hooks": len(chosen.get("hooks", []))}
+        elif m in passed:
+            cells[m] = {"status": "unsupported", "reason": passed[m].split(": ", 1)[-1]}
+        elif not state.startswith("available"):
+            cells[m] = {"status": "unsupported", "reason": state.removeprefix("unavailable: ")}
+        else:
+            cells[m] = {"status": "unsupported", "reason": "available but not loaded by check "
+                        f"(auto chose {chosen.get('strategy')}); not exercised on the host"}
+    row["cells"] = cells
+    return row
+
+
+def cell_text(c: dict | None) -> str:
+    if c is None:
+        return "-"
+    s = c["status"]
+    if s == "pass":
+        extra = f"{c['spans']} spans" if "spans" in c else "check"
+        if c.get("compile_s"):
+            extra += f", compile {c['compile_s']}"
+        return f"pass ({extra})"
+    return f"{s}: {str(c.get('reason', ''))[:90]}"
+
+
+def render(rows: list[dict], times: dict) -> str:
+    out = ["# Kernel matrix", "",
+           "| kernel | suite | bcc | " + " | ".join(MODES) + " | guest s |",
+           "|---|---|---|" + "---|" * len(MODES) + "---|"]
+    for r in rows:
+        out.append(f"| {r['release']} | {r['suite']} | {r.get('bcc') or '-'} | "
+                   + " | ".join(cell_text(r["cells"].get(m)) for m in MODES)
+                   + f" | {r.get('boot_s', '-')} |")
+    details = []
+    for r in rows:
+        for m in MODES:
+            c = r["cells"].get(m)
+            if c and c["status"] == "fail":
+                details += [f"### {r['release']} / {m}: {c.get('reason')}", ""]
+                bad = {k: v for k, v in c.get("checks", {}).items() if not v["ok"]}
+                if bad:
+                    details += ["```", json.dumps(bad, indent=1)[:3000], "```"]
+                t = c.get("stderr_tail") or c.get("console_tail")
+                if t:
+                    details += ["```", t[-3000:], "```", ""]
+    if details:
+        out += ["", "## Failures", ""] + details
+    out += ["", "## Where the time went", ""]
+    out += [f"- {k}: {v} s" for k, v in times.items()]
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="matrix.py")
+    ap.add_argument("--kernel", help="one kernel: name (sid-7.2), release, suite or version prefix (6.1)")
+    ap.add_argument("--mode", choices=MODES, help="one strategy")
+    ap.add_argument("--results", type=Path, default=REPO / "results")
+    a = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        raise SystemExit("matrix: run as root (QEMU guests, bcc on the host)")
+    t0 = time.monotonic()
+    times: dict = {}
+    manifest, secs = build()
+    times["build (cached)" if secs < 30 else "build"] = round(secs, 1)
+    times.update({f"  {k}": v for k, v in manifest.get("build_times", {}).items()} if secs >= 30 else {})
+    accel, why = probe_accel(manifest)
+    say(f"accelerator {accel}: {why}")
+    times["accelerator probe"] = f"{accel} ({why})"
+    modes = [a.mode] if a.mode else list(MODES)
+    rows = []
+    outroot = a.results / "kernel-matrix"
+    for k in select(manifest["kernels"], a.kernel):
+        row = run_guest(k, manifest, accel, modes, outroot / k["name"])
+        rows.append(row)
+        gt = row.get("times", {})
+        times[f"guest {k['name']}"] = (f"{row['boot_s']} (check {gt.get('check_s')}, "
+                                       + ", ".join(f"{m} {gt.get(m + '_s')}" for m in modes) + ")")
+        say(f"{k['name']}: " + "; ".join(f"{m} {cell_text(row['cells'].get(m))}" for m in modes))
+    if not a.kernel:
+        t = time.monotonic()
+        rows.append(host_row())
+        times["host check"] = round(time.monotonic() - t, 1)
+    times["total"] = round(time.monotonic() - t0, 1)
+    doc = {"generated": time.strftime("%F %T"), "accel": accel, "accel_why": why,
+           "build_key": manifest["key"], "rows": rows, "times": times}
+    a.results.mkdir(parents=True, exist_ok=True)
+    (a.results / "kernel-matrix.json").write_text(json.dumps(doc, indent=2) + "\n")
+    md = render(rows, times)
+    (a.results / "kernel-matrix.md").write_text(md)
+    print(md)
+    bad = [(r["release"], m) for r in rows for m, c in r["cells"].items()
+           if c["status"] not in ("pass", "unsupported")]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
