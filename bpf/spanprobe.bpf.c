@@ -35,7 +35,7 @@
 enum sp_op {
     OP_READ = 1, OP_READV, OP_RECVMSG,
     OP_WRITE, OP_WRITEV, OP_SENDMSG,
-    OP_ACCEPT, OP_CONNECT, OP_CLOSE, OP_BIND,
+    OP_ACCEPT, OP_CONNECT, OP_CLOSE, OP_BIND, OP_GETPEERNAME, OP_GETSOCKNAME,
 };
 
 enum sp_proto { PROTO_UNKNOWN = 0, PROTO_HTTP = 1, PROTO_OTHER = 2 };
@@ -399,6 +399,14 @@ static __always_inline int sp_on_enter(void *ctx, __u32 op, __u64 a0, __u64 a1, 
     struct sp_conn_state *cs = conns.lookup(&key);
     if (!cs)
         return 0;
+    if (op == OP_GETPEERNAME || op == OP_GETSOCKNAME) {
+        a.ptr = a1;
+        a.conn_id = cs->conn_id;
+        a.role = cs->role;
+        if (active.update(&pid_tgid, &a) != 0)
+            count(SP_CNT_ACTIVE_FULL);
+        return 0;
+    }
     if (op == OP_CLOSE) {
         struct sp_conn_event ev = {};
         fill_header(&ev.h, SP_EV_CONN_CLOSE, ts, pid_tgid, fd, cs->conn_id);
@@ -484,6 +492,17 @@ static __always_inline int sp_on_exit(void *ctx, __s64 ret)
     if (a.op == OP_CONNECT) {
         if (ret == 0 || ret == -SP_EINPROGRESS)
             open_conn(ctx, pid_tgid, &a, a.fd, SP_ROLE_CLIENT, a.conn_id, ts);
+        return 0;
+    }
+    if (a.op == OP_GETPEERNAME || a.op == OP_GETSOCKNAME) {
+        if (ret != 0 || !a.ptr)
+            return 0;
+        struct sp_conn_event ev = {};
+        fill_header(&ev.h, SP_EV_CONN_ADDR, ts, pid_tgid, a.fd, a.conn_id);
+        ev.listen_fd = -1;
+        ev.role = a.role;
+        read_sockaddr(a.ptr, &ev, a.op == OP_GETPEERNAME);
+        output(ctx, &ev, sizeof(ev));
         return 0;
     }
     if (a.op == OP_WRITE || a.op == OP_WRITEV) {
@@ -722,7 +741,12 @@ static __always_inline int sp_kp_enter(struct pt_regs *ctx, __u32 op)
     int sp_enter_##name(struct pt_regs *ctx) { return sp_kp_enter(ctx, op); }
 
 #elif SP_MODE == SP_MODE_FENTRY
-/* bcc attaches kfunc__<function> programs by name, at load. */
+/* bcc attaches fentry/fexit programs at load, by their names. The names are bcc's own
+ * business (kfunc__<fn> in 0.26, kfunc__vmlinux__<fn> since module support came, and
+ * a bare kfunc__<fn> there is read as module "" + function "x64_sys_<name>": ENOENT),
+ * so bcc's KFUNC_PROBE/KRETFUNC_PROBE name them. Without an argument list (0.26's
+ * BTF-derived prototype clashes with explicit ones), the context is the raw u64 array:
+ * ctx[0] is the wrapper's only argument (the user's pt_regs), ctx[1] the return value. */
 static __always_inline int sp_fe_enter(unsigned long long *ctx, __u32 op)
 {
     struct pt_regs *regs = (struct pt_regs *)ctx[0];
@@ -732,14 +756,15 @@ static __always_inline int sp_fe_enter(unsigned long long *ctx, __u32 op)
     bpf_probe_read_kernel(&a2, sizeof(a2), &regs->dx);
     return sp_on_enter(ctx, op, a0, a1, a2);
 }
+/* one more expansion level, so SP_SYSCALL_PREFIX is expanded before bcc's ## pastes */
+#define SP_KFUNC(fn) KFUNC_PROBE(fn)
+#define SP_KRETFUNC(fn) KRETFUNC_PROBE(fn)
+#define SP_FN(name) SP_XCAT(SP_SYSCALL_PREFIX, name, )
 #define SP_SYSCALL(name, op)                                                     \
-    int SP_XCAT(kfunc__, SP_SYSCALL_PREFIX, name)(unsigned long long *ctx)       \
-    { return sp_fe_enter(ctx, op); }                                             \
-    int SP_XCAT(kretfunc__, SP_SYSCALL_PREFIX, name)(unsigned long long *ctx)    \
-    { return sp_on_exit(ctx, (__s64)ctx[1]); }
+    SP_KFUNC(SP_FN(name)) { return sp_fe_enter(ctx, op); }                        \
+    SP_KRETFUNC(SP_FN(name)) { return sp_on_exit(ctx, (__s64)ctx[1]); }
 #define SP_SYSCALL_ENTRY(name, op)                                               \
-    int SP_XCAT(kfunc__, SP_SYSCALL_PREFIX, name)(unsigned long long *ctx)       \
-    { return sp_fe_enter(ctx, op); }
+    SP_KFUNC(SP_FN(name)) { return sp_fe_enter(ctx, op); }
 #endif
 
 /* Which syscalls are compiled is decided by the agent (SP_HOOK_<name>=1), from the
@@ -782,4 +807,10 @@ SP_SYSCALL_ENTRY(close, OP_CLOSE)
 #endif
 #if SP_HOOK_bind
 SP_SYSCALL_ENTRY(bind, OP_BIND)
+#endif
+#if SP_HOOK_getpeername
+SP_SYSCALL(getpeername, OP_GETPEERNAME)
+#endif
+#if SP_HOOK_getsockname
+SP_SYSCALL(getsockname, OP_GETSOCKNAME)
 #endif

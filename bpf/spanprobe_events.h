@@ -28,6 +28,8 @@ enum sp_kind {
     SP_EV_PROC_EXEC = 6,
     SP_EV_PROC_FORK = 7,
     SP_EV_PROC_EXIT = 8,
+    SP_EV_CONN_ADDR = 9,   /* getpeername/getsockname on a tracked connection: an address
+                              accept() was not asked for (libuv passes no sockaddr) */
 };
 
 enum sp_direction {

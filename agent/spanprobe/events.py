@@ -19,6 +19,7 @@ EV_CONN_PORTS = 5
 EV_PROC_EXEC = 6
 EV_PROC_FORK = 7
 EV_PROC_EXIT = 8
+EV_CONN_ADDR = 9
 
 DIR_INGRESS = 0
 DIR_EGRESS = 1
@@ -151,7 +152,7 @@ def decode(raw: bytes):
     if kind == EV_WRITE_RESULT:
         ret, asked = WRITE_RESULT.unpack_from(raw, off)
         return WriteResult(h, ret, asked)
-    if kind in (EV_CONN_OPEN, EV_CONN_CLOSE, EV_CONN_PORTS):
+    if kind in (EV_CONN_OPEN, EV_CONN_CLOSE, EV_CONN_PORTS, EV_CONN_ADDR):
         listen_fd, family, role, flags, pport, lport, _pad, paddr, laddr = CONN.unpack_from(raw, off)
         return ConnEvent(h, listen_fd, family, role, flags, _addr(family, paddr, pport),
                          _addr(family, laddr, lport))

@@ -22,6 +22,7 @@ log = logging.getLogger("spanprobe.loader")
 
 SLOW_WRITE_NS = 100_000
 WAKEUP_EVERY = 64
+KRETPROBE_MAXACTIVE = 4096      # the kernel's upper limit (KRETPROBE_MAXACTIVE_MAX)
 QUIET = ["-Wno-duplicate-decl-specifier", "-Wno-address-of-packed-member",
          "-Wno-ignored-attributes", "-Wno-unknown-warning-option", "-Wno-macro-redefined"]
 
@@ -218,11 +219,12 @@ def _attach_syscall(session: BpfSession, probe, feats: KernelFeatures) -> None:
             fn = f"{feats.syscall_prefix}{name}".encode()
             b.attach_kprobe(event=fn, fn_name=f"sp_enter_{name}".encode())
             if not probe.entry_only:
-                b.attach_kretprobe(event=fn, fn_name=f"sp_exit_{name}".encode())
+                _attach_kretprobe(b, fn, f"sp_exit_{name}".encode())
         elif strategy == "fentry":
-            # bcc attached kfunc__/kretfunc__ programs when it loaded them
-            want = f"kfunc__{feats.syscall_prefix}{name}".encode()
-            if want not in b.kfunc_entry_fds:
+            # bcc attached the KFUNC_PROBE programs when it loaded them; their names
+            # depend on the bcc version (kfunc__<fn> in 0.26, kfunc__vmlinux__<fn> later)
+            fn = f"{feats.syscall_prefix}{name}"
+            if not {f"kfunc__{fn}".encode(), f"kfunc__vmlinux__{fn}".encode()} & set(b.kfunc_entry_fds):
                 raise RuntimeError("fentry program not attached")
     except Exception as exc:
         if probe.required:
@@ -231,6 +233,27 @@ def _attach_syscall(session: BpfSession, probe, feats: KernelFeatures) -> None:
         log.warning("optional probe %s not attached (%s): %s", name, probe.why, exc)
         return
     session.attached.append(f"{strategy}:{name}")
+
+
+def _attach_kretprobe(b, fn: bytes, prog: bytes) -> None:
+    """A kretprobe with room for KRETPROBE_MAXACTIVE calls in flight at once.
+
+    Each call blocked inside a probed syscall (any process's: the probe is not filtered
+    by pid) holds one kretprobe instance until it returns; a call that finds none free is
+    missed, and so is the data it read. The kernel's default pool is tiny: max(10, 2 x
+    CPUs) with CONFIG_PREEMPTION, and just the number of CPUs without (Debian 5.10),
+    which lost every request a server thread read while two other threads were blocked
+    in recvfrom (seen in the kernel matrix, 5.10 kprobe cell). bcc needs tracefs'
+    kprobe_events for this (the perf kprobe PMU takes no maxactive); where that fails,
+    attach with the kernel's default and say so."""
+    try:
+        b.attach_kretprobe(event=fn, fn_name=prog, maxactive=KRETPROBE_MAXACTIVE)
+        return
+    except Exception as exc:   # noqa: BLE001 - bcc raises plain Exception
+        log.warning("kretprobe %s with maxactive=%d failed (%s); using the kernel's default, "
+                    "which misses calls when many threads block in it at once",
+                    fn.decode(), KRETPROBE_MAXACTIVE, exc)
+    b.attach_kretprobe(event=fn, fn_name=prog)
 
 
 @contextlib.contextmanager

@@ -194,6 +194,8 @@ class Agent:
                 asm.close(e)
             elif kind == ev.EV_CONN_PORTS:
                 asm.ports(e)
+            elif kind == ev.EV_CONN_ADDR:
+                asm.address(e)
             elif kind == ev.EV_PROC_EXEC:
                 self._exec(e)
             elif kind == ev.EV_PROC_FORK:

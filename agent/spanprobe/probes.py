@@ -32,6 +32,8 @@ PROBES: tuple[Probe, ...] = (
     Probe("writev", "syscall", False, "bytes sent from several buffers"),
     Probe("sendmsg", "syscall", False, "bytes sent with sendmsg"),
     Probe("close", "syscall", True, "end of a connection", entry_only=True),
+    Probe("getpeername", "syscall", False, "peer address where accept() was given no buffer (libuv)"),
+    Probe("getsockname", "syscall", False, "local address where accept() was given no buffer"),
     Probe("bind", "syscall", False, "services that start listening on a selected port later",
           entry_only=True, only_with="select.ports"),
     Probe("sched:sched_process_exec", "tracepoint", True, "processes started after the agent"),

@@ -176,6 +176,16 @@ class Assembler:
         if e.local:
             self.client_by_port.setdefault(e.local[1], []).append(conn)
 
+    def address(self, e: ev.ConnEvent) -> None:
+        """getpeername/getsockname told an address accept() did not."""
+        conn = self.conns.get((e.h.tgid, e.h.fd))
+        if conn is None or conn.conn_id != e.h.conn_id:
+            return
+        if e.peer is not None and conn.peer is None:
+            conn.peer = e.peer
+        if e.local is not None and conn.local is None:
+            conn.local = e.local
+
     def close(self, e: ev.ConnEvent) -> None:
         conn = self.conns.get((e.h.tgid, e.h.fd))
         if conn is not None and conn.conn_id == e.h.conn_id:
