@@ -105,6 +105,13 @@ SCHEMA: tuple[Key, ...] = (
     Key("privacy.redact_query_params", list, list(DEFAULT_REDACT_QUERY),
         "query parameters whose values are replaced by REDACTED", None, str),
     Key("resource_attributes", dict, {}, "added to every span's resource"),
+    Key("attributes.rules", list, [], "business attribute rules (see README: Business attributes)",
+        None, dict),
+    Key("attributes.max_value_length", int, 256, "longest attribute value kept", _between(1, 4096)),
+    Key("attributes.max_cardinality", int, 1000, "distinct values per attribute and service",
+        _between(1, 10**6)),
+    Key("attributes.max_body_bytes", int, 4096, "bytes of a body kept for json_body rules",
+        _between(64, 65536)),
     Key("log_level", str, "info", "debug, info, warning or error",
         _one_of(("debug", "info", "warning", "error"))),
     Key("stats_interval_s", float, 30.0, "how often counters are logged", _between(0.5, 86400)),
@@ -260,6 +267,13 @@ def resolve(flags: dict[str, Any] | None = None, env: dict[str, str] | None = No
     unknown = sorted(set(flags) - set(KEYS))
     if unknown:
         raise ConfigError(f"config error: unknown setting {unknown[0]!r} given as a flag")
+    if values["attributes.rules"]:
+        # rules are checked against the privacy lists they must not get around
+        from .attributes import compile_rules
+        from .privacy import Redactor
+        compile_rules(values["attributes.rules"],
+                      Redactor(values["privacy.redact_headers"], values["privacy.redact_query_params"]),
+                      source["attributes.rules"])
     return Settings(values, source, file)
 
 

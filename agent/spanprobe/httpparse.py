@@ -42,6 +42,8 @@ class Message:
     complete: bool = False
     truncated: bool = False      # head not fully captured
     interim: bool = False        # 1xx response
+    body: bytearray | None = None     # kept only when a rule needs it (keep_body)
+    body_incomplete: bool = False     # part of the body was not captured or over the bound
 
 
 def looks_like_start(data: bytes) -> bool:
@@ -103,10 +105,13 @@ class MessageParser:
         self.pending_methods: deque[str] = deque()   # responses: methods of requests sent
         self.lost_bytes = 0
         self.parse_errors = 0
+        self.keep_body = 0              # bytes of each body to keep (business attributes)
 
     # ---- framing ----
     def _begin(self, ts: int, tid: int) -> None:
         self.msg = Message(self.is_request, ts, tid)
+        if self.keep_body:
+            self.msg.body = bytearray()
         self.state = HEAD
         self.buf.clear()
 
@@ -211,6 +216,8 @@ class MessageParser:
                 n = min(self.remaining, end - pos)
                 self.remaining -= n
                 self.msg.body_size += n
+                if self.msg.body is not None:
+                    self._keep(data[pos:pos + n])
                 pos += n
                 if self.remaining == 0:
                     self._finish(ts)
@@ -220,6 +227,8 @@ class MessageParser:
                 continue
             if state == CHUNK_DATA:
                 n = min(self.remaining, end - pos)
+                if self.msg.body is not None:
+                    self._keep(data[pos:pos + max(0, min(n, self.remaining - 2))])
                 self._chunk_bytes(n)
                 pos += n
                 continue
@@ -228,6 +237,8 @@ class MessageParser:
                 continue
             if state in (UNTIL_CLOSE, OPEN, CHUNK_LOST):
                 self.msg.body_size += end - pos
+                if self.msg.body is not None and state != CHUNK_LOST:
+                    self._keep(data[pos:end])
                 pos = end
                 continue
             if state == RESYNC:
@@ -240,6 +251,16 @@ class MessageParser:
             last = tail if gap > 0 else data[-5:]
             if last.endswith(b"0\r\n\r\n"):
                 self._finish(ts)
+
+    def _keep(self, chunk: bytes) -> None:
+        if self.msg.body_incomplete:
+            return          # after a hole the bytes are not contiguous any more
+        body = self.msg.body
+        room = self.keep_body - len(body)
+        if len(chunk) > room:
+            chunk = chunk[:max(room, 0)]
+            self.msg.body_incomplete = True
+        body += chunk
 
     def _chunk_bytes(self, n: int) -> None:
         # chunk data is followed by CRLF, which `remaining` includes
@@ -305,6 +326,8 @@ class MessageParser:
 
     def _gap(self, gap: int, ts: int) -> None:
         state = self.state
+        if self.msg is not None and self.msg.body is not None and state not in (IDLE, HEAD, RESYNC):
+            self.msg.body_incomplete = True   # bytes of the body were not captured
         if state == IDLE or state == RESYNC:
             self.lost_bytes += gap
         elif state == HEAD:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import struct
 import subprocess
 from dataclasses import dataclass, field
 
@@ -79,6 +80,72 @@ def _kallsyms_names(root: SysRoot, wanted: set[str]) -> set[str]:
     return found
 
 
+# BTF kinds (include/uapi/linux/btf.h) and the bytes each adds after its 12-byte header:
+# (fixed, per vlen item)
+_BTF_EXTRA = {1: (4, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 13: (0, 8), 14: (4, 0),
+              15: (0, 12), 17: (4, 0), 19: (0, 12)}
+_BTF_KINDS = {1: "int", 2: "ptr", 3: "array", 4: "struct", 5: "union", 6: "enum", 7: "fwd",
+              8: "typedef", 9: "volatile", 10: "const", 11: "restrict", 12: "func", 13: "func_proto",
+              14: "var", 15: "datasec", 16: "float", 17: "decl_tag", 18: "type_tag", 19: "enum64"}
+_BTF_MODIFIERS = (8, 9, 10, 11, 18)
+
+
+def btf_pointee_kind(data: bytes, func: str, arg: int = 0) -> str | None:
+    """What argument `arg` of kernel function `func` points to, as the verifier sees it
+    in vmlinux BTF ("struct", or "fwd" when only a forward declaration made it into the
+    BTF); None when the BTF cannot say (not found, not a pointer, unreadable)."""
+    try:
+        magic, _, _, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<HBBIIIII", data, 0)
+    except struct.error:
+        return None
+    if magic != 0xEB9F:
+        return None
+    strs = hdr_len + str_off
+    at = data.find(b"\0" + func.encode() + b"\0", strs, strs + str_len)
+    if at < 0:
+        return None
+    want_name = at + 1 - strs
+    offsets = [0]                    # type id -> offset; id 0 is void
+    pos, end = hdr_len + type_off, hdr_len + type_off + type_len
+    func_id = None
+    unpack = struct.unpack_from
+    extra = _BTF_EXTRA
+    while pos < end:
+        name_off, info = unpack("<II", data, pos)
+        kind = (info >> 24) & 0x1F
+        offsets.append(pos)
+        if kind == 12 and name_off == want_name:
+            func_id = len(offsets) - 1
+        fixed, per = extra.get(kind, (0, 0))
+        pos += 12 + fixed + per * (info & 0xFFFF)
+
+    def kind_of(tid: int) -> tuple[int, int]:
+        if not 0 < tid < len(offsets):
+            return 0, 0
+        _, info, ref = unpack("<III", data, offsets[tid])
+        return (info >> 24) & 0x1F, ref
+
+    if func_id is None:
+        return None
+    _, proto = kind_of(func_id)
+    kind, _ = kind_of(proto)
+    if kind != 13:
+        return None
+    _, info = unpack("<II", data, offsets[proto])
+    if arg >= (info & 0xFFFF):
+        return None
+    tid = unpack("<I", data, offsets[proto] + 12 + 8 * arg + 4)[0]
+    kind, ref = kind_of(tid)
+    while kind in _BTF_MODIFIERS:
+        kind, ref = kind_of(ref)
+    if kind != 2:
+        return None
+    kind, ref = kind_of(ref)
+    while kind in _BTF_MODIFIERS:
+        kind, ref = kind_of(ref)
+    return _BTF_KINDS.get(kind)
+
+
 def detect(root: SysRoot, syscalls: list[str], tracepoints: list[str]) -> KernelFeatures:
     release = (root.read_text("proc/sys/kernel/osrelease") or platform.release()).strip()
     arch = platform.machine()
@@ -121,6 +188,19 @@ def detect(root: SysRoot, syscalls: list[str], tracepoints: list[str]) -> Kernel
         feats.fentry_reason = "syscall wrapper symbols not found"
     else:
         feats.fentry = True
+        # fentry programs read the syscall wrappers' pt_regs argument; a kernel whose BTF
+        # has struct pt_regs there only as a forward declaration (Debian's 5.10) makes the
+        # verifier refuse that read ("arg0 type FWD is not a struct")
+        try:
+            with open(root.path("sys/kernel/btf/vmlinux"), "rb") as f:
+                pointee = btf_pointee_kind(f.read(), feats.syscall_prefix + "read")
+        except OSError:
+            pointee = None
+        if pointee not in (None, "struct"):
+            feats.fentry = False
+            feats.fentry_reason = (f"the kernel's BTF gives {feats.syscall_prefix}* a pointer to a "
+                                   f"{pointee} (struct pt_regs not described), so the verifier "
+                                   "refuses fentry programs that read it")
     feats.ringbuf = "bpf_ringbuf_output" in syms or feats.version >= (5, 8)
     feats.uprobes = root.exists("sys/bus/event_source/devices/uprobe/type") or \
         (bool(tracefs) and root.exists(tracefs or "", "uprobe_events"))

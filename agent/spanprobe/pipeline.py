@@ -23,6 +23,7 @@ from .notify import sd_notify
 from .privacy import Redactor
 from .probes import SYSCALLS, TRACEPOINTS
 from .pyruntime import Calibrations
+from .attributes import Extractor, compile_rules
 from .procfs import SysRoot
 from .routes import RouteMatcher
 from .spans import SpanBuilder
@@ -68,11 +69,18 @@ class Agent:
                                    set(settings["select.exe"]), set(settings["select.exclude_exe"]))
         self.registry = ProcessRegistry(self.root, self.redactor)
         self.clock = MonotonicToWall()
+        self.extractor = Extractor(compile_rules(settings["attributes.rules"], self.redactor),
+                                   settings["attributes.max_value_length"],
+                                   settings["attributes.max_cardinality"])
+        self._rules: dict[tuple[int, int | None], list] = {}
         self.builder = SpanBuilder(self.registry, RouteMatcher(settings["routes"]), self.redactor,
                                    self.clock, self.root.hostname(),
-                                   agent_resource_attributes(settings, self.env))
-        self.assembler = Assembler(self._exchange_done, self._listen_address, self._own_peer)
+                                   agent_resource_attributes(settings, self.env),
+                                   self.extractor, self._rules_for)
+        self.assembler = Assembler(self._exchange_done, self._listen_address, self._own_peer,
+                                   self._body_needs)
         self.calibrations = Calibrations(self.root)
+        self._wide_capture: set[int] = set()
         self._python_checked: set[int] = set()
         self._own_ports: set[int] = set()
         self._own_ports_at = 0.0
@@ -219,6 +227,7 @@ class Agent:
         pid = e.h.tgid
         info = self.registry.on_exec(pid, e.comm, e.filename)
         self.builder.forget(pid)
+        self._forget_rules(pid)
         if info is None:
             return
         if self.selection.trace_all:
@@ -227,6 +236,35 @@ class Agent:
         elif self.selection.matches(info):
             self.session.select_pid(pid)
         self._python_checked.discard(pid)
+
+    # ---- business attributes ----
+    def _rules_for(self, conn) -> list:
+        """Rules that apply to a connection's process (by service, port, executable)."""
+        port = conn.local[1] if conn.local and conn.role == ev.ROLE_SERVER else None
+        key = (conn.tgid, port)
+        rules = self._rules.get(key)
+        if rules is None:
+            if not self.extractor.rules:
+                rules = []
+            else:
+                info = self.registry.get(conn.tgid)
+                service = info.service_name if info else f"pid-{conn.tgid}"
+                rules = self.extractor.for_service(service, port, info.names() if info else set())
+            self._rules[key] = rules
+        return rules
+
+    def _body_needs(self, conn) -> tuple[int, int]:
+        rules = self._rules_for(conn)
+        if not rules:
+            return 0, 0
+        req, resp = self.extractor.body_bytes(rules)
+        bound = self.settings["attributes.max_body_bytes"]
+        if (req or resp) and conn.tgid not in self._wide_capture:
+            # the kernel copies as much as this process's rules need, bounded
+            self._wide_capture.add(conn.tgid)
+            self.session.select_pid(conn.tgid, capture=min(4096, max(bound + 1024,
+                                                                     self.settings["capture_bytes"])))
+        return (bound if req else 0), (bound if resp else 0)
 
     def _python(self, pid: int) -> None:
         """Asyncio linking for a Python process (calibrated once per interpreter)."""
@@ -238,7 +276,13 @@ class Agent:
         if found is not None and self.session.set_python(pid, *found):
             log.debug("asyncio linking on for pid %d (Python %s)", pid, found[0].version)
 
+    def _forget_rules(self, pid: int) -> None:
+        for key in [k for k in self._rules if k[0] == pid]:
+            del self._rules[key]
+        self._wide_capture.discard(pid)
+
     def _exit(self, pid: int, ts: int) -> None:
+        self._forget_rules(pid)
         self._python_checked.discard(pid)
         if pid in self.registry.procs:
             log.debug("process %d exited: forgotten", pid)
@@ -282,6 +326,7 @@ class Agent:
         kernel = self.session.counters() if self.session is not None else self._kernel_counters
         out.update({f"kernel_{k}": v for k, v in kernel.items()})
         out.update(self.assembler.counts)
+        out.update(self.extractor.counts)
         if self.exporter is not None:
             out.update(self.exporter.counts)
         return out

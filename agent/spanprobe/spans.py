@@ -45,7 +45,8 @@ def split_host(value: str | None) -> tuple[str | None, int | None]:
 
 class SpanBuilder:
     def __init__(self, registry: ProcessRegistry, routes: RouteMatcher, redactor: Redactor,
-                 clock: MonotonicToWall, host_name: str, extra_resource: dict[str, object]):
+                 clock: MonotonicToWall, host_name: str, extra_resource: dict[str, object],
+                 extractor=None, rules_for=None):
         self.registry = registry
         self.routes = routes
         self.redactor = redactor
@@ -53,6 +54,8 @@ class SpanBuilder:
         self.host_name = host_name
         self.extra_resource = extra_resource
         self.resources: dict[int, Resource] = {}
+        self.extractor = extractor                 # business attributes (attributes.py)
+        self.rules_for = rules_for or (lambda conn: [])
 
     def forget(self, pid: int) -> None:
         self.resources.pop(pid, None)
@@ -76,7 +79,10 @@ class SpanBuilder:
         server = conn.role == ev.ROLE_SERVER
         method = req.method or "GET"
         path, query = self.redactor.target(req.target or "/")
-        route, _configured = self.routes.route(path)
+        rules = self.rules_for(conn) if self.extractor is not None else ()
+        route = self.extractor.route_for(rules, path) if rules else None
+        if route is None:
+            route, _configured = self.routes.route(path)
         attrs: dict[str, object] = {}
         if method in METHODS:
             attrs["http.request.method"] = method
@@ -136,6 +142,10 @@ class SpanBuilder:
             status_obj = _OK
         if req.truncated:
             attrs["spanprobe.capture.truncated"] = True
+        if rules:
+            raw_query = (req.target or "").partition("?")[2].split("#", 1)[0]
+            self.extractor.apply(rules, self.resource(conn.tgid).attributes.get("service.name", ""),
+                                 req, resp, path, raw_query, attrs)
         start = req.start_ts
         end = resp.end_ts if resp is not None and resp.end_ts else (req.end_ts or start)
         context = SpanContext(x.trace_id, x.span_id, False, _SAMPLED)

@@ -108,8 +108,11 @@ class Assembler:
 
     def __init__(self, emit: Callable[[Exchange], None],
                  resolve_listen: Callable[[int, int], tuple[str, int] | None] | None = None,
-                 own_peer: Callable[[tuple[str, int]], bool] | None = None):
+                 own_peer: Callable[[tuple[str, int]], bool] | None = None,
+                 body_needs: Callable[["Connection"], tuple[int, int]] | None = None):
         self.emit = emit
+        # bytes of request and response bodies to keep for a connection (json_body rules)
+        self.body_needs = body_needs or (lambda conn: (0, 0))
         self.resolve_listen = resolve_listen or (lambda pid, fd: None)
         # True for a peer that is the agent itself (its OTLP export to a traced
         # collector): tracing that would feed spans back into the export forever
@@ -161,6 +164,7 @@ class Assembler:
                                        lambda m, c=conn: self._response_done(c, m))
         conn.ingress = conn.requests if server else conn.responses
         conn.egress = conn.responses if server else conn.requests
+        conn.requests.keep_body, conn.responses.keep_body = self.body_needs(conn)
 
     def ports(self, e: ev.ConnEvent) -> None:
         h = e.h

@@ -18,7 +18,13 @@ async def user(user_id: int):
 
 @api.post("/orders", status_code=201)
 async def orders(request: Request):
-    return {"created": True, "order": await request.json()}
+    return JSONResponse({"created": True, "order": await request.json()}, status_code=201,
+                        headers={"X-Order-Status": "accepted"})
+
+
+@api.get("/customers/{cid}/orders/{oid}")
+async def customer_order(cid: str, oid: int):
+    return {"customer": cid, "order": oid}
 
 
 @api.get("/boom")

@@ -18,7 +18,12 @@ def user(user_id):
 @flask.post("/orders")
 def orders():
     body = request.get_json(force=True)
-    return jsonify(created=True, order=body), 201
+    return jsonify(created=True, order=body), 201, {"X-Order-Status": "accepted"}
+
+
+@flask.get("/customers/<cid>/orders/<int:oid>")
+def customer_order(cid, oid):
+    return jsonify(customer=cid, order=oid)
 
 
 @flask.get("/boom")
