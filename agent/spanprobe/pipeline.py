@@ -92,6 +92,18 @@ class Agent:
         self.features: KernelFeatures | None = None
         self.passed_over: list[tuple[str, str]] = []
         self._kernel_counters: dict[str, int] = {}
+        asm = self.assembler
+        self._handlers = {   # event kind -> the stage that takes it
+            ev.EV_DATA: asm.data,
+            ev.EV_WRITE_RESULT: asm.write_result,
+            ev.EV_CONN_OPEN: self._opened,
+            ev.EV_CONN_CLOSE: asm.close,
+            ev.EV_CONN_PORTS: asm.ports,
+            ev.EV_CONN_ADDR: asm.address,
+            ev.EV_PROC_EXEC: self._exec,
+            ev.EV_PROC_FORK: lambda e: self.registry.on_fork(e.h.tgid, e.ppid),
+            ev.EV_PROC_EXIT: lambda e: self._exit(e.h.tgid, e.h.ts_ns),
+        }
 
     # ---- set-up ----
     def start(self) -> None:
@@ -180,7 +192,7 @@ class Agent:
             batch.sort(key=lambda raw: int.from_bytes(raw[:8], "little"))
         self.stats.events += len(batch)
         decode = ev.decode
-        asm = self.assembler
+        handlers = self._handlers
         for raw in batch:
             try:
                 e = decode(raw)
@@ -188,33 +200,19 @@ class Agent:
                 self.stats.decode_errors += 1
                 log.debug("decode error: %s", exc)
                 continue
-            kind = e.h.kind
-            if kind == ev.EV_DATA:
-                asm.data(e)
-            elif kind == ev.EV_WRITE_RESULT:
-                asm.write_result(e)
-            elif kind == ev.EV_CONN_OPEN:
-                asm.open(e)
-                self.registry.get(e.h.tgid)    # read /proc while the process is there
-                if e.role == ev.ROLE_SERVER and e.h.tgid not in self._python_checked:
-                    self._python(e.h.tgid)
-            elif kind == ev.EV_CONN_CLOSE:
-                asm.close(e)
-            elif kind == ev.EV_CONN_PORTS:
-                asm.ports(e)
-            elif kind == ev.EV_CONN_ADDR:
-                asm.address(e)
-            elif kind == ev.EV_PROC_EXEC:
-                self._exec(e)
-            elif kind == ev.EV_PROC_FORK:
-                self.registry.on_fork(e.h.tgid, e.ppid)
-            elif kind == ev.EV_PROC_EXIT:
-                self._exit(e.h.tgid, e.h.ts_ns)
+            handlers[e.h.kind](e)
+        asm = self.assembler
         asm.drain()
         if self._spans:
             spans, self._spans = self._spans, []
             self.stats.spans += len(spans)
             self.exporter.submit(spans)
+
+    def _opened(self, e: ev.ConnEvent) -> None:
+        self.assembler.open(e)
+        self.registry.get(e.h.tgid)    # read /proc while the process is there
+        if e.role == ev.ROLE_SERVER and e.h.tgid not in self._python_checked:
+            self._python(e.h.tgid)
 
     def _exchange_done(self, x: Exchange) -> None:
         try:
