@@ -10,6 +10,7 @@ hash of it (`hash: sha256`).
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
@@ -26,6 +27,11 @@ RULE_KEYS = {"from", "name", "attribute", "route", "path", "type", "hash", "body
 _ATTR = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _JSONPATH = re.compile(r"^\$(?:\.[A-Za-z_][A-Za-z0-9_\-]*|\[\d+\]|\['[^']+'\])+$")
 _STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_\-]*)|\[(\d+)\]|\['([^']+)'\]")
+# what an int or float attribute accepts as text (not Python's "1_000", "nan", "inf", "٣")
+_INT_TEXT = re.compile(r"[-+]?[0-9]+", re.ASCII)
+_FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?", re.ASCII)
+_INT64 = (-2**63, 2**63 - 1)       # OTLP int attributes; a bigger one fails the export
+_SURROGATE = re.compile("[\ud800-\udfff]")   # JSON "\ud800": not UTF-8, fails the export
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,7 @@ def compile_rules(raw: list, redactor: Redactor, where: str = "config") -> list[
         if not isinstance(r, dict):
             raise _err(i, f"a rule is a mapping like {{from: header, name: X-Customer-Id, "
                           f"attribute: customer.id}}, got {r!r}", where)
-        unknown = sorted(set(r) - RULE_KEYS)
+        unknown = sorted(set(r) - RULE_KEYS, key=str)
         if unknown:
             raise _err(i, f"unknown key {unknown[0]!r}; a rule has {', '.join(sorted(RULE_KEYS))}", where)
         source = r.get("from")
@@ -98,7 +104,8 @@ def compile_rules(raw: list, redactor: Redactor, where: str = "config") -> list[
             if not isinstance(attribute, str) or not _ATTR.match(attribute):
                 raise _err(i, f"attribute: {attribute!r} must be an attribute name like customer.id", where)
         max_length = r.get("max_length")
-        if max_length is not None and (not isinstance(max_length, int) or not 1 <= max_length <= 4096):
+        if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool)
+                                       or not 1 <= max_length <= 4096):
             raise _err(i, f"max_length: {max_length!r} must be an integer 1..4096", where)
         common = dict(index=i, source=source, type=typ, hash=bool(hashed), max_length=max_length,
                       services=_as_set(r.get("service"), str, i, "service", where),
@@ -121,6 +128,8 @@ def compile_rules(raw: list, redactor: Redactor, where: str = "config") -> list[
             if not isinstance(route, str) or not route.startswith("/") or "{" not in route:
                 raise _err(i, f"from: path needs route: a template like /customers/{{customer_id}}, got {route!r}", where)
             tpl = compile_template(route)
+            if not any(tpl.names):
+                raise _err(i, f"route: {route!r} has no parameter; name one like {{customer_id}}", where)
             for pname in tpl.names:
                 if pname is not None and not hashed and redactor.secret_param(pname):
                     raise _err(i, f"path parameter {pname} looks secret; add hash: sha256", where)
@@ -200,13 +209,13 @@ class Extractor:
         if value is UNSET or value is None:
             return
         name = attribute or r.attribute
+        # a hash is of the value as text (true, 42, 1.5 as JSON writes them)
+        value = self._typed("string" if r.hash else r.type, value)
+        if value is UNSET:
+            self.counts["attributes_type_dropped"] += 1
+            return
         if r.hash:
-            value = hashlib.sha256(str(value).encode()).hexdigest()
-        else:
-            value = self._typed(r.type, value)
-            if value is UNSET:
-                self.counts["attributes_type_dropped"] += 1
-                return
+            value = hashlib.sha256(value.encode()).hexdigest()
         if isinstance(value, str):
             limit = r.max_length or self.max_value_length
             if len(value) > limit:
@@ -227,17 +236,28 @@ class Extractor:
             return UNSET
         try:
             if typ == "string":
-                return value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+                text = value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+                return UNSET if _SURROGATE.search(text) else text
             if typ == "int":
                 if isinstance(value, bool):
                     return UNSET
                 if isinstance(value, float):
-                    return int(value) if value.is_integer() else UNSET
-                return int(str(value).strip())
+                    out = int(value) if value.is_integer() else UNSET
+                elif isinstance(value, int):
+                    out = value
+                else:
+                    text = str(value).strip()
+                    out = int(text) if _INT_TEXT.fullmatch(text) else UNSET
+                return out if out is UNSET or _INT64[0] <= out <= _INT64[1] else UNSET
             if typ == "float":
                 if isinstance(value, bool):
                     return UNSET
-                return float(str(value).strip())
+                if isinstance(value, (int, float)):
+                    out = float(value)
+                else:
+                    text = str(value).strip()
+                    out = float(text) if _FLOAT_TEXT.fullmatch(text) else UNSET
+                return out if out is UNSET or math.isfinite(out) else UNSET
             if typ == "bool":
                 if isinstance(value, bool):
                     return value

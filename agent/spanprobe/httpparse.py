@@ -321,6 +321,8 @@ class MessageParser:
         else:
             if not msg.is_request and self.pending_methods:
                 self.pending_methods.popleft()
+            if msg.body is not None:
+                msg.body_incomplete = True   # where the head ends, so the body starts, is lost
             self.on_head(msg)
             self.state = CHUNK_LOST if msg.chunked else OPEN
 

@@ -13,7 +13,20 @@ from json.decoder import scanstring
 
 UNSET = object()
 _NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?")
+# a number the prefix ends in: "-", "12", "1.", "1.5e", "1e+" may all continue
+_NUMBER_CUT = re.compile(r"-?(?:(?:0|[1-9]\d*)(?:\.(?:\d+(?:[eE][-+]?\d*)?)?|[eE][-+]?\d*)?)?\Z")
+# a string the prefix ends in, maybe inside an escape; any other bad string is not JSON
+_STRING_CUT = re.compile(r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*'
+                         r'(?:\\(?:u[0-9a-fA-F]{0,3})?)?\Z')
 _WS = re.compile(r"[ \t\n\r]*")
+
+
+class _PartialDict(dict):
+    """An object the prefix ends in: its complete members only."""
+
+
+class _PartialList(list):
+    """An array the prefix ends in: its complete elements only."""
 
 
 class _Cut(Exception):
@@ -21,6 +34,21 @@ class _Cut(Exception):
 
     def __init__(self, partial=UNSET):
         self.partial = partial
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _string(s: str, i: int, obj: dict | None = None):
+    """The string starting at s[i] == '"'; a cut of the object `obj` (whose key it is) or
+    of the string if the prefix ends inside it."""
+    try:
+        return scanstring(s, i + 1)
+    except json.JSONDecodeError:
+        if _STRING_CUT.match(s, i):
+            raise _Cut(UNSET if obj is None else _PartialDict(obj)) from None
+        raise ValueError(f"bad string at {i}") from None
 
 
 def _value(s: str, i: int):
@@ -33,20 +61,17 @@ def _value(s: str, i: int):
     if c == "[":
         return _array(s, i + 1)
     if c == '"':
-        try:
-            return scanstring(s, i + 1)
-        except json.JSONDecodeError:
-            raise _Cut() from None
+        return _string(s, i)
     for word, val in (("true", True), ("false", False), ("null", None)):
         if s.startswith(word, i):
             return val, i + len(word)
         if word.startswith(s[i:]):
             raise _Cut()
+    if _NUMBER_CUT.match(s, i):
+        raise _Cut()          # 12 could be the start of 1234, 1. of 1.5
     m = _NUMBER.match(s, i)
     if m:
         end = m.end()
-        if end >= len(s):
-            raise _Cut()      # 12 could be the start of 1234
         text = m.group()
         return (float(text) if any(ch in text for ch in ".eE") else int(text)), end
     raise ValueError(f"not JSON at {i}")
@@ -60,16 +85,13 @@ def _object(s: str, i: int):
     while True:
         i = _WS.match(s, i).end()
         if i >= len(s):
-            raise _Cut(out)
+            raise _Cut(_PartialDict(out))
         if s[i] != '"':
             raise ValueError("object key expected")
-        try:
-            key, i = scanstring(s, i + 1)
-        except json.JSONDecodeError:
-            raise _Cut(out) from None
+        key, i = _string(s, i, out)
         i = _WS.match(s, i).end()
         if i >= len(s):
-            raise _Cut(out)
+            raise _Cut(_PartialDict(out))
         if s[i] != ":":
             raise ValueError("':' expected")
         try:
@@ -77,11 +99,11 @@ def _object(s: str, i: int):
         except _Cut as cut:
             if cut.partial is not UNSET:
                 out[key] = cut.partial
-            raise _Cut(out) from None
+            raise _Cut(_PartialDict(out)) from None
         out[key] = val
         i = _WS.match(s, i).end()
         if i >= len(s):
-            raise _Cut(out)
+            raise _Cut(_PartialDict(out))
         if s[i] == "}":
             return out, i + 1
         if s[i] != ",":
@@ -100,11 +122,11 @@ def _array(s: str, i: int):
         except _Cut as cut:
             if cut.partial is not UNSET:
                 out.append(cut.partial)
-            raise _Cut(out) from None
+            raise _Cut(_PartialList(out)) from None
         out.append(val)
         i = _WS.match(s, i).end()
         if i >= len(s):
-            raise _Cut(out)
+            raise _Cut(_PartialList(out))
         if s[i] == "]":
             return out, i + 1
         if s[i] != ",":
@@ -112,18 +134,35 @@ def _array(s: str, i: int):
         i += 1
 
 
+def _decode(data: bytes) -> tuple[str, bool]:
+    """(text, ends inside a multi-byte character?) ; ValueError if it is not UTF-8."""
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError as exc:
+        # only a character cut by the end of the prefix is allowed: dropping or
+        # replacing other bytes would change the values read
+        if exc.reason != "unexpected end of data" or exc.end != len(data):
+            raise ValueError(f"not UTF-8 at byte {exc.start}") from None
+        return data[:exc.start].decode("utf-8"), True
+
+
 def parse_prefix(data: bytes):
-    """(document or the part of it seen, complete?) ; ValueError if it is not JSON."""
-    text = data.decode("utf-8", errors="ignore")
+    """(document or the part of it seen, complete?) ; ValueError if it is not JSON.
+
+    Objects and arrays the prefix ends in hold their complete members only (and are
+    marked so: `extract` never returns one)."""
+    text, cut_char = _decode(bytes(data))
+    if not cut_char:
+        try:
+            return json.loads(text, parse_constant=_no_constant), True
+        except json.JSONDecodeError:
+            pass
     try:
-        return json.loads(text), True
-    except json.JSONDecodeError:
-        pass
-    try:
-        value, _ = _value(text, 0)
-        return value, True
+        _value(text, 0)
     except _Cut as cut:
         return cut.partial, False
+    # json.loads refused it, yet a whole value was read: something follows the value
+    raise ValueError("data after the JSON value")
 
 
 def extract(data: bytes, steps: tuple):
@@ -140,4 +179,6 @@ def extract(data: bytes, steps: tuple):
         elif not isinstance(node, dict) or step not in node:
             return UNSET
         node = node[step]
-    return node if node is not UNSET else UNSET
+    if isinstance(node, (_PartialDict, _PartialList)):
+        return UNSET        # an object or array cut by the end of the prefix
+    return node
