@@ -24,6 +24,9 @@ SOURCES = ("header", "response_header", "path", "query", "json_body")
 TYPES = ("string", "int", "float", "bool")
 RULE_KEYS = {"from", "name", "attribute", "route", "path", "type", "hash", "body",
              "service", "port", "exe", "max_length"}
+# attributes the agent sets from the HTTP exchange; a rule must not overwrite them
+RESERVED_PREFIXES = ("http.", "url.", "server.", "client.", "network.", "user_agent.", "spanprobe.")
+RESERVED_NAMES = frozenset({"error.type"})
 _ATTR = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _JSONPATH = re.compile(r"^\$(?:\.[A-Za-z_][A-Za-z0-9_\-]*|\[\d+\]|\['[^']+'\])+$")
 _STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_\-]*)|\[(\d+)\]|\['([^']+)'\]")
@@ -103,6 +106,9 @@ def compile_rules(raw: list, redactor: Redactor, where: str = "config") -> list[
         if source != "path":
             if not isinstance(attribute, str) or not _ATTR.match(attribute):
                 raise _err(i, f"attribute: {attribute!r} must be an attribute name like customer.id", where)
+            if attribute.startswith(RESERVED_PREFIXES) or attribute in RESERVED_NAMES:
+                raise _err(i, f"attribute: {attribute} is set by spanprobe itself (HTTP semantic "
+                              "conventions); pick a name of your own like app.{attribute}", where)
         max_length = r.get("max_length")
         if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool)
                                        or not 1 <= max_length <= 4096):

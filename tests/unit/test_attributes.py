@@ -839,3 +839,15 @@ def test_json_values_are_exactly_what_the_document_says():
              {"from": "json_body", "path": "$.i", "attribute": "i", "type": "int"}]
     attrs, _ = run(rules, req=request(body=body))
     assert attrs == {"s": 'a"b\\cé', "f": 0.1, "i": -5}
+
+
+@pytest.mark.parametrize("name", ["url.path", "http.route", "server.port", "error.type", "spanprobe.x"])
+def test_rule_cannot_overwrite_what_the_agent_sets(name):
+    from spanprobe.attributes import compile_rules
+    from spanprobe.errors import ConfigError
+    from spanprobe.privacy import Redactor
+
+    with pytest.raises(ConfigError) as exc:
+        compile_rules([{"from": "header", "name": "X-A", "attribute": name}], Redactor([], []))
+    assert "attributes.rules[0]" in str(exc.value) and "set by spanprobe itself" in str(exc.value)
+    assert "\n" not in str(exc.value)
