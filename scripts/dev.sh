@@ -2,9 +2,13 @@
 # spanprobe's one entry point for people and CI. Run as root on Debian (12 or newer):
 #   scripts/dev.sh setup        install everything the agent and the tests need (idempotent)
 #   scripts/dev.sh demo [s]     setup, then trace two demo services for s seconds (default 15)
-#   scripts/dev.sh test         setup, then every test tier, with a timing summary
+#   scripts/dev.sh test         setup (+ QEMU tools), then every test tier (unit, integration,
+#                               frameworks, kernels), with a timing summary
 #   scripts/dev.sh test-quick   setup, then the unit tier only (no root needed for the tests)
 #   scripts/dev.sh check        setup, then `spanprobe check`
+#   scripts/dev.sh kernel-matrix [KERNEL] [MODE]
+#                               setup + QEMU tools, then the kernel tier: Debian kernels booted
+#                               under QEMU, the agent run in each per attach strategy
 # Downloads and builds are cached outside the repository in $SPANPROBE_CACHE
 # (default /var/cache/spanprobe), keyed by their pinned versions.
 set -euo pipefail
@@ -87,6 +91,34 @@ setup_app_venvs() {
   done
 }
 
+# The kernel tier only: QEMU guests built with mmdebstrap into an ext4 image.
+KERNEL_MATRIX_PACKAGES=(mmdebstrap qemu-system-x86 e2fsprogs python3-pip)
+setup_kernel_matrix() {
+  local missing=()
+  for p in "${KERNEL_MATRIX_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "apt: installing ${missing[*]} (kernel matrix)"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+# The ansible tier only: Debian VMs built with mmdebstrap, booted under QEMU, reached by SSH.
+ANSIBLE_TIER_PACKAGES=(mmdebstrap qemu-system-x86 qemu-utils e2fsprogs openssh-client)
+setup_ansible_tier() {
+  local missing=()
+  for p in "${ANSIBLE_TIER_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "apt: installing ${missing[*]} (ansible tier)"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
 setup() {
   need_root
   local t0=$SECONDS
@@ -143,6 +175,7 @@ case "$cmd" in
   demo) setup; exec python -m spanprobe demo --duration "${2:-15}" ;;
   test|test-quick)
     setup
+    if [ "$cmd" = test ]; then setup_kernel_matrix; fi
     RESULTS=${SPANPROBE_RESULTS:-$ROOT/results}
     mkdir -p "$RESULTS"
     TIER_TIMES=()
@@ -151,8 +184,23 @@ case "$cmd" in
     if [ "$cmd" = test ]; then
       run_tier integration tests/integration -q
       run_tier frameworks tests/frameworks -q -s
+      export SPANPROBE_KERNEL_MATRIX=1
+      run_tier kernels tests/kernels -q -s
     fi
     summary
     ;;
-  *) sed -n '2,9p' "$0"; exit 2 ;;
+  test-ansible)   # work in progress (issue 5): not yet part of `test`
+    setup
+    setup_ansible_tier
+    cd "$ROOT"
+    SPANPROBE_ANSIBLE=1 exec python -m pytest -p no:cacheprovider -q -s tests/ansible
+    ;;
+  kernel-matrix)
+    setup
+    setup_kernel_matrix
+    cd "$ROOT"
+    export SPANPROBE_KERNEL_MATRIX=1 SPANPROBE_KERNEL=${2:-} SPANPROBE_MODE=${3:-}
+    exec python -m pytest -p no:cacheprovider -q -s tests/kernels/test_kernel_matrix.py
+    ;;
+  *) sed -n '2,13p' "$0"; exit 2 ;;
 esac

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 
+from .caps import check as missing_capabilities
 from .errors import SpanprobeError
 from .headers import read_status
 from .kernel import detect, ensure_tracefs
@@ -35,8 +36,8 @@ def gather(settings, load: bool = True, root: SysRoot | None = None) -> dict:
         report["bcc"] = None
         report["error"] = str(exc)
         return report
-    if os.geteuid() != 0:
-        report["error"] = "not root: run `sudo spanprobe check` (BPF needs root or CAP_BPF/CAP_PERFMON)"
+    if (problem := missing_capabilities()) is not None:
+        report["error"] = problem
         return report
     try:
         report["tracefs"] = ensure_tracefs(root)

@@ -79,6 +79,12 @@ def cmd_check(args) -> int:
     return run_check(settings, load=not args.no_load, as_json=args.json)
 
 
+def cmd_validate(args) -> int:
+    resolve(_flags(args), file=args.config)        # a bad setting raises ConfigError (exit 2)
+    print(f"ok: {args.config or 'the settings'} is valid")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -99,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--no-load", action="store_true", help="do not compile and load the probes")
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=cmd_check)
+    validate = sub.add_parser("validate", help="check the settings (a config file) and exit")
+    _settings_args(validate)
+    validate.set_defaults(func=cmd_validate)
     demo = sub.add_parser("demo", help="trace two demo services with traffic, spans on the console")
     demo.add_argument("--duration", type=float, default=15.0, help="seconds, 0 = until Ctrl-C")
     demo.add_argument("--attach-mode", choices=ATTACH_MODES, default="auto")

@@ -28,6 +28,7 @@ class KernelFeatures:
     kprobes_reason: str = ""
     fentry: bool = False
     fentry_reason: str = ""
+    fentry_unreadable: dict[str, str] = field(default_factory=dict)   # syscall -> BTF kind of its pt_regs
     ringbuf: bool = False
     uprobes: bool = False
     syscall_prefix: str | None = None
@@ -90,60 +91,59 @@ _BTF_KINDS = {1: "int", 2: "ptr", 3: "array", 4: "struct", 5: "union", 6: "enum"
 _BTF_MODIFIERS = (8, 9, 10, 11, 18)
 
 
-def btf_pointee_kind(data: bytes, func: str, arg: int = 0) -> str | None:
-    """What argument `arg` of kernel function `func` points to, as the verifier sees it
-    in vmlinux BTF ("struct", or "fwd" when only a forward declaration made it into the
-    BTF); None when the BTF cannot say (not found, not a pointer, unreadable)."""
-    try:
-        magic, _, _, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<HBBIIIII", data, 0)
-    except struct.error:
-        return None
-    if magic != 0xEB9F:
-        return None
-    strs = hdr_len + str_off
-    at = data.find(b"\0" + func.encode() + b"\0", strs, strs + str_len)
-    if at < 0:
-        return None
-    want_name = at + 1 - strs
-    offsets = [0]                    # type id -> offset; id 0 is void
-    pos, end = hdr_len + type_off, hdr_len + type_off + type_len
-    func_id = None
-    unpack = struct.unpack_from
-    extra = _BTF_EXTRA
-    while pos < end:
-        name_off, info = unpack("<II", data, pos)
-        kind = (info >> 24) & 0x1F
-        offsets.append(pos)
-        if kind == 12 and name_off == want_name:
-            func_id = len(offsets) - 1
-        fixed, per = extra.get(kind, (0, 0))
-        pos += 12 + fixed + per * (info & 0xFFFF)
+class BtfIndex:
+    """Just enough of vmlinux BTF to see what a kernel function's argument points to,
+    as the verifier will when an fentry program reads it."""
 
-    def kind_of(tid: int) -> tuple[int, int]:
-        if not 0 < tid < len(offsets):
+    def __init__(self, data: bytes):
+        self.data = data
+        self.offsets = [0]                  # type id -> offset; id 0 is void
+        self.funcs: dict[int, int] = {}     # name offset -> FUNC type id
+        magic, _, _, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<HBBIIIII", data, 0)
+        if magic != 0xEB9F:
+            raise ValueError("not BTF")
+        self.strs, self.str_len = hdr_len + str_off, str_len
+        pos, end = hdr_len + type_off, hdr_len + type_off + type_len
+        unpack, extra, offsets, funcs = struct.unpack_from, _BTF_EXTRA, self.offsets, self.funcs
+        while pos < end:
+            name_off, info = unpack("<II", data, pos)
+            kind = (info >> 24) & 0x1F
+            offsets.append(pos)
+            if kind == 12:
+                funcs[name_off] = len(offsets) - 1
+            fixed, per = extra.get(kind, (0, 0))
+            pos += 12 + fixed + per * (info & 0xFFFF)
+
+    def _kind(self, tid: int) -> tuple[int, int]:
+        if not 0 < tid < len(self.offsets):
             return 0, 0
-        _, info, ref = unpack("<III", data, offsets[tid])
+        _, info, ref = struct.unpack_from("<III", self.data, self.offsets[tid])
         return (info >> 24) & 0x1F, ref
 
-    if func_id is None:
-        return None
-    _, proto = kind_of(func_id)
-    kind, _ = kind_of(proto)
-    if kind != 13:
-        return None
-    _, info = unpack("<II", data, offsets[proto])
-    if arg >= (info & 0xFFFF):
-        return None
-    tid = unpack("<I", data, offsets[proto] + 12 + 8 * arg + 4)[0]
-    kind, ref = kind_of(tid)
-    while kind in _BTF_MODIFIERS:
-        kind, ref = kind_of(ref)
-    if kind != 2:
-        return None
-    kind, ref = kind_of(ref)
-    while kind in _BTF_MODIFIERS:
-        kind, ref = kind_of(ref)
-    return _BTF_KINDS.get(kind)
+    def pointee_kind(self, func: str, arg: int = 0) -> str | None:
+        """"struct", or "fwd" when only a forward declaration made it into the BTF;
+        None when the BTF cannot say (no such function, not a pointer)."""
+        at = self.data.find(b"\0" + func.encode() + b"\0", self.strs, self.strs + self.str_len)
+        fid = self.funcs.get(at + 1 - self.strs) if at >= 0 else None
+        if fid is None:
+            return None
+        _, proto = self._kind(fid)
+        kind, _ = self._kind(proto)
+        if kind != 13:
+            return None
+        _, info = struct.unpack_from("<II", self.data, self.offsets[proto])
+        if arg >= (info & 0xFFFF):
+            return None
+        tid = struct.unpack_from("<I", self.data, self.offsets[proto] + 12 + 8 * arg + 4)[0]
+        kind, ref = self._kind(tid)
+        while kind in _BTF_MODIFIERS:
+            kind, ref = self._kind(ref)
+        if kind != 2:
+            return None
+        kind, ref = self._kind(ref)
+        while kind in _BTF_MODIFIERS:
+            kind, ref = self._kind(ref)
+        return _BTF_KINDS.get(kind)
 
 
 def detect(root: SysRoot, syscalls: list[str], tracepoints: list[str]) -> KernelFeatures:
@@ -188,19 +188,19 @@ def detect(root: SysRoot, syscalls: list[str], tracepoints: list[str]) -> Kernel
         feats.fentry_reason = "syscall wrapper symbols not found"
     else:
         feats.fentry = True
-        # fentry programs read the syscall wrappers' pt_regs argument; a kernel whose BTF
-        # has struct pt_regs there only as a forward declaration (Debian's 5.10) makes the
-        # verifier refuse that read ("arg0 type FWD is not a struct")
+        # fentry programs read the syscall wrappers' pt_regs argument. Where the kernel's
+        # BTF has struct pt_regs there only as a forward declaration (Debian's 5.10, for
+        # the wrappers defined in files that never include its definition) the verifier
+        # refuses that read: "arg0 type FWD is not a struct".
         try:
             with open(root.path("sys/kernel/btf/vmlinux"), "rb") as f:
-                pointee = btf_pointee_kind(f.read(), feats.syscall_prefix + "read")
-        except OSError:
-            pointee = None
-        if pointee not in (None, "struct"):
-            feats.fentry = False
-            feats.fentry_reason = (f"the kernel's BTF gives {feats.syscall_prefix}* a pointer to a "
-                                   f"{pointee} (struct pt_regs not described), so the verifier "
-                                   "refuses fentry programs that read it")
+                btf = BtfIndex(f.read())
+            for name in syscalls:
+                kind = btf.pointee_kind(feats.syscall_prefix + name)
+                if kind not in (None, "struct"):
+                    feats.fentry_unreadable[name] = kind
+        except (OSError, ValueError, struct.error):
+            pass
     feats.ringbuf = "bpf_ringbuf_output" in syms or feats.version >= (5, 8)
     feats.uprobes = root.exists("sys/bus/event_source/devices/uprobe/type") or \
         (bool(tracefs) and root.exists(tracefs or "", "uprobe_events"))

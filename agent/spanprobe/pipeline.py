@@ -24,6 +24,7 @@ from .privacy import Redactor
 from .probes import SYSCALLS, TRACEPOINTS
 from .pyruntime import Calibrations
 from .attributes import Extractor, compile_rules
+from .caps import check as missing_capabilities
 from .procfs import SysRoot
 from .routes import RouteMatcher
 from .spans import SpanBuilder
@@ -107,10 +108,8 @@ class Agent:
 
     # ---- set-up ----
     def start(self) -> None:
-        if os.geteuid() != 0:
-            raise PermissionProblem("spanprobe run needs root (or CAP_BPF, CAP_PERFMON, "
-                                    "CAP_SYS_RESOURCE, CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE): "
-                                    "run it with sudo")
+        if (problem := missing_capabilities()) is not None:   # not root: capabilities
+            raise PermissionProblem(problem)
         ensure_tracefs(self.root)
         self.features = detect(self.root, SYSCALLS, TRACEPOINTS)
         self_pid = os.getpid()

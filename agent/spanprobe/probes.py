@@ -76,6 +76,13 @@ def strategy_available(feats: KernelFeatures, strategy: str) -> tuple[bool, str]
     if strategy == "kprobe":
         return feats.kprobes, feats.kprobes_reason
     if strategy == "fentry":
+        if feats.fentry:
+            bad = [p.name for p in PROBES if p.kind == "syscall" and p.required
+                   and p.name in feats.fentry_unreadable]
+            if bad:
+                return False, (f"the kernel's BTF declares struct pt_regs, the argument of "
+                               f"{feats.syscall_prefix}{{{','.join(bad)}}}, only as a forward "
+                               "declaration, so the verifier refuses fentry programs that read it")
         return feats.fentry, feats.fentry_reason
     return False, f"unknown strategy {strategy}"
 
@@ -113,6 +120,10 @@ def make_plan(feats: KernelFeatures, strategy: str, settings, buffer: str = "aut
             present = p.name in feats.syscall_tracepoints if strategy == "tracepoint" \
                 else bool(feats.syscall_prefix)
             reason = f"syscall {p.name} has no {strategy} hook here"
+            if strategy == "fentry" and p.name in feats.fentry_unreadable:
+                present = False
+                reason = (f"BTF has only a forward declaration of struct pt_regs for "
+                          f"{feats.syscall_prefix}{p.name}: the verifier refuses to read it")
             target = plan.syscalls
         if present:
             target.append(p)

@@ -186,11 +186,17 @@ def load_pins() -> dict:
     return json.loads(PINS.read_text())
 
 
-def keys(pins: dict) -> dict:
+def keys(pins: dict, site_dir: Path | None = None) -> dict:
+    """Cache keys. The image's key takes the Python packages as installed (their
+    dist-info names), not constraints.txt itself: a pin the guest does not use changes
+    the site dir's key (a 3 s pip run) but not the image's."""
     g = pins["guest"]
     rootfs = sha("rootfs", RECIPE, g["suite"], g["source_date_epoch"], g["packages"])
     site = sha("site", RECIPE, g["python"], CONSTRAINTS.read_bytes())
-    build = sha("build", RECIPE, rootfs, site, pins["kernels"], STUB_INIT, INITRAMFS_CONF, INITRAMFS_MODULES)
+    site_dir = site_dir or CACHE / f"site-{site}"
+    installed = sorted(d.name for d in site_dir.glob("*.dist-info")) if (site_dir / ".complete").exists() else None
+    build = sha("build", RECIPE, rootfs, installed, pins["kernels"], STUB_INIT, INITRAMFS_CONF,
+                INITRAMFS_MODULES) if installed is not None else None
     return {"rootfs": rootfs, "site": site, "build": build}
 
 
@@ -259,12 +265,15 @@ def find_vmlinuz(root: Path, release: str) -> Path:
 
 
 def build_all(pins: dict) -> Path:
-    k = keys(pins)
+    times = {}
+    t0 = time.monotonic()
+    site = build_site(pins, keys(pins)["site"])
+    times["site_s"] = round(time.monotonic() - t0, 1)
+    k = keys(pins, site)
     out = CACHE / k["build"]
     manifest = out / "manifest.json"
     if manifest.exists():
         return manifest
-    times = {}
     t0 = time.monotonic()
     debs = {kern["release"]: [fetch(kern["suite"], p, v) for p, v in kern["packages"].items()]
             for kern in pins["kernels"]}
@@ -272,9 +281,6 @@ def build_all(pins: dict) -> Path:
     t = time.monotonic()
     tar = build_rootfs(pins, k["rootfs"])
     times["rootfs_s"] = round(time.monotonic() - t, 1)
-    t = time.monotonic()
-    site = build_site(pins, k["site"])
-    times["site_s"] = round(time.monotonic() - t, 1)
 
     t = time.monotonic()
     work = CACHE / f"work-{k['build']}"
@@ -336,8 +342,21 @@ def build_all(pins: dict) -> Path:
             "build_times": times, "built": time.strftime("%F %T")}
     (tmp / "manifest.json").write_text(json.dumps(data, indent=2) + "\n")
     tmp.rename(out)
+    prune(keep={out.name, f"rootfs-{k['rootfs']}.tar", site.name})
     log(f"built {out} in {time.monotonic() - t0:.0f} s: {times}")
     return manifest
+
+
+def prune(keep: set[str]) -> None:
+    """Older builds (an image is a few GB), root file systems and site dirs go; the
+    downloaded .debs and apt lists stay."""
+    for p in CACHE.iterdir():
+        if p.name in keep:
+            continue
+        if re.fullmatch(r"[0-9a-f]{16}(\.tmp)?|work-[0-9a-f]{16}|rootfs-[0-9a-f]{16}\.(tar|tmp)|site-[0-9a-f]{16}(\.tmp)?",
+                        p.name):
+            log(f"prune {p.name}")
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def main(argv=None) -> int:
@@ -350,7 +369,8 @@ def main(argv=None) -> int:
         return 0
     pins = load_pins()
     if a.action == "show":
-        m = CACHE / keys(pins)["build"] / "manifest.json"
+        key = keys(pins)["build"]
+        m = CACHE / str(key) / "manifest.json"
         print(m if m.exists() else f"not built: {m}")
         return 0 if m.exists() else 1
     if os.geteuid() != 0:

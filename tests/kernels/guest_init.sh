@@ -6,6 +6,7 @@
 #
 # Kernel command line switches (set by matrix.py):
 #   spanprobe.modes=tracepoint,kprobe,fentry   strategies to run (default: all three)
+#   spanprobe.load_check=1                     let `spanprobe check` compile and load too
 #   spanprobe.probe=1                          only say SPANPROBE-PROBE-OK and power off
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
@@ -27,6 +28,7 @@ for arg in $(cat /proc/cmdline); do
     case "$arg" in
         spanprobe.probe=1) echo "SPANPROBE-PROBE-OK"; off ;;
         spanprobe.modes=*) MODES=${arg#spanprobe.modes=} ;;
+        spanprobe.load_check=1) LOAD_CHECK=--load-check ;;
     esac
 done
 
@@ -57,6 +59,6 @@ export PYTHONPATH=/repo/agent:/repo:/opt/spanprobe-site
 export PYTHONPYCACHEPREFIX=/tmp/pycache      # /repo is read-only
 export PYTHONUNBUFFERED=1 LANG=C.UTF-8 HOME=/root
 /usr/bin/python3 /repo/tests/kernels/guest_run.py --out /results/result.json \
-    --modes "${MODES:-tracepoint,kprobe,fentry}" 2>&1 | tee /results/guest.log
+    --modes "${MODES:-tracepoint,kprobe,fentry}" $LOAD_CHECK 2>&1 | tee /results/guest.log
 echo "SPANPROBE-GUEST-DONE rc=$? $(date +%s)"
 off

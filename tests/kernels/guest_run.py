@@ -35,7 +35,7 @@ def say(msg: str) -> None:
     print(f"guest_run: {msg}", flush=True)
 
 
-def tail(text: str, n: int = 40) -> str:
+def tail(text: str, n: int = 60) -> str:
     return "\n".join(text.strip().splitlines()[-n:])
 
 
@@ -69,6 +69,33 @@ def our_programs(ignore: dict | None = None) -> dict[int, str]:
             if p.get("name", "").startswith(OUR_PROGS) and p["id"] not in (ignore or {})}
 
 
+def owned_programs(pid: int) -> dict[int, str]:
+    """Programs held by process `pid`: the prog_id of each BPF program fd it holds
+    (/proc/PID/fdinfo), plus bpftool's pid iterator where it has one; empty when neither
+    can tell."""
+    ids: set[int] = set()
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        for fd in fds.iterdir():
+            try:
+                if os.readlink(fd) != "anon_inode:bpf-prog":
+                    continue
+                m = re.search(r"^prog_id:\s*(\d+)", (Path(f"/proc/{pid}/fdinfo") / fd.name).read_text(), re.M)
+            except OSError:
+                continue
+            if m:
+                ids.add(int(m.group(1)))
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, timeout=60)
+        progs = json.loads(out.stdout or "[]")
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return {}
+    return {p["id"]: p.get("name", "") for p in progs
+            if p["id"] in ids or any(o.get("pid") == pid for o in p.get("pids", []))}
+
+
 def probe_events() -> dict[str, list[str]]:
     out = {}
     for name in ("kprobe_events", "uprobe_events"):
@@ -81,11 +108,14 @@ def probe_events() -> dict[str, list[str]]:
 
 
 # ---------------------------------------------------------------- spanprobe check
-def run_check() -> dict:
+def run_check(load: bool) -> dict:
+    """`spanprobe check --json`. Without --load-check it runs with --no-load: every
+    available strategy is compiled, loaded and attached by its own cell anyway, and under
+    TCG each compile costs ~50 s."""
     t0 = time.monotonic()
     try:
-        p = subprocess.run([PY, "-m", "spanprobe", "check", "--json"], capture_output=True, text=True,
-                           timeout=600 * SLOW)
+        p = subprocess.run([PY, "-m", "spanprobe", "check", "--json", *([] if load else ["--no-load"])],
+                           capture_output=True, text=True, timeout=600 * SLOW)
     except subprocess.TimeoutExpired as exc:
         return {"rc": None, "error": "spanprobe check timed out", "stderr": tail(exc.stderr or "")}
     out = {"rc": p.returncode, "seconds": round(time.monotonic() - t0, 1)}
@@ -105,6 +135,9 @@ class Cell:
         self.dir = workdir
         self.procs: list[subprocess.Popen] = []
         self.res: dict = {"mode": mode, "checks": {}}
+        self.owned: set[int] = set()
+        self.agent = None
+        self.alone = True      # False while other cells' agents run beside this one
 
     def check(self, name: str, ok: bool, detail=None) -> bool:
         self.res["checks"][name] = {"ok": bool(ok), **({"detail": detail} if detail is not None else {})}
@@ -122,62 +155,98 @@ class Cell:
         except OSError:
             return ""
 
-    def run(self) -> dict:
+    # Three phases, so that the cells of one guest can start together: Python imports and
+    # the bcc compile (~50 s each under TCG) overlap on the guest's two vCPUs, while the
+    # traffic, the stop and the checks run one cell at a time.
+    def start(self) -> None:
         from tests.support.receiver import Receiver
 
-        t0 = time.monotonic()
-        self.before = before = our_programs()
-        self.res["programs_before"] = len(before)   # 0 in a guest; another agent's on a shared host
-        rcv = Receiver()
+        self.t0 = time.monotonic()
+        self.agent = None
+        self.before = our_programs()
+        self.res["programs_before"] = len(self.before)   # another agent's, on a shared host
+        self.rcv = Receiver()
         try:
-            endpoint = rcv.start_http()
-            down, front = free_port(), free_port()
-            self.spawn("downstream", ["-m", "spanprobe.demo_app", "serve", "--port", str(down)])
-            self.spawn("front", ["-m", "spanprobe.demo_app", "serve", "--port", str(front),
-                                 "--downstream", f"http://127.0.0.1:{down}"])
-            if not (wait_port(down, 60 * SLOW) and wait_port(front, 60 * SLOW)):
+            endpoint = self.rcv.start_http()
+            self.down, self.front = free_port(), free_port()
+            self.spawn("downstream", ["-m", "spanprobe.demo_app", "serve", "--port", str(self.down)])
+            self.spawn("front", ["-m", "spanprobe.demo_app", "serve", "--port", str(self.front),
+                                 "--downstream", f"http://127.0.0.1:{self.down}"])
+            if not (wait_port(self.down, 120 * SLOW) and wait_port(self.front, 120 * SLOW)):
                 self.res["status"] = "fail"
                 self.res["reason"] = "demo services did not start"
-                return self.res
-            agent = self.spawn("agent", ["-m", "spanprobe", "run", "--port", str(front), "--port", str(down),
-                                         "--attach-mode", self.mode, "--otlp-protocol", "http/protobuf",
-                                         "--otlp-endpoint", endpoint])
-            ready = self.wait_ready(agent, 600 * SLOW)
-            self.res["ready_s"] = round(time.monotonic() - t0, 1)
-            if not ready:
-                self.res["status"] = "fail"
-                self.res["reason"] = ("agent exited before ready" if agent.poll() is not None
-                                      else "agent not ready in time")
-                self.stop(agent)
-                self.res["stderr_tail"] = tail(self.log("agent"))
-                self.res["leftover"] = {"programs": sorted(our_programs(self.before).values()),
-                                        **probe_events()}
-                return self.res
-            self.res["strategy"] = ready.get("strategy")
-            self.res["transport"] = ready.get("transport")
-            self.res["compile_s"] = ready.get("compile")
-            self.res["hooks"] = ready.get("hooks", "").split(",")
-            self.res["while_attached"] = {"programs": len(our_programs(self.before)), **probe_events()}
-            sent = self.traffic(front)
-            self.res["requests"] = sent["count"]
-            spans = self.collect(rcv, sent)
-            self.res["stop_s"] = self.stop(agent)
-            final = self.final_counters()
-            self.res["counters"] = final
-            time.sleep(0.5)
-            spans = rcv.settle(1.0)
-            self.verify(spans, sent, front, down, final)
-        except Exception as exc:   # a harness error is a failed cell with its reason, not a lost guest
-            import traceback
+                return
+            self.agent = self.spawn("agent", ["-m", "spanprobe", "run", "--port", str(self.front),
+                                              "--port", str(self.down), "--attach-mode", self.mode,
+                                              "--otlp-protocol", "http/protobuf", "--otlp-endpoint", endpoint,
+                                              "--log-level", "debug"])   # bcc/verifier output on failure
+        except Exception as exc:   # noqa: BLE001
+            self.harness_error(exc)
+
+    def await_ready(self, deadline: float) -> None:
+        if self.agent is None:
+            return
+        ready = self.wait_ready(self.agent, deadline - time.monotonic())
+        self.res["ready_s"] = round(time.monotonic() - self.t0, 1)
+        if not ready:
             self.res["status"] = "fail"
-            self.res["reason"] = f"harness error: {exc}"
-            self.res["traceback"] = tail(traceback.format_exc(), 20)
+            self.res["reason"] = ("agent exited before ready" if self.agent.poll() is not None
+                                  else "agent not ready in time")
+            self.stop(self.agent)
+            self.res["stderr_tail"] = tail(self.log("agent"))
+            return
+        self.res["strategy"] = ready.get("strategy")
+        self.res["transport"] = ready.get("transport")
+        self.res["compile_s"] = ready.get("compile")
+        self.res["hooks"] = ready.get("hooks", "").split(",")
+        mine = owned_programs(self.agent.pid)
+        self.owned = set(mine)
+        self.res["while_attached"] = {"programs": len(mine) if mine else None, **probe_events()}
+
+    def exercise(self) -> dict:
+        try:
+            if "status" not in self.res:
+                t = time.monotonic()
+                sent = self.traffic(self.front)
+                self.res["requests"] = sent["count"]
+                self.collect(self.rcv, sent)
+                self.res["stop_s"] = self.stop(self.agent)
+                final = self.final_counters()
+                self.res["counters"] = final
+                time.sleep(0.5)
+                spans = self.rcv.settle(1.0)
+                self.verify(spans, sent, self.front, self.down, final)
+                self.res["exercise_s"] = round(time.monotonic() - t, 1)
+        except Exception as exc:   # a harness error is a failed cell with its reason, not a lost guest
+            self.harness_error(exc)
         finally:
             for p in self.procs:
                 self.stop(p)
-            rcv.stop()
-            self.res["seconds"] = round(time.monotonic() - t0, 1)
+            self.rcv.stop()
+            self.res["seconds"] = round(time.monotonic() - self.t0, 1)
         return self.res
+
+    def harness_error(self, exc: BaseException) -> None:
+        import traceback
+        self.res["status"] = "fail"
+        self.res["reason"] = f"harness error: {exc}"
+        self.res["traceback"] = tail(traceback.format_exc(), 20)
+
+    def leftover(self) -> dict:
+        """What this agent left attached: its own programs (bpftool names their owner pid)
+        and tracefs probe events named after it (bcc_<pid>); where bpftool cannot name
+        owners, every program like ours that was not there before."""
+        pid = self.agent.pid if self.agent else -1
+        now = our_programs(self.before)
+        if not self.owned and not self.alone:
+            # other agents are still running and nothing says which programs are whose:
+            # main() looks once more when every agent has stopped
+            progs = []
+        else:
+            progs = sorted(now[i] for i in now if i in self.owned) if self.owned else sorted(now.values())
+        events = {k: [e for e in v if f"bcc_{pid}" in e or (self.alone and not self.owned)]
+                  for k, v in probe_events().items()}
+        return {"programs": progs, **events}
 
     def wait_ready(self, agent, timeout: float) -> dict | None:
         end = time.monotonic() + timeout
@@ -284,7 +353,7 @@ class Cell:
         self.check("no_verifier_failure", not verifier, verifier[:5] or None)
         self.check("stopped_in_time", self.res.get("stop_s") is not None and "stopped: every probe detached" in err,
                    self.res.get("stop_s"))
-        left = {"programs": sorted(our_programs(self.before).values()), **probe_events()}
+        left = self.leftover()
         self.res["leftover"] = left
         self.check("nothing_left_attached", not any(left.values()), left)
         failed = [k for k, v in self.res["checks"].items() if not v["ok"]]
@@ -298,6 +367,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--load-check", action="store_true", help="let check compile and load too")
     a = ap.parse_args(argv)
     sys.path[:0] = [str(REPO / "agent"), str(REPO)]
     work = a.out.parent
@@ -318,12 +388,13 @@ def main(argv=None) -> int:
     except Exception as exc:   # noqa: BLE001
         result["bcc"] = f"not importable: {exc}"
     say(f"kernel {result['kernel']}, bcc {result['bcc']}: spanprobe check --json")
-    check = run_check()
+    check = run_check(a.load_check)
     result["check"] = check
     result["times"]["check_s"] = check.get("seconds")
     save()
     strategies = (check.get("report") or {}).get("strategies", {})
     say(f"check rc={check.get('rc')} in {check.get('seconds')} s: {strategies}")
+    cells = {}
     for mode in [m for m in a.modes.split(",") if m]:
         state = strategies.get(mode)
         if state is None:
@@ -332,12 +403,32 @@ def main(argv=None) -> int:
         elif not state.startswith("available"):
             result["cells"][mode] = {"status": "unsupported", "reason": state.removeprefix("unavailable: ")}
         else:
-            say(f"cell {mode}: start")
-            result["cells"][mode] = Cell(mode, work).run()
-        cell = result["cells"][mode]
-        result["times"][f"{mode}_s"] = cell.get("seconds")
-        say(f"cell {mode}: {cell['status']} {cell.get('reason', '')}")
+            cells[mode] = Cell(mode, work)
+    t = time.monotonic()
+    before_all = our_programs()
+    say(f"starting {', '.join(cells)} together")
+    for cell in cells.values():
+        cell.start()
+    deadline = time.monotonic() + 900 * SLOW
+    for mode, cell in cells.items():
+        cell.await_ready(deadline)
+        say(f"cell {mode}: ready after {cell.res.get('ready_s')} s (compile {cell.res.get('compile_s')})")
+    result["times"]["start_s"] = round(time.monotonic() - t, 1)
+    for i, (mode, cell) in enumerate(cells.items()):
+        cell.alone = i == len(cells) - 1
+        result["cells"][mode] = cell.exercise()
         save()
+    # a last look once every agent is gone: nothing of ours may be left at all
+    left = {"programs": sorted(our_programs(before_all).values()), **probe_events()}
+    result["leftover_at_end"] = left
+    for mode, cell in cells.items():
+        if any(left.values()) and cell.res.get("status") == "pass":
+            cell.res["status"] = "fail"
+            cell.res["reason"] = f"left attached after every agent stopped: {left}"
+    for mode in result["cells"]:
+        c = result["cells"][mode]
+        result["times"][f"{mode}_s"] = c.get("seconds")
+        say(f"cell {mode}: {c['status']} {c.get('reason', '')}")
     save()
     return 0
 

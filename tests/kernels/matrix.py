@@ -124,6 +124,49 @@ def select(kernels: list[dict], want: str | None) -> list[dict]:
     return hits
 
 
+def inputs_key(manifest: dict, accel: str, modes: list[str]) -> str:
+    """Everything a guest's result depends on: the image (pinned kernels, user space,
+    Python packages), the accelerator, QEMU, and the code that runs inside (the agent,
+    its kernel side, the guest harness, the receiver)."""
+    h = hashlib.sha256()
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout
+    h.update(json.dumps([manifest["key"], accel, qemu, MEMORY, modes]).encode())
+    files = sorted([*(REPO / "agent").rglob("*.py"), *(REPO / "bpf").rglob("*"),
+                    HERE / "guest_init.sh", HERE / "guest_run.py", REPO / "tests/support/receiver.py"])
+    for f in files:
+        if f.is_file() and "__pycache__" not in f.parts:
+            h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def cached_guest(kernel: dict, key: str, outdir: Path) -> dict | None:
+    """A row from an earlier run with exactly the same inputs (SPANPROBE_KERNEL_MATRIX_FRESH=1
+    or --fresh boots anyway). Only rows without a failed cell are kept."""
+    if os.environ.get("SPANPROBE_KERNEL_MATRIX_FRESH") == "1":
+        return None
+    saved = CACHE / "results" / f"{kernel['name']}-{key}"
+    if not (saved / "row.json").exists():
+        return None
+    row = json.loads((saved / "row.json").read_text())
+    if outdir.exists():
+        shutil.rmtree(outdir)
+    shutil.copytree(saved / "logs", outdir)
+    row["cached"] = True
+    row["logs"] = str(outdir)
+    return row
+
+
+def keep_guest(row: dict, key: str, outdir: Path) -> None:
+    if any(c["status"] not in ("pass", "unsupported") for c in row["cells"].values()):
+        return
+    saved = CACHE / "results" / f"{row['name']}-{key}"
+    if saved.exists():
+        shutil.rmtree(saved)
+    saved.mkdir(parents=True)
+    shutil.copytree(outdir, saved / "logs")
+    (saved / "row.json").write_text(json.dumps(row, indent=2) + "\n")
+
+
 def run_guest(kernel: dict, manifest: dict, accel: str, modes: list[str], outdir: Path) -> dict:
     say(f"boot {kernel['name']} ({kernel['release']}, {accel}) modes={','.join(modes)}")
     rc, secs, console = boot(kernel, manifest["disk"], accel, outdir,
@@ -199,7 +242,7 @@ def render(rows: list[dict], times: dict) -> str:
            "| kernel | suite | bcc | " + " | ".join(MODES) + " | guest s |",
            "|---|---|---|" + "---|" * len(MODES) + "---|"]
     for r in rows:
-        out.append(f"| {r['release']} | {r['suite']} | {r.get('bcc') or '-'} | "
+        out.append(f"| {r['release']}{' (cached)' if r.get('cached') else ''} | {r['suite']} | {r.get('bcc') or '-'} | "
                    + " | ".join(cell_text(r["cells"].get(m)) for m in MODES)
                    + f" | {r.get('boot_s', '-')} |")
     details = []
@@ -224,8 +267,10 @@ def render(rows: list[dict], times: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="matrix.py")
     ap.add_argument("--kernel", help="one kernel: name (sid-7.2), release, suite or version prefix (6.1)")
-    ap.add_argument("--mode", choices=MODES, help="one strategy")
+    ap.add_argument("--mode", help="one strategy (or several, comma-separated)")
     ap.add_argument("--results", type=Path, default=REPO / "results")
+    ap.add_argument("--fresh", action="store_true", help="boot every guest, even when a passing "
+                    "result with the same inputs is cached")
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("matrix: run as root (QEMU guests, bcc on the host)")
@@ -237,15 +282,26 @@ def main(argv=None) -> int:
     accel, why = probe_accel(manifest)
     say(f"accelerator {accel}: {why}")
     times["accelerator probe"] = f"{accel} ({why})"
-    modes = [a.mode] if a.mode else list(MODES)
+    modes = a.mode.split(",") if a.mode else list(MODES)
+    if not set(modes) <= set(MODES):
+        raise SystemExit(f"matrix: --mode must be among {', '.join(MODES)}")
     rows = []
     outroot = a.results / "kernel-matrix"
     for k in select(manifest["kernels"], a.kernel):
-        row = run_guest(k, manifest, accel, modes, outroot / k["name"])
+        key = inputs_key(manifest, accel, modes)
+        row = None if a.fresh else cached_guest(k, key, outroot / k["name"])
+        if row is None:
+            row = run_guest(k, manifest, accel, modes, outroot / k["name"])
+            keep_guest(row, key, outroot / k["name"])
+        else:
+            say(f"{k['name']}: inputs unchanged since a passing run, result reused (--fresh boots anyway)")
         rows.append(row)
         gt = row.get("times", {})
-        times[f"guest {k['name']}"] = (f"{row['boot_s']} (check {gt.get('check_s')}, "
-                                       + ", ".join(f"{m} {gt.get(m + '_s')}" for m in modes) + ")")
+        cells = row["cells"]
+        times[f"guest {k['name']}" + (" (cached result)" if row.get("cached") else "")] = (
+            f"{row['boot_s']} (check {gt.get('check_s')}, agents started together {gt.get('start_s')}, then "
+            + ", ".join(f"{m} {cells[m].get('exercise_s', '-')}" for m in modes)
+            + "; compile " + ", ".join(f"{m} {cells[m].get('compile_s', '-')}" for m in modes) + ")")
         say(f"{k['name']}: " + "; ".join(f"{m} {cell_text(row['cells'].get(m))}" for m in modes))
     if not a.kernel:
         t = time.monotonic()

@@ -1,0 +1,57 @@
+"""The capability check that replaced `euid == 0` (agent/spanprobe/caps.py)."""
+
+from spanprobe import caps
+
+ALL = sum(1 << n for n in caps.CAPS.values())
+NEEDED = ("CAP_BPF", "CAP_PERFMON", "CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE")
+
+
+def mask(*names):
+    return sum(1 << caps.CAPS[n] for n in names)
+
+
+def test_effective_mask_from_proc_status():
+    text = "Name:\tspanprobe\nCapInh:\t0000000000000000\nCapEff:\t000000c000080004\n"
+    m = caps.effective(text)
+    assert caps.has(m, "CAP_BPF") and caps.has(m, "CAP_PERFMON") and caps.has(m, "CAP_SYS_PTRACE")
+    assert caps.has(m, "CAP_DAC_READ_SEARCH") and not caps.has(m, "CAP_SYS_ADMIN")
+
+
+def test_root_and_the_four_are_enough_on_a_modern_kernel():
+    assert caps.missing(ALL, 40, (6, 12), False, True) == []
+    assert caps.missing(mask(*NEEDED), 40, (6, 12), False, False) == []
+
+
+def test_each_missing_capability_is_named():
+    for drop in NEEDED:
+        left = mask(*(n for n in NEEDED if n != drop))
+        assert caps.missing(left, 40, (6, 1), False, False) == [drop]
+
+
+def test_tracefs_readable_needs_no_dac_capability():
+    assert caps.missing(mask("CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE"), 40, (6, 1), False, True) == []
+
+
+def test_sys_admin_stands_in_for_bpf_and_perfmon_and_is_needed_before_5_8():
+    assert caps.missing(mask("CAP_SYS_ADMIN", "CAP_SYS_PTRACE"), 40, (6, 1), False, True) == []
+    assert caps.missing(mask("CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE"), 37, (5, 4), True, True) \
+        == ["CAP_SYS_ADMIN"]
+
+
+def test_memlock_before_5_11():
+    four = mask(*NEEDED)
+    assert caps.missing(four, 40, (5, 10), False, True) == ["CAP_SYS_RESOURCE"]
+    assert caps.missing(four, 40, (5, 10), True, True) == []
+
+
+def test_message_is_one_line_naming_the_capability_and_the_fix():
+    msg = caps.problem(["CAP_PERFMON"])
+    assert "\n" not in msg
+    assert msg.startswith("missing capability CAP_PERFMON (attach the probes)")
+    assert "AmbientCapabilities=" in msg and "CapabilityBoundingSet=" in msg
+
+
+def test_this_process():
+    # root with every capability (the host tiers) passes; the check never raises
+    problem = caps.check()
+    assert problem is None or problem.startswith("missing")
