@@ -1,0 +1,276 @@
+"""The Ansible tier: a Debian 13 and a Debian 12 VM under QEMU, site.yml run over SSH
+twice (the second must change nothing), then testinfra checks over SSH.
+
+Runs only with SPANPROBE_ANSIBLE=1 (scripts/dev.sh sets it for the tier): it boots VMs
+and takes minutes. SPANPROBE_ANSIBLE_GUESTS=debian13 limits it to one guest.
+Results (logs, inventory, console logs, summary.json): $SPANPROBE_RESULTS/ansible/.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+ANSIBLE = REPO / "ansible"
+RESULTS = Path(os.environ.get("SPANPROBE_RESULTS", REPO / "results")) / "ansible"
+sys.path.insert(0, str(HERE))
+import images  # noqa: E402
+from vm import VM  # noqa: E402
+
+ENABLED = os.environ.get("SPANPROBE_ANSIBLE") == "1"
+GUESTS = [g for g in os.environ.get("SPANPROBE_ANSIBLE_GUESTS", " ".join(images.GUESTS)).split()
+          if g in images.GUESTS]
+BIN = Path(sys.executable).parent
+SUMMARY: dict = {"guests": {}, "times": {}}
+
+# What the test fleet is told, on top of the roles' defaults (inventory group vars).
+TEST_VARS = {
+    # the guests have no route out: everything the roles install is already in the image
+    "spanprobe_apt_update_cache": False,
+    "hardening_apt_update_cache": False,
+    "hardening_lynis_install": True,
+    # the demo service on 8080; spans to the journal and to an OTLP/HTTP receiver on the
+    # guest's loopback (tests/ansible/guest/otlp_http_receiver.py)
+    "spanprobe_select_ports": [8080],
+    "spanprobe_console": True,
+    "spanprobe_otlp_endpoint": "http://127.0.0.1:4318",
+    "spanprobe_otlp_protocol": "http/protobuf",
+    "spanprobe_resource_attributes": {"deployment.environment.name": "ansible-test"},
+    "spanprobe_routes": ["/users/{id}"],
+}
+RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)"
+                   r"\s+skipped=(\d+)\s+rescued=(\d+)\s+ignored=(\d+)", re.M)
+
+
+def pytest_collection_modifyitems(config, items):
+    mine = [i for i in items if HERE in Path(str(i.fspath)).parents and "fleet" in i.fixturenames]
+    if not mine:
+        return
+    why = None
+    if not ENABLED:
+        why = "boots QEMU VMs for minutes: run it with scripts/dev.sh test (sets SPANPROBE_ANSIBLE=1)"
+    elif os.geteuid() != 0:
+        why = "needs root (mmdebstrap, mke2fs)"
+    else:
+        for tool in ("mmdebstrap", "qemu-system-x86_64", "qemu-img", "mke2fs", "ssh", "ssh-keygen"):
+            if shutil.which(tool) is None:
+                why = f"{tool} is missing: scripts/dev.sh setup installs it"
+                break
+        if why is None and not (BIN / "ansible-playbook").exists():
+            why = f"ansible-playbook is not in {BIN}: scripts/dev.sh setup installs it"
+    if why is None:
+        return
+    if ENABLED and os.environ.get("CI") == "true":
+        raise pytest.UsageError(f"the Ansible tier cannot run in CI: {why}")
+    for item in mine:
+        item.add_marker(pytest.mark.skip(reason=f"LOUD SKIP: {why}" if ENABLED else why))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not SUMMARY["guests"]:
+        return
+    tr = terminalreporter
+    tr.section("ansible tier")
+    for name, g in SUMMARY["guests"].items():
+        tr.write_line(f"{name:<9} {g.get('suite', ''):<9} kernel {g.get('kernel', '?'):<18} "
+                      f"boot {g.get('boot_s', '?')} s | lynis hardening index before "
+                      f"{g.get('lynis_before', '?')} after {g.get('lynis_after', '?')} | "
+                      f"systemd-analyze exposure {g.get('exposure', '?')} | "
+                      f"strategy {g.get('strategy', '?')}")
+    for name, v in SUMMARY["times"].items():
+        tr.write_line(f"  {name:<28} {v}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "summary.json").write_text(json.dumps(SUMMARY, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- build helpers
+def sha(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else json.dumps(p, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def build_images(names: list[str]) -> dict[str, dict]:
+    r = subprocess.run(["/usr/bin/python3", str(HERE / "images.py"), "build", *names],
+                       stdout=subprocess.PIPE, text=True)
+    assert r.returncode == 0, "image build failed (see stderr above)"
+    paths = r.stdout.split()
+    return {n: json.loads(Path(p).read_text()) for n, p in zip(names, paths)}
+
+
+def wheelhouse(python: str) -> Path:
+    """The agent's dependencies as wheels for the guest's CPython (pinned by the repo's
+    constraints), in one deterministic tar: what a host without a package index gets."""
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    constraints = REPO / "requirements" / "constraints.txt"
+    out = images.CACHE / f"wheelhouse-cp{python.replace('.', '')}-{sha(deps, constraints.read_bytes())}.tar"
+    if out.exists():
+        return out
+    tmp = out.with_suffix(".d")
+    shutil.rmtree(tmp, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
+                    "-d", str(tmp), "--only-binary=:all:", "--python-version", python,
+                    "--implementation", "cp", "--platform", "manylinux2014_x86_64",
+                    "--platform", "manylinux_2_28_x86_64", "-c", str(constraints), *deps], check=True)
+    part = out.with_suffix(".part")
+    with tarfile.open(part, "w") as tar:
+        for f in sorted(tmp.iterdir()):
+            info = tar.gettarinfo(str(f), arcname=f.name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
+            with open(f, "rb") as fh:
+                tar.addfile(info, fh)
+    part.rename(out)
+    shutil.rmtree(tmp)
+    return out
+
+
+def build_wheel(epoch: int, into: Path) -> Path:
+    """A wheel of this checkout; a different SOURCE_DATE_EPOCH gives different bytes (the
+    stand-in for a code change)."""
+    into.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(epoch))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
+                    "--no-deps", "--no-build-isolation", "-w", str(into), str(REPO)], env=env, check=True)
+    return next(into.glob("spanprobe-*.whl"))
+
+
+# ---------------------------------------------------------------- playbook runs
+@dataclass
+class Run:
+    name: str
+    rc: int
+    seconds: float
+    log: Path
+    recap: dict[str, dict[str, int]] = field(default_factory=dict)
+    changed_tasks: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def parse_run(text: str) -> tuple[dict, dict]:
+    recap = {m.group(1): dict(zip(("ok", "changed", "unreachable", "failed", "skipped", "rescued", "ignored"),
+                                  map(int, m.groups()[1:]))) for m in RECAP.finditer(text)}
+    changed: dict[str, list[str]] = {}
+    task = None
+    for line in text.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            task = line[line.index("[") + 1:line.rindex("]")]
+        m = re.match(r"changed: \[([^\]]+)\]", line)
+        if m and task:
+            changed.setdefault(m.group(1).split(" ")[0], []).append(task)
+    return recap, changed
+
+
+def write_inventory(path: Path, vms: dict[str, VM], host_vars: dict[str, dict]) -> Path:
+    import yaml
+
+    hosts = {n: {**vm.inventory_vars(), **host_vars.get(n, {})} for n, vm in vms.items()}
+    path.write_text(yaml.safe_dump({"spanprobe": {"hosts": hosts, "vars": TEST_VARS}}, sort_keys=True))
+    return path
+
+
+def run_playbook(name: str, inventory: Path, *args: str, playbook: str = "site.yml") -> Run:
+    log = RESULTS / f"{name}.log"
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ANSIBLE / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_FORCE_COLOR="0", ANSIBLE_HOME=str(RESULTS / ".ansible"),
+               ANSIBLE_LOCAL_TEMP=str(RESULTS / ".ansible" / "tmp"),
+               PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    t0 = time.monotonic()
+    with open(log, "w") as f:
+        rc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), str(ANSIBLE / playbook),
+                             *args], stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ANSIBLE).returncode
+    run = Run(name, rc, round(time.monotonic() - t0, 1), log)
+    run.recap, run.changed_tasks = parse_run(run.text)
+    SUMMARY["times"][f"{name} (s)"] = run.seconds
+    return run
+
+
+# ---------------------------------------------------------------- in the guests
+def lynis_index(vm: VM) -> int | None:
+    vm.ssh("sudo rm -f /var/log/lynis-report.dat; sudo lynis audit system --cronjob >/dev/null 2>&1 || true",
+           timeout=1800)
+    text = vm.ssh("sudo cat /var/log/lynis-report.dat", check=False).stdout
+    m = re.search(r"^hardening_index=(\d+)", text, re.M)
+    return int(m.group(1)) if m else None
+
+
+def agent_pid(vm: VM) -> int:
+    return int(vm.ssh("systemctl show -p MainPID --value spanprobe.service").stdout.strip() or 0)
+
+
+def parallel(fn, items):
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(items) or 1) as ex:
+        return dict(zip(items, ex.map(fn, items)))
+
+
+@dataclass
+class Fleet:
+    vms: dict[str, VM]
+    manifests: dict[str, dict]
+    inventory: Path
+    runs: dict[str, Run] = field(default_factory=dict)
+    pids: dict[str, dict[str, int]] = field(default_factory=dict)
+    wheels: dict[str, Path] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="session")
+def fleet():
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    manifests = build_images(GUESTS)
+    SUMMARY["times"]["images (s)"] = round(time.monotonic() - t0, 1)
+    t = time.monotonic()
+    houses = {n: wheelhouse(m["python"]) for n, m in manifests.items()}
+    SUMMARY["times"]["wheelhouses (s)"] = round(time.monotonic() - t, 1)
+    vms = {n: VM(m, RESULTS / n) for n, m in manifests.items()}
+    try:
+        t = time.monotonic()
+        for vm in vms.values():
+            vm.start()
+        boots = parallel(lambda n: round(vms[n].wait_ssh(), 1), list(vms))
+        SUMMARY["times"]["boot (s)"] = round(time.monotonic() - t, 1)
+        for n, m in manifests.items():
+            SUMMARY["guests"][n] = {"suite": m["suite"], "kernel": m["kernel"], "boot_s": boots[n]}
+        t = time.monotonic()
+        for n, idx in parallel(lambda n: lynis_index(vms[n]), list(vms)).items():
+            SUMMARY["guests"][n]["lynis_before"] = idx
+        SUMMARY["times"]["lynis before (s)"] = round(time.monotonic() - t, 1)
+
+        inventory = write_inventory(RESULTS / "inventory.yml", vms,
+                                    {n: {"spanprobe_wheelhouse": str(houses[n])} for n in vms})
+        fleet = Fleet(vms, manifests, inventory)
+        fleet.runs["first"] = run_playbook("site-1-apply", inventory)
+        fleet.pids["after_first"] = {n: agent_pid(vm) for n, vm in vms.items()}
+        fleet.runs["second"] = run_playbook("site-2-idempotence", inventory)
+        fleet.pids["after_second"] = {n: agent_pid(vm) for n, vm in vms.items()}
+        yield fleet
+    finally:
+        parallel(lambda n: vms[n].stop(), list(vms))
+        SUMMARY["times"]["tier total (s)"] = round(time.monotonic() - t0, 1)
+
+
+@pytest.fixture(params=GUESTS)
+def guest(request, fleet):
+    """(name, VM, testinfra host) for each guest."""
+    import testinfra
+
+    vm = fleet.vms[request.param]
+    return request.param, vm, testinfra.get_host(f"ssh://{vm.name}", ssh_config=str(vm.ssh_config), sudo=True)
