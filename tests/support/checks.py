@@ -49,6 +49,21 @@ DURATION_MEDIAN_MS = 0.5
 DURATION_WITHIN_1MS = 15
 
 
+def duration_agrees(app, receiver, service: str) -> tuple[bool, float, float, int]:
+    """The criterion above, measured again once if a burst of preemption spoiled the first
+    20 requests (the machine's other work is not the agent's error). Returns
+    (ok, median, max, within) of the better measurement."""
+    best = None
+    for _ in range(2):
+        median, worst, within = duration_agreement(app, receiver, service)
+        ok = median < DURATION_MEDIAN_MS and within >= DURATION_WITHIN_1MS
+        if best is None or (ok, within) > (best[0], best[3]):
+            best = (ok, median, worst, within)
+        if ok:
+            break
+    return best
+
+
 def duration_agreement(app, receiver, service: str, n: int = 20) -> tuple[float, float, int]:
     """(median |span - app| ms, max ms, how many within 1 ms) over n requests."""
     ids = {}
