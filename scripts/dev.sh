@@ -3,7 +3,8 @@
 #   scripts/dev.sh setup        install everything the agent and the tests need (idempotent)
 #   scripts/dev.sh demo [s]     setup, then trace two demo services for s seconds (default 15)
 #   scripts/dev.sh test         setup (+ QEMU tools), then every test tier (unit, integration,
-#                               frameworks, kernels), with a timing summary
+#                               frameworks, kernels, ansible), with a timing summary
+#   scripts/dev.sh test-ansible setup, then the ansible tier alone (Debian 12/13 VMs)
 #   scripts/dev.sh test-quick   setup, then the unit tier only (no root needed for the tests)
 #   scripts/dev.sh check        setup, then `spanprobe check`
 #   scripts/dev.sh kernel-matrix [KERNEL] [MODE]
@@ -56,13 +57,15 @@ venv_dir() {
 
 setup_venv() {
   VENV=$(venv_dir)
-  if [ ! -x "$VENV/bin/python" ]; then
+  # Built in place (console scripts' #! lines hold the venv's path, so it cannot be moved);
+  # .complete marks a finished install, and a venv without it is made again.
+  if [ ! -e "$VENV/.complete" ]; then
     say "venv: creating $VENV (Debian python3, system site packages for bcc)"
-    rm -rf "$VENV.tmp"
-    /usr/bin/python3 -m venv --system-site-packages "$VENV.tmp"
-    "$VENV.tmp/bin/pip" install -q --disable-pip-version-check \
+    rm -rf "$VENV"
+    /usr/bin/python3 -m venv --system-site-packages "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check \
       -r "$ROOT/requirements/dev.txt" -c "$ROOT/requirements/constraints.txt"
-    mv "$VENV.tmp" "$VENV"
+    touch "$VENV/.complete"
   fi
   "$VENV/bin/python" -c 'import bcc' 2>/dev/null \
     || die "bcc is not importable from $VENV: is python3-bpfcc installed for /usr/bin/python3?"
@@ -80,12 +83,12 @@ setup_app_venvs() {
     name=$(basename "$req" .txt); name=${name#app-}
     key=$(sha256sum "$req" | cut -c1-16)
     dir="$CACHE/venv-app-$name-$key"
-    if [ ! -x "$dir/bin/python" ]; then
+    if [ ! -e "$dir/.complete" ]; then
       say "venv: creating $dir"
-      rm -rf "$dir.tmp"
-      /usr/bin/python3 -m venv "$dir.tmp"
-      "$dir.tmp/bin/pip" install -q --disable-pip-version-check -r "$req"
-      mv "$dir.tmp" "$dir"
+      rm -rf "$dir"
+      /usr/bin/python3 -m venv "$dir"
+      "$dir/bin/pip" install -q --disable-pip-version-check -r "$req"
+      touch "$dir/.complete"
     fi
     export "SPANPROBE_${name^^}_PYTHON=$dir/bin/python"
   done
@@ -175,7 +178,7 @@ case "$cmd" in
   demo) setup; exec python -m spanprobe demo --duration "${2:-15}" ;;
   test|test-quick)
     setup
-    if [ "$cmd" = test ]; then setup_kernel_matrix; fi
+    if [ "$cmd" = test ]; then setup_kernel_matrix; setup_ansible_tier; fi
     RESULTS=${SPANPROBE_RESULTS:-$ROOT/results}
     mkdir -p "$RESULTS"
     TIER_TIMES=()
@@ -186,10 +189,12 @@ case "$cmd" in
       run_tier frameworks tests/frameworks -q -s
       export SPANPROBE_KERNEL_MATRIX=1
       run_tier kernels tests/kernels -q -s
+      export SPANPROBE_ANSIBLE=1
+      run_tier ansible tests/ansible -q -s
     fi
     summary
     ;;
-  test-ansible)   # work in progress (issue 5): not yet part of `test`
+  test-ansible)   # the ansible tier alone
     setup
     setup_ansible_tier
     cd "$ROOT"
@@ -202,5 +207,5 @@ case "$cmd" in
     export SPANPROBE_KERNEL_MATRIX=1 SPANPROBE_KERNEL=${2:-} SPANPROBE_MODE=${3:-}
     exec python -m pytest -p no:cacheprovider -q -s tests/kernels/test_kernel_matrix.py
     ;;
-  *) sed -n '2,13p' "$0"; exit 2 ;;
+  *) sed -n '2,14p' "$0"; exit 2 ;;
 esac
