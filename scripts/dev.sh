@@ -7,6 +7,7 @@
 #   scripts/dev.sh test-ansible setup, then the ansible tier alone (Debian 12/13 VMs)
 #   scripts/dev.sh test-quick   setup, then the unit tier only (no root needed for the tests)
 #   scripts/dev.sh check        setup, then `spanprobe check`
+#   scripts/dev.sh image [TARGET]  setup + Packer, then the appliance image (packer/README.md)
 #   scripts/dev.sh kernel-matrix [KERNEL] [MODE]
 #                               setup + QEMU tools, then the kernel tier: Debian kernels booted
 #                               under QEMU, the agent run in each per attach strategy
@@ -122,6 +123,20 @@ setup_ansible_tier() {
   fi
 }
 
+# The appliance image (packer/): Packer 1.6.6 from Debian, QEMU and OVMF, the base disk's tools.
+IMAGE_PACKAGES=(packer mmdebstrap qemu-system-x86 qemu-utils ovmf e2fsprogs fdisk dosfstools xorriso openssh-client)
+setup_image() {
+  local missing=()
+  for p in "${IMAGE_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "apt: installing ${missing[*]} (appliance image)"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
 setup() {
   need_root
   local t0=$SECONDS
@@ -200,6 +215,12 @@ case "$cmd" in
     cd "$ROOT"
     SPANPROBE_ANSIBLE=1 exec python -m pytest -p no:cacheprovider -q -s tests/ansible
     ;;
+  image)   # the appliance image: packer/build.py [TARGET]
+    setup
+    setup_image
+    cd "$ROOT"
+    exec python packer/build.py "${@:2}"
+    ;;
   kernel-matrix)
     setup
     setup_kernel_matrix
@@ -207,5 +228,5 @@ case "$cmd" in
     export SPANPROBE_KERNEL_MATRIX=1 SPANPROBE_KERNEL=${2:-} SPANPROBE_MODE=${3:-}
     exec python -m pytest -p no:cacheprovider -q -s tests/kernels/test_kernel_matrix.py
     ;;
-  *) sed -n '2,14p' "$0"; exit 2 ;;
+  *) sed -n '2,15p' "$0"; exit 2 ;;
 esac

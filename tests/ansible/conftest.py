@@ -9,16 +9,13 @@ Results (logs, inventory, console logs, summary.json): $SPANPROBE_RESULTS/ansibl
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +26,10 @@ REPO = HERE.parents[1]
 ANSIBLE = REPO / "ansible"
 RESULTS = Path(os.environ.get("SPANPROBE_RESULTS", REPO / "results")) / "ansible"
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ANSIBLE))
 import images  # noqa: E402
 from vm import VM  # noqa: E402
+import wheelhouse  # noqa: E402  (ansible/wheelhouse.py)
 
 ENABLED = os.environ.get("SPANPROBE_ANSIBLE") == "1"
 GUESTS = [g for g in os.environ.get("SPANPROBE_ANSIBLE_GUESTS", " ".join(images.GUESTS)).split()
@@ -99,45 +98,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 # ---------------------------------------------------------------- build helpers
-def sha(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p if isinstance(p, bytes) else json.dumps(p, sort_keys=True).encode())
-    return h.hexdigest()[:16]
-
-
 def build_images(names: list[str]) -> dict[str, dict]:
     r = subprocess.run(["/usr/bin/python3", str(HERE / "images.py"), "build", *names],
                        stdout=subprocess.PIPE, text=True)
     assert r.returncode == 0, "image build failed (see stderr above)"
     paths = r.stdout.split()
     return {n: json.loads(Path(p).read_text()) for n, p in zip(names, paths)}
-
-
-def wheelhouse(python: str) -> Path:
-    """The agent's dependencies as wheels for the guest's CPython (pinned by the repo's
-    constraints), in one deterministic tar: what a host without a package index gets."""
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    constraints = REPO / "requirements" / "constraints.txt"
-    out = images.CACHE / f"wheelhouse-cp{python.replace('.', '')}-{sha(deps, constraints.read_bytes())}.tar"
-    if out.exists():
-        return out
-    tmp = out.with_suffix(".d")
-    shutil.rmtree(tmp, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
-                    "-d", str(tmp), "--only-binary=:all:", "--python-version", python,
-                    "--implementation", "cp", "--platform", "manylinux2014_x86_64",
-                    "--platform", "manylinux_2_28_x86_64", "-c", str(constraints), *deps], check=True)
-    part = out.with_suffix(".part")
-    with tarfile.open(part, "w") as tar:
-        for f in sorted(tmp.iterdir()):
-            info = tar.gettarinfo(str(f), arcname=f.name)
-            info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
-            with open(f, "rb") as fh:
-                tar.addfile(info, fh)
-    part.rename(out)
-    shutil.rmtree(tmp)
-    return out
 
 
 def build_wheel(epoch: int, into: Path) -> Path:
@@ -238,7 +204,7 @@ def fleet():
     manifests = build_images(GUESTS)
     SUMMARY["times"]["images (s)"] = round(time.monotonic() - t0, 1)
     t = time.monotonic()
-    houses = {n: wheelhouse(m["python"]) for n, m in manifests.items()}
+    houses = {n: wheelhouse.build(m["python"]) for n, m in manifests.items()}
     SUMMARY["times"]["wheelhouses (s)"] = round(time.monotonic() - t, 1)
     vms = {n: VM(m, RESULTS / n) for n, m in manifests.items()}
     try:
