@@ -14,7 +14,7 @@ build {
     playbook_file    = "${path.root}/../ansible/appliance.yml"
     user             = var.ssh_username
     use_proxy        = false
-    extra_arguments  = ["--extra-vars", join(" ", local.ansible_extra_vars)]
+    extra_arguments  = ["--extra-vars", local.ansible_extra_vars]
     ansible_env_vars = ["ANSIBLE_CONFIG=${path.root}/../ansible/ansible.cfg", "ANSIBLE_NOCOLOR=1", "ANSIBLE_HOST_KEY_CHECKING=False"]
   }
 

@@ -65,16 +65,43 @@ def seed(into: Path, pubkey: str) -> Path:
     return into
 
 
+def inputs_key(target: str) -> str:
+    """Everything an image is made from: the base disk's key, and the agent, the roles and
+    the template as they are in this checkout. An output folder with the same key is reused."""
+    h = hashlib.sha256(disk.key(target).encode())
+    files = [REPO / "pyproject.toml", REPO / "requirements" / "constraints.txt"]
+    for top in ("agent/spanprobe", "bpf", "ansible/roles", "packer/scripts"):
+        files += sorted(p for p in (REPO / top).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    files += sorted(HERE.glob("*.pkr.hcl")) + [HERE / f"{target}.pkrvars.hcl", REPO / "ansible" / "appliance.yml",
+                                               REPO / "ansible" / "ansible.cfg", Path(__file__)]
+    for f in files:
+        h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def cached(out: Path, key: str) -> bool:
+    try:
+        meta = json.loads((out / "build.json").read_text())
+        sums = (out / "SHA256SUMS").read_text().splitlines()
+    except (OSError, ValueError):
+        return False
+    return meta.get("inputs_key") == key and all((out / line.split("  ", 1)[1]).exists() for line in sums)
+
+
 def packer_version() -> str:
     return subprocess.run(["packer", "version"], capture_output=True, text=True).stdout.split("\n")[0].strip()
 
 
-def build(target: str, out_root: Path, accelerator: str) -> Path:
+def build(target: str, out_root: Path, accelerator: str, fresh: bool = False) -> Path:
     t0 = time.monotonic()
     times: dict[str, float] = {}
     tvars = disk.target_vars(target)
     epoch = int(tvars["source_date_epoch"])
     out = out_root / target
+    key = inputs_key(target)
+    if not fresh and cached(out, key):
+        log(f"{target}: {out} is already built from these inputs ({key}); --fresh builds it anew")
+        return out
     work = out_root / f".{target}-work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -133,7 +160,7 @@ def build(target: str, out_root: Path, accelerator: str) -> Path:
     dirty = bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True,
                                 text=True).stdout.strip())
     meta = {
-        "target": target, "suite": base["suite"], "kernel": base["kernel"],
+        "target": target, "inputs_key": key, "suite": base["suite"], "kernel": base["kernel"],
         "source_date_epoch": epoch, "base_disk": {"key": base["key"], "sha256": base["disk_sha256"]},
         "agent_wheel": {"name": wheel.name, "sha256": sha256(wheel)},
         "wheelhouse": {"name": house.name, "sha256": sha256(house)},
@@ -157,10 +184,11 @@ def main() -> int:
     p.add_argument("target", nargs="?", default="debian-13-amd64")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output root (default {DEFAULT_OUT})")
     p.add_argument("--accelerator", choices=["tcg", "kvm"], default=os.environ.get("SPANPROBE_VM_ACCEL", "tcg"))
+    p.add_argument("--fresh", action="store_true", help="build even when the output is from the same inputs")
     a = p.parse_args()
     if shutil.which("packer") is None:
         raise SystemExit("image: packer is not installed: run `make image` (scripts/dev.sh installs it)")
-    print(build(a.target, a.out, a.accelerator))
+    print(build(a.target, a.out, a.accelerator, a.fresh))
     return 0
 
 

@@ -13,10 +13,11 @@ locals {
     local.netdev, local.device, ["-serial", "file:${var.output_directory}-console.log"],
   ]
 
-  ansible_extra_vars = [
-    "spanprobe_wheel=${var.wheel}",
-    "spanprobe_wheelhouse=${var.wheelhouse}",
-    "spanprobe_apt_update_cache=false",
-    "hardening_apt_update_cache=false",
-  ]
+  # JSON, so that booleans stay booleans (key=value pairs would all be strings)
+  ansible_extra_vars = jsonencode({
+    spanprobe_wheel            = var.wheel
+    spanprobe_wheelhouse       = var.wheelhouse
+    spanprobe_apt_update_cache = false
+    hardening_apt_update_cache = false
+  })
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import time
 
 import pytest
@@ -92,7 +93,7 @@ def test_request_to_demo_service_gives_spans_in_journal_and_over_otlp(guest):
               "    except OSError: time.sleep(0.5)\n"
               "for i in range(2, 7):\n"
               "    urllib.request.urlopen(f'http://127.0.0.1:8080/users/{i}', timeout=5).read()\n")
-    vm.ssh(f"python3 -c {json.dumps(client)}", timeout=180)
+    vm.ssh(f"python3 -c {shlex.quote(client)}", timeout=180)
     journal = spans = ""
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import time
@@ -25,9 +26,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+
+
 class VM:
-    def __init__(self, manifest: dict, workdir: Path):
+    """`manifest` names the disk (a qcow2 or raw base, never written: a throw-away overlay
+    is booted), the SSH user and key, and either a kernel and initrd to boot directly or
+    nothing, and then the disk boots through `firmware` (bios: SeaBIOS, uefi: OVMF).
+    `drives` are extra read-only raw drives (a NoCloud seed); `guestfwd` maps guest
+    address:port to a port on the host's 127.0.0.1 (a receiver on the host)."""
+
+    def __init__(self, manifest: dict, workdir: Path, firmware: str = "bios", drives: tuple = (),
+                 guestfwd: dict[str, int] | None = None):
         self.m = manifest
+        self.firmware = firmware
+        self.drives = drives
+        self.guestfwd = guestfwd or {}
         self.name = manifest["name"]
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -41,8 +56,8 @@ class VM:
     def start(self) -> None:
         overlay = self.dir / "overlay.qcow2"
         overlay.unlink(missing_ok=True)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", self.m["disk"],
-                        str(overlay)], check=True)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", self.m.get("disk_format", "qcow2"),
+                        "-b", self.m["disk"], str(overlay)], check=True)
         self.ssh_config.write_text(
             f"Host {self.name}\n  HostName 127.0.0.1\n  Port {self.port}\n  User {self.m['user']}\n"
             f"  IdentityFile {self.m['ssh_key']}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
@@ -51,13 +66,22 @@ class VM:
             f"  ControlPath {self.dir}/cm-%C\n  ControlPersist 300\n")
         accel = ["-accel", "kvm", "-cpu", "host"] if ACCEL == "kvm" else \
             ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        if self.m.get("vmlinuz"):
+            boot = ["-kernel", self.m["vmlinuz"], "-initrd", self.m["initrd"],
+                    "-append", self.m.get("cmdline", "console=ttyS0 root=/dev/vda rw panic=-1")]
+        elif self.firmware == "uefi":
+            shutil.copyfile(OVMF_VARS, self.dir / "OVMF_VARS.fd")
+            boot = ["-machine", "q35", "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                    "-drive", f"if=pflash,format=raw,unit=1,file={self.dir / 'OVMF_VARS.fd'}"]
+        else:
+            boot = []
+        fwd = "".join(f",guestfwd=tcp:{addr}-tcp:127.0.0.1:{port}" for addr, port in self.guestfwd.items())
         cmd = ["qemu-system-x86_64", *accel, "-smp", "2", "-m", MEMORY,
                "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
-               "-serial", f"file:{self.console}", "-no-reboot",
-               "-kernel", self.m["vmlinuz"], "-initrd", self.m["initrd"],
-               "-append", "console=ttyS0 root=/dev/vda rw panic=-1",
+               "-serial", f"file:{self.console}", "-no-reboot", *boot,
                "-drive", f"file={overlay},format=qcow2,if=virtio,discard=unmap",
-               "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
+               *[a for d in self.drives for a in ("-drive", f"file={d},format=raw,if=virtio,readonly=on")],
+               "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22{fwd}",
                "-device", "virtio-net-pci,netdev=n0",
                "-device", "virtio-rng-pci"]
         (self.dir / "qemu.cmd").write_text(shlex.join(cmd) + "\n")

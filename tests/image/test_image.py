@@ -1,0 +1,186 @@
+"""The appliance image: outputs, hygiene on the disk itself, first boot with UEFI and with
+BIOS (NoCloud seed, SSH with the seeded key, the agent READY, spans at a receiver on the
+host), and reproducibility (a second build from the same inputs, file trees compared)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import RESULTS, TARGET, build_image, make_seed
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.support.receiver import Receiver  # noqa: E402
+
+import compare  # noqa: E402  (packer/compare.py)
+from vm import VM  # noqa: E402  (tests/ansible/vm.py)
+
+pytestmark = pytest.mark.timeout(5400)
+RECEIVER = "10.0.2.100:4318"        # inside QEMU's user-mode network only: guestfwd to 127.0.0.1
+
+
+# ---------------------------------------------------------------- outputs
+def test_outputs_and_checksums(image):
+    d = image["dir"]
+    for f in (image["raw"], image["qcow2"], image["box"], d / "packages.json", d / "build.json"):
+        assert f.is_file() and f.stat().st_size > 0, f
+    r = subprocess.run(["sha256sum", "--check", "--quiet", "SHA256SUMS"], cwd=d, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    listed = {line.split("  ", 1)[1] for line in (d / "SHA256SUMS").read_text().splitlines()}
+    assert {image["raw"].name, image["qcow2"].name, image["box"].name, "packages.json", "build.json"} <= listed
+    pk = json.loads((d / "packages.json").read_text())
+    assert pk["debian"]["python3-bpfcc"] and any(n.startswith("linux-headers-") for n in pk["debian"])
+    assert pk["python"]["spanprobe"] and pk["python"]["opentelemetry-sdk"]
+    meta = image["meta"]
+    assert meta["target"] == TARGET and meta["git_commit"] and meta["packer"].startswith("Packer v")
+    box = subprocess.run(["tar", "-tzf", str(image["box"])], capture_output=True, text=True, check=True).stdout
+    assert {"box.img", "metadata.json", "Vagrantfile"} <= {n.lstrip("./") for n in box.split()}
+
+
+# ---------------------------------------------------------------- hygiene, on the disk
+@pytest.fixture(scope="module")
+def root_tree(image):
+    """The root file system of the raw image, mounted read-only."""
+    part = next(p for p in compare.partitions(image["raw"]) if p["name"] == "root")
+    with compare.mounted(image["raw"], part) as mnt:
+        yield mnt
+
+
+def test_no_host_keys_machine_id_uninitialized(root_tree):
+    assert not list((root_tree / "etc/ssh").glob("ssh_host_*")), "SSH host keys are shipped"
+    assert (root_tree / "etc/machine-id").read_text() == "uninitialized\n"
+    assert not (root_tree / "var/lib/systemd/random-seed").exists()
+    assert not (root_tree / "etc/hostname").exists()
+
+
+def test_no_build_user_password_sudo_or_keys(root_tree):
+    for f in ("etc/passwd", "etc/group", "etc/shadow", "etc/gshadow"):
+        assert not re.search(r"^packer:", (root_tree / f).read_text(), re.M), f
+    assert not (root_tree / "home/packer").exists()
+    for line in (root_tree / "etc/shadow").read_text().splitlines():
+        name, pw = line.split(":")[:2]
+        assert pw in ("*", "!", "!*", "") or pw.startswith("!"), f"{name} has a password"
+    assert sorted(p.name for p in (root_tree / "etc/sudoers.d").iterdir()) in ([], ["README"])
+    keys = [p for top in ("root", "home") for p in (root_tree / top).rglob("authorized_keys*")]
+    assert not keys, keys
+
+
+def test_no_logs_history_or_cloud_init_state(root_tree):
+    logs = [p for p in (root_tree / "var/log").rglob("*") if p.is_file() and p.stat().st_size > 0]
+    assert not logs, logs
+    hist = [p for top in ("root", "home") for p in (root_tree / top).rglob(".*history")]
+    assert not hist, hist
+    assert not (root_tree / "var/lib/cloud/instance").exists()
+    assert not (root_tree / "etc/cloud/cloud-init.disabled").exists()
+
+
+def test_kernel_headers_and_agent_stay(root_tree):
+    releases = [p.name for p in (root_tree / "usr/lib/modules").iterdir()]
+    assert releases and all((root_tree / "usr/lib/modules" / r / "build").exists() for r in releases), releases
+    assert (root_tree / "opt/spanprobe/venv/bin/spanprobe").exists()
+    assert (root_tree / "etc/systemd/system/multi-user.target.wants/spanprobe.service").is_symlink()
+
+
+# ---------------------------------------------------------------- first boot
+AGENT_CONFIG = f"""# written by the NoCloud seed of tests/image
+select:
+  ports: [8080]
+export:
+  otlp_endpoint: http://{RECEIVER}
+  otlp_protocol: http/protobuf
+  console: true
+resource_attributes: {{deployment.environment.name: image-test}}
+"""
+
+
+@pytest.fixture(scope="module", params=["uefi", "bios"])
+def booted(request, image, tmp_path_factory):
+    """The raw image booted from a throw-away overlay, seeded, with a receiver on the host."""
+    import testinfra
+
+    fw = request.param
+    work = RESULTS / fw
+    iso, key = make_seed(tmp_path_factory.mktemp(f"seed-{fw}"), AGENT_CONFIG)
+    receiver = Receiver()
+    receiver.start_http()
+    manifest = {"name": f"appliance-{fw}", "disk": str(image["raw"]), "disk_format": "raw",
+                "ssh_key": str(key), "user": "admin"}
+    vm = VM(manifest, work, firmware=fw, drives=(iso,), guestfwd={RECEIVER: receiver.http_port})
+    vm.start()
+    try:
+        vm.wait_ssh(timeout=900)
+        host = testinfra.get_host(f"ssh://{vm.name}", ssh_config=str(vm.ssh_config), sudo=True)
+        yield fw, vm, host, receiver
+    finally:
+        vm.stop()
+        receiver.stop()
+
+
+def test_boots_with_its_firmware(booted):
+    fw, vm, host, _ = booted
+    assert host.file("/sys/firmware/efi").exists == (fw == "uefi")
+    assert host.check_output("hostname") == "spanprobe-test"
+
+
+def test_first_boot_made_identity(booted):
+    fw, vm, host, _ = booted
+    mid = host.file("/etc/machine-id").content_string.strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", mid), mid
+    assert host.file("/etc/ssh/ssh_host_ed25519_key").exists
+    assert host.service("ssh-host-keys").is_enabled
+
+
+def test_agent_ready_at_first_boot(booted):
+    fw, vm, host, _ = booted
+    deadline = time.monotonic() + 600        # bcc compiles for a minute or two under TCG
+    status = ""
+    while time.monotonic() < deadline:
+        status = host.check_output("systemctl show -p StatusText --value spanprobe")
+        if status.startswith("tracing with "):
+            break
+        time.sleep(5)
+    assert status.startswith("tracing with "), host.run("journalctl -u spanprobe -b --no-pager -o cat").stdout[-3000:]
+    assert host.service("spanprobe").is_running
+
+
+def test_request_gives_spans_at_a_receiver_on_the_host(booted):
+    fw, vm, host, receiver = booted
+    py = "/opt/spanprobe/venv/bin/python"
+    host.run("systemctl stop demo-shop 2>/dev/null")
+    host.check_output(f"systemd-run --unit=demo-shop --collect -p User=nobody --setenv=OTEL_SERVICE_NAME=demo-shop "
+                      f"{py} -m spanprobe.demo_app serve --port 8080")
+    client = ("import time, urllib.request\n"
+              "for _ in range(120):\n"
+              "    try:\n"
+              "        urllib.request.urlopen('http://127.0.0.1:8080/users/1', timeout=5).read(); break\n"
+              "    except OSError: time.sleep(0.5)\n"
+              "for i in range(2, 6):\n"
+              "    urllib.request.urlopen(f'http://127.0.0.1:8080/users/{i}', timeout=5).read()\n")
+    vm.ssh(f"python3 -c {shlex.quote(client)}", timeout=180)
+    spans = receiver.wait_for(lambda s: s["kind"] == "SERVER" and s["attributes"].get("server.port") == 8080,
+                              count=5, timeout=120)
+    s = spans[-1]
+    assert s["resource"]["service.name"] == "demo-shop"
+    assert s["resource"]["deployment.environment.name"] == "image-test"
+    assert s["attributes"]["http.response.status_code"] == 200
+    host.run("systemctl stop demo-shop")
+
+
+# ---------------------------------------------------------------- reproducibility
+def test_reproducible_file_trees(image):
+    again = build_image(RESULTS / "rebuild", "--fresh")
+    report = compare.compare(image["raw"], again / f"spanprobe-{TARGET}.raw")
+    (RESULTS / "reproducibility.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nreproducibility: {report['entries']} entries, {len(report['differences'])} differences, "
+          f"{len(report['allowed'])} allowed; raw images bit-identical: "
+          f"{'yes' if report['bit_identical'] else 'no'}")
+    for d in report["differences"][:50]:
+        print(f"  DIFF {d['path']}: {d['differs']}")
+    assert not report["differences"], f"{len(report['differences'])} differences (see {RESULTS}/reproducibility.json)"
