@@ -27,6 +27,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE / "base"))
 sys.path.insert(0, str(REPO / "ansible"))
 import disk  # noqa: E402  (packer/base/disk.py)
+from compare import sha256  # noqa: E402  (packer/compare.py)
 import wheelhouse  # noqa: E402  (ansible/wheelhouse.py)
 
 DEFAULT_OUT = Path(os.environ.get("SPANPROBE_IMAGE_OUT", REPO / "build" / "image"))
@@ -34,14 +35,6 @@ DEFAULT_OUT = Path(os.environ.get("SPANPROBE_IMAGE_OUT", REPO / "build" / "image
 
 def log(msg: str) -> None:
     print(f"\033[1mimage: {msg}\033[0m", file=sys.stderr, flush=True)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def agent_wheel(epoch: int, into: Path) -> Path:

@@ -27,17 +27,20 @@ need_root() {
   [ "$(id -u)" = 0 ] || die "run as root (sudo $0 $*): BPF and apt need it"
 }
 
-setup_apt() {
-  local missing=()
-  for p in "${APT_PACKAGES[@]}"; do
+apt_need() {  # why, then packages: install those not yet installed (APT_RECOMMENDS=1: with recommends)
+  local why=$1 missing=() p; shift
+  for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
-    say "apt: installing ${missing[*]}"
+    say "apt: installing ${missing[*]}${why:+ ($why)}"
     apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+      $([ "${APT_RECOMMENDS:-0}" = 1 ] || echo --no-install-recommends) "${missing[@]}" >/dev/null
   fi
 }
+
+setup_apt() { APT_RECOMMENDS=1 apt_need "" "${APT_PACKAGES[@]}"; }
 
 setup_kernel_fs() {
   mountpoint -q /sys/kernel/tracing 2>/dev/null || [ -d /sys/kernel/tracing/events ] \
@@ -97,45 +100,15 @@ setup_app_venvs() {
 
 # The kernel tier only: QEMU guests built with mmdebstrap into an ext4 image.
 KERNEL_MATRIX_PACKAGES=(mmdebstrap qemu-system-x86 e2fsprogs python3-pip)
-setup_kernel_matrix() {
-  local missing=()
-  for p in "${KERNEL_MATRIX_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    say "apt: installing ${missing[*]} (kernel matrix)"
-    apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-  fi
-}
+setup_kernel_matrix() { apt_need "kernel matrix" "${KERNEL_MATRIX_PACKAGES[@]}"; }
 
 # The ansible tier only: Debian VMs built with mmdebstrap, booted under QEMU, reached by SSH.
 ANSIBLE_TIER_PACKAGES=(mmdebstrap qemu-system-x86 qemu-utils e2fsprogs openssh-client)
-setup_ansible_tier() {
-  local missing=()
-  for p in "${ANSIBLE_TIER_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    say "apt: installing ${missing[*]} (ansible tier)"
-    apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-  fi
-}
+setup_ansible_tier() { apt_need "ansible tier" "${ANSIBLE_TIER_PACKAGES[@]}"; }
 
 # The appliance image (packer/): Packer 1.6.6 from Debian, QEMU and OVMF, the base disk's tools.
 IMAGE_PACKAGES=(packer mmdebstrap qemu-system-x86 qemu-utils ovmf e2fsprogs fdisk dosfstools xorriso openssh-client)
-setup_image() {
-  local missing=()
-  for p in "${IMAGE_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    say "apt: installing ${missing[*]} (appliance image)"
-    apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-  fi
-}
+setup_image() { apt_need "appliance image" "${IMAGE_PACKAGES[@]}"; }
 
 setup() {
   need_root

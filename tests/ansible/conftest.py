@@ -8,76 +8,29 @@ Results (logs, inventory, console logs, summary.json): $SPANPROBE_RESULTS/ansibl
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
-import re
-import shutil
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-ANSIBLE = REPO / "ansible"
-RESULTS = Path(os.environ.get("SPANPROBE_RESULTS", REPO / "results")) / "ansible"
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ANSIBLE))
-import images  # noqa: E402
-from vm import VM  # noqa: E402
-import wheelhouse  # noqa: E402  (ansible/wheelhouse.py)
+sys.path.insert(0, str(HERE.parents[1]))
+from fleet_helpers import (BIN, GUESTS, RESULTS, SUMMARY, VM, Fleet, agent_pid, build_images,  # noqa: E402
+                           lynis_index, parallel, run_playbook, wheelhouse, write_inventory)
+from tests.support.gate import gate  # noqa: E402
 
 ENABLED = os.environ.get("SPANPROBE_ANSIBLE") == "1"
-GUESTS = [g for g in os.environ.get("SPANPROBE_ANSIBLE_GUESTS", " ".join(images.GUESTS)).split()
-          if g in images.GUESTS]
-BIN = Path(sys.executable).parent
-SUMMARY: dict = {"guests": {}, "times": {}}
-
-# What the test fleet is told, on top of the roles' defaults (inventory group vars).
-TEST_VARS = {
-    # the guests have no route out: everything the roles install is already in the image
-    "spanprobe_apt_update_cache": False,
-    "hardening_apt_update_cache": False,
-    "hardening_lynis_install": True,
-    # the demo service on 8080; spans to the journal and to an OTLP/HTTP receiver on the
-    # guest's loopback (tests/ansible/guest/otlp_http_receiver.py)
-    "spanprobe_select_ports": [8080],
-    "spanprobe_console": True,
-    "spanprobe_otlp_endpoint": "http://127.0.0.1:4318",
-    "spanprobe_otlp_protocol": "http/protobuf",
-    "spanprobe_resource_attributes": {"deployment.environment.name": "ansible-test"},
-    "spanprobe_routes": ["/users/{id}"],
-}
-RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)"
-                   r"\s+skipped=(\d+)\s+rescued=(\d+)\s+ignored=(\d+)", re.M)
 
 
 def pytest_collection_modifyitems(config, items):
-    mine = [i for i in items if HERE in Path(str(i.fspath)).parents and "fleet" in i.fixturenames]
-    if not mine:
-        return
-    why = None
-    if not ENABLED:
-        why = "boots QEMU VMs for minutes: run it with scripts/dev.sh test (sets SPANPROBE_ANSIBLE=1)"
-    elif os.geteuid() != 0:
-        why = "needs root (mmdebstrap, mke2fs)"
-    else:
-        for tool in ("mmdebstrap", "qemu-system-x86_64", "qemu-img", "mke2fs", "ssh", "ssh-keygen"):
-            if shutil.which(tool) is None:
-                why = f"{tool} is missing: scripts/dev.sh setup installs it"
-                break
-        if why is None and not (BIN / "ansible-playbook").exists():
-            why = f"ansible-playbook is not in {BIN}: scripts/dev.sh setup installs it"
-    if why is None:
-        return
-    if ENABLED and os.environ.get("CI") == "true":
-        raise pytest.UsageError(f"the Ansible tier cannot run in CI: {why}")
-    for item in mine:
-        item.add_marker(pytest.mark.skip(reason=f"LOUD SKIP: {why}" if ENABLED else why))
+    gate([i for i in items if HERE in Path(str(i.fspath)).parents and "fleet" in i.fixturenames], ENABLED,
+         "boots QEMU VMs for minutes: run it with scripts/dev.sh test (sets SPANPROBE_ANSIBLE=1)",
+         ("mmdebstrap", "qemu-system-x86_64", "qemu-img", "mke2fs", "ssh", "ssh-keygen"),
+         None if (BIN / "ansible-playbook").exists() else f"ansible-playbook is not in {BIN}: scripts/dev.sh setup installs it")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -95,115 +48,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         tr.write_line(f"  {name:<28} {v}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "summary.json").write_text(json.dumps(SUMMARY, indent=2) + "\n")
-
-
-# ---------------------------------------------------------------- build helpers
-def build_images(names: list[str]) -> dict[str, dict]:
-    r = subprocess.run(["/usr/bin/python3", str(HERE / "images.py"), "build", *names],
-                       stdout=subprocess.PIPE, text=True)
-    assert r.returncode == 0, "image build failed (see stderr above)"
-    paths = r.stdout.split()
-    return {n: json.loads(Path(p).read_text()) for n, p in zip(names, paths)}
-
-
-def build_wheel(epoch: int, into: Path) -> Path:
-    """A wheel of this checkout; a different SOURCE_DATE_EPOCH gives different bytes (the
-    stand-in for a code change)."""
-    into.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, SOURCE_DATE_EPOCH=str(epoch))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
-                    "--no-deps", "--no-build-isolation", "-w", str(into), str(REPO)], env=env, check=True)
-    return next(into.glob("spanprobe-*.whl"))
-
-
-# ---------------------------------------------------------------- playbook runs
-@dataclass
-class Run:
-    name: str
-    rc: int
-    seconds: float
-    log: Path
-    recap: dict[str, dict[str, int]] = field(default_factory=dict)
-    changed_tasks: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def parse_run(text: str) -> tuple[dict, dict]:
-    recap = {m.group(1): dict(zip(("ok", "changed", "unreachable", "failed", "skipped", "rescued", "ignored"),
-                                  map(int, m.groups()[1:]))) for m in RECAP.finditer(text)}
-    changed: dict[str, list[str]] = {}
-    task = None
-    for line in text.splitlines():
-        if line.startswith(("TASK [", "RUNNING HANDLER [")):
-            task = line[line.index("[") + 1:line.rindex("]")]
-        m = re.match(r"changed: \[([^\]]+)\]", line)
-        if m and task:
-            changed.setdefault(m.group(1).split(" ")[0], []).append(task)
-    return recap, changed
-
-
-def write_inventory(path: Path, vms: dict[str, VM], host_vars: dict[str, dict]) -> Path:
-    import yaml
-
-    hosts = {n: {**vm.inventory_vars(), **host_vars.get(n, {})} for n, vm in vms.items()}
-    path.write_text(yaml.safe_dump({"spanprobe": {"hosts": hosts, "vars": TEST_VARS}}, sort_keys=True))
-    return path
-
-
-def run_playbook(name: str, inventory: Path, *args: str, playbook: str = "site.yml") -> Run:
-    log = RESULTS / f"{name}.log"
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ANSIBLE / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_FORCE_COLOR="0", ANSIBLE_HOME=str(RESULTS / ".ansible"),
-               ANSIBLE_LOCAL_TEMP=str(RESULTS / ".ansible" / "tmp"),
-               PATH=f"{BIN}:{os.environ.get('PATH', '')}")
-    t0 = time.monotonic()
-    with open(log, "w") as f:
-        rc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), str(ANSIBLE / playbook),
-                             *args], stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ANSIBLE).returncode
-    run = Run(name, rc, round(time.monotonic() - t0, 1), log)
-    run.recap, run.changed_tasks = parse_run(run.text)
-    SUMMARY["times"][f"{name} (s)"] = run.seconds
-    return run
-
-
-# ---------------------------------------------------------------- in the guests
-# Lynis tests skipped in both runs, before and after: the slowest under TCG (each spawns
-# hundreds of processes, 1-4 minutes apiece here) and none about what the roles change:
-# CA certificate expiry dates, Debian tool binaries present, packages left to purge, IPv6
-# address configuration, php.ini.
-LYNIS_SKIP = ["CRYP-7902", "DEB-0001", "PKGS-7345", "NETW-2600", "PHP-2211"]
-
-
-def lynis_index(vm: VM) -> int | None:
-    profile = "".join(f"skip-test={t}\n" for t in LYNIS_SKIP)
-    vm.ssh("sudo tee /etc/lynis/custom.prf >/dev/null", input=profile)
-    vm.ssh("sudo rm -f /var/log/lynis-report.dat; sudo lynis audit system --cronjob >/dev/null 2>&1 || true",
-           timeout=1800)
-    text = vm.ssh("sudo cat /var/log/lynis-report.dat", check=False).stdout
-    m = re.search(r"^hardening_index=(\d+)", text, re.M)
-    return int(m.group(1)) if m else None
-
-
-def agent_pid(vm: VM) -> int:
-    return int(vm.ssh("systemctl show -p MainPID --value spanprobe.service").stdout.strip() or 0)
-
-
-def parallel(fn, items):
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(items) or 1) as ex:
-        return dict(zip(items, ex.map(fn, items)))
-
-
-@dataclass
-class Fleet:
-    vms: dict[str, VM]
-    manifests: dict[str, dict]
-    inventory: Path
-    runs: dict[str, Run] = field(default_factory=dict)
-    pids: dict[str, dict[str, int]] = field(default_factory=dict)
-    wheels: dict[str, Path] = field(default_factory=dict)
 
 
 @pytest.fixture(scope="session")

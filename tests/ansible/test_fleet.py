@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import (HERE, RESULTS, SUMMARY, agent_pid, build_wheel, lynis_index,
+from fleet_helpers import (HERE, RESULTS, SUMMARY, agent_pid, build_wheel, lynis_index,
                       parallel, run_playbook, write_inventory)
 
 pytestmark = pytest.mark.timeout(5400)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RESULTS, TARGET, build_image, make_seed
+from image_helpers import RESULTS, TARGET, build_image, make_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.support.receiver import Receiver  # noqa: E402
