@@ -107,7 +107,8 @@ ANSIBLE_TIER_PACKAGES=(mmdebstrap qemu-system-x86 qemu-utils e2fsprogs openssh-c
 setup_ansible_tier() { apt_need "ansible tier" "${ANSIBLE_TIER_PACKAGES[@]}"; }
 
 # The appliance image (packer/): Packer 1.6.6 from Debian, QEMU and OVMF, the base disk's tools.
-IMAGE_PACKAGES=(packer mmdebstrap qemu-system-x86 qemu-utils ovmf e2fsprogs fdisk dosfstools xorriso openssh-client)
+IMAGE_PACKAGES=(packer mmdebstrap qemu-system-x86 qemu-utils ovmf e2fsprogs fdisk dosfstools xorriso openssh-client
+                vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu)
 setup_image() { apt_need "appliance image" "${IMAGE_PACKAGES[@]}"; }
 
 setup() {
