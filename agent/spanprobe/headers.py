@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = parser.parse_args(argv)
     running = os.uname().release
+    # What ensure unpacks is read by the agent's own unprivileged user: never let a
+    # hardened umask (027 from login.defs) make it root's alone.
+    os.umask(0o022)
     status = ensure(running, args.cache) if args.action == "ensure" else read_status(running)
     print(f"kernel headers: {status.describe(running)}")
     return 0 if status.build_dir else 1
