@@ -3,8 +3,9 @@
 #   scripts/dev.sh setup        install everything the agent and the tests need (idempotent)
 #   scripts/dev.sh demo [s]     setup, then trace two demo services for s seconds (default 15)
 #   scripts/dev.sh test         setup (+ QEMU tools), then every test tier (unit, integration,
-#                               frameworks, kernels, ansible), with a timing summary
-#   scripts/dev.sh test-ansible setup, then the ansible tier alone (Debian 12/13 VMs)
+#                               frameworks, kernels), with a timing summary
+#   scripts/dev.sh test-ansible setup, then the ansible tier (Debian 12/13 VMs; issue 5, in
+#                               progress: not yet part of `test`)
 #   scripts/dev.sh test-quick   setup, then the unit tier only (no root needed for the tests)
 #   scripts/dev.sh check        setup, then `spanprobe check`
 #   scripts/dev.sh image [TARGET]  setup + Packer, then the appliance image (packer/README.md)
@@ -167,7 +168,7 @@ case "$cmd" in
   demo) setup; exec python -m spanprobe demo --duration "${2:-15}" ;;
   test|test-quick)
     setup
-    if [ "$cmd" = test ]; then setup_kernel_matrix; setup_ansible_tier; fi
+    if [ "$cmd" = test ]; then setup_kernel_matrix; fi
     RESULTS=${SPANPROBE_RESULTS:-$ROOT/results}
     mkdir -p "$RESULTS"
     TIER_TIMES=()
@@ -178,12 +179,10 @@ case "$cmd" in
       run_tier frameworks tests/frameworks -q -s
       export SPANPROBE_KERNEL_MATRIX=1
       run_tier kernels tests/kernels -q -s
-      export SPANPROBE_ANSIBLE=1
-      run_tier ansible tests/ansible -q -s
     fi
     summary
     ;;
-  test-ansible)   # the ansible tier alone
+  test-ansible)   # the ansible tier (work in progress, issue 5: not yet part of `test`)
     setup
     setup_ansible_tier
     cd "$ROOT"
@@ -208,5 +207,5 @@ case "$cmd" in
     export SPANPROBE_KERNEL_MATRIX=1 SPANPROBE_KERNEL=${2:-} SPANPROBE_MODE=${3:-}
     exec python -m pytest -p no:cacheprovider -q -s tests/kernels/test_kernel_matrix.py
     ;;
-  *) sed -n '2,15p' "$0"; exit 2 ;;
+  *) sed -n '2,16p' "$0"; exit 2 ;;
 esac
