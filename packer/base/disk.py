@@ -116,17 +116,20 @@ def key(target: str) -> str:
     return f"{target}-{h.hexdigest()[:16]}"
 
 
-def build(target: str) -> Path:
-    out = CACHE / key(target)
+def build_once(out: Path, make) -> Path:
+    """out/manifest.json, made by make(out) unless a build of that key is there already;
+    one build of a key at a time (a lock file beside it). Also used by tests/ansible/images.py."""
     manifest = out / "manifest.json"
     if manifest.exists():
         return manifest
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)        # one build of a key at a time
-        if manifest.exists():
-            return manifest
-        return _build(target, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f"{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return manifest if manifest.exists() else make(out)
+
+
+def build(target: str) -> Path:
+    return build_once(CACHE / key(target), lambda out: _build(target, out))
 
 
 def _build(target: str, out: Path) -> Path:

@@ -24,7 +24,6 @@ The Debian mirror is the one this machine's apt sources already use.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import os
@@ -37,7 +36,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO / "agent"))
+sys.path.insert(0, str(REPO / "packer" / "base"))
 from spanprobe.headers import debian_mirror  # noqa: E402
+from disk import build_once  # noqa: E402  (packer/base/disk.py)
 
 CACHE = Path(os.environ.get("SPANPROBE_CACHE", "/var/cache/spanprobe")) / "ansible-vms"
 CUSTOMIZE = HERE / "guest" / "customize.sh"
@@ -93,16 +94,7 @@ def image_dir(name: str) -> Path:
 
 
 def build(name: str) -> Path:
-    out = image_dir(name)
-    manifest = out / "manifest.json"
-    if manifest.exists():
-        return manifest
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)        # one build of a key at a time
-        if manifest.exists():
-            return manifest
-        return _build(name, out)
+    return build_once(image_dir(name), lambda out: _build(name, out))
 
 
 def _build(name: str, out: Path) -> Path:
