@@ -19,8 +19,10 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE.parents[1] / "ansible"))
+import wheelhouse  # noqa: E402  (ansible/wheelhouse.py)
 from fleet_helpers import (BIN, GUESTS, RESULTS, SUMMARY, VM, Fleet, agent_pid, build_images,  # noqa: E402
-                           lynis_index, parallel, run_playbook, wheelhouse, write_inventory)
+                           lynis_index, parallel, run_playbook, write_inventory)
 from tests.support.gate import gate  # noqa: E402
 
 ENABLED = os.environ.get("SPANPROBE_ANSIBLE") == "1"
@@ -28,7 +30,7 @@ ENABLED = os.environ.get("SPANPROBE_ANSIBLE") == "1"
 
 def pytest_collection_modifyitems(config, items):
     gate([i for i in items if HERE in Path(str(i.fspath)).parents and "fleet" in i.fixturenames], ENABLED,
-         "boots QEMU VMs for minutes: run it with scripts/dev.sh test (sets SPANPROBE_ANSIBLE=1)",
+         "boots QEMU VMs for minutes: run it with scripts/dev.sh test-ansible (sets SPANPROBE_ANSIBLE=1)",
          ("mmdebstrap", "qemu-system-x86_64", "qemu-img", "mke2fs", "ssh", "ssh-keygen"),
          None if (BIN / "ansible-playbook").exists() else f"ansible-playbook is not in {BIN}: scripts/dev.sh setup installs it")
 

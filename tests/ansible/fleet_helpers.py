@@ -18,10 +18,8 @@ REPO = HERE.parents[1]
 ANSIBLE = REPO / "ansible"
 RESULTS = Path(os.environ.get("SPANPROBE_RESULTS", REPO / "results")) / "ansible"
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ANSIBLE))
 import images  # noqa: E402
 from vm import VM  # noqa: E402
-import wheelhouse  # noqa: E402,F401  (ansible/wheelhouse.py; the fleet fixture uses it)
 
 GUESTS = [g for g in os.environ.get("SPANPROBE_ANSIBLE_GUESTS", " ".join(images.GUESTS)).split()
           if g in images.GUESTS]
