@@ -65,7 +65,9 @@ def ensure_tracefs(root: SysRoot) -> str:
     return found
 
 
-def _kallsyms_names(root: SysRoot, wanted: set[str]) -> set[str]:
+def _kallsyms_names(root: SysRoot, wanted: set[str]) -> set[str] | None:
+    """Which of `wanted` the kernel has, from /proc/kallsyms; None when it cannot be read
+    (systemd's ProtectKernelTunables= hides it from a sandboxed agent)."""
     found = set()
     try:
         with open(root.path("proc/kallsyms"), "r", errors="replace") as f:
@@ -77,8 +79,16 @@ def _kallsyms_names(root: SysRoot, wanted: set[str]) -> set[str]:
                     if found == wanted:
                         break
     except OSError:
-        pass
+        return None
     return found
+
+
+def _load_btf(root: SysRoot) -> BtfIndex | None:
+    try:
+        with open(root.path("sys/kernel/btf/vmlinux"), "rb") as f:
+            return BtfIndex(f.read())
+    except (OSError, ValueError, struct.error):
+        return None
 
 
 # BTF kinds (include/uapi/linux/btf.h) and the bytes each adds after its 12-byte header:
@@ -113,6 +123,12 @@ class BtfIndex:
                 funcs[name_off] = len(offsets) - 1
             fixed, per = extra.get(kind, (0, 0))
             pos += 12 + fixed + per * (info & 0xFFFF)
+
+    def has_func(self, name: str) -> bool:
+        """Whether the kernel has a (non-inlined) function of that name: BTF lists them,
+        so symbol names are known without /proc/kallsyms."""
+        at = self.data.find(b"\0" + name.encode() + b"\0", self.strs, self.strs + self.str_len)
+        return at >= 0 and (at + 1 - self.strs) in self.funcs
 
     def _kind(self, tid: int) -> tuple[int, int]:
         if not 0 < tid < len(self.offsets):
@@ -167,6 +183,13 @@ def detect(root: SysRoot, syscalls: list[str], tracepoints: list[str]) -> Kernel
     if prefix:
         probe_syms.add(prefix + "read")
     syms = _kallsyms_names(root, probe_syms)
+    btf = None
+    if not syms:
+        # kallsyms hidden: systemd's ProtectKernelTunables= mounts an empty file over it
+        # (readable with CAP_DAC_READ_SEARCH, so not even an error). BTF names the same
+        # functions; kprobes and fentry attach by name, which kptr_restrict does not affect.
+        btf = _load_btf(root) if feats.btf else None
+        syms = {name for name in probe_syms if btf is not None and btf.has_func(name)}
     if prefix and prefix + "read" in syms:
         feats.syscall_prefix = prefix
     kprobe_pmu = root.exists("sys/bus/event_source/devices/kprobe/type")
@@ -192,15 +215,14 @@ def detect(root: SysRoot, syscalls: list[str], tracepoints: list[str]) -> Kernel
         # BTF has struct pt_regs there only as a forward declaration (Debian's 5.10, for
         # the wrappers defined in files that never include its definition) the verifier
         # refuses that read: "arg0 type FWD is not a struct".
-        try:
-            with open(root.path("sys/kernel/btf/vmlinux"), "rb") as f:
-                btf = BtfIndex(f.read())
-            for name in syscalls:
+        btf = btf or _load_btf(root)
+        for name in syscalls if btf is not None else ():
+            try:
                 kind = btf.pointee_kind(feats.syscall_prefix + name)
-                if kind not in (None, "struct"):
-                    feats.fentry_unreadable[name] = kind
-        except (OSError, ValueError, struct.error):
-            pass
+            except (ValueError, struct.error):
+                break
+            if kind not in (None, "struct"):
+                feats.fentry_unreadable[name] = kind
     feats.ringbuf = "bpf_ringbuf_output" in syms or feats.version >= (5, 8)
     feats.uprobes = root.exists("sys/bus/event_source/devices/uprobe/type") or \
         (bool(tracefs) and root.exists(tracefs or "", "uprobe_events"))

@@ -359,3 +359,43 @@ def test_kallsyms_names_strip_the_module_column(tmp_path):
                             "malformed-line\n")
     found = kernel._kallsyms_names(SysRoot(tmp_path), {"register_kprobe", "__x64_sys_read", "absent"})
     assert found == {"register_kprobe", "__x64_sys_read"}
+
+
+def btf_with_funcs(*names: str) -> bytes:
+    """A minimal vmlinux BTF: one FUNC_PROTO (type 1) and a FUNC per name."""
+    import struct
+
+    strings = b"\0" + b"".join(n.encode() + b"\0" for n in names)
+    types = struct.pack("<III", 0, 13 << 24, 0)                 # FUNC_PROTO, no params, void
+    at = 1
+    for n in names:
+        types += struct.pack("<III", at, 12 << 24, 1)           # FUNC -> proto
+        at += len(n) + 1
+    hdr = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return hdr + types + strings
+
+
+def test_btf_names_functions():
+    idx = kernel.BtfIndex(btf_with_funcs("__x64_sys_read", "bpf_trampoline_link_prog"))
+    assert idx.has_func("__x64_sys_read") and idx.has_func("bpf_trampoline_link_prog")
+    assert not idx.has_func("__x64_sys_rea") and not idx.has_func("register_kprobe")
+
+
+@pytest.mark.parametrize("kallsyms", [None, ""], ids=["unreadable", "empty"])
+def test_hidden_kallsyms_falls_back_to_btf(tmp_path, x86, kallsyms):
+    """A sandboxed agent (systemd's ProtectKernelTunables= mounts an empty file over
+    /proc/kallsyms) still finds the syscall wrappers and trampolines by their BTF names."""
+    tree = Tree(tmp_path, kallsyms=kallsyms)
+    (tmp_path / "sys/kernel/btf/vmlinux").write_bytes(
+        btf_with_funcs("__x64_sys_read", "bpf_trampoline_link_prog", "register_kprobe"))
+    f = run_detect(tree)
+    assert f.syscall_prefix == "__x64_sys_"
+    assert (f.kprobes, f.fentry) == (True, True)
+
+
+def test_hidden_kallsyms_and_btf_without_names(tmp_path, x86):
+    tree = Tree(tmp_path, kallsyms=None)
+    (tmp_path / "sys/kernel/btf/vmlinux").write_bytes(btf_with_funcs("something_else"))
+    f = run_detect(tree)
+    assert f.syscall_prefix is None
+    assert f.kprobes_reason == "no syscall wrapper symbols known for x86_64"
