@@ -83,3 +83,28 @@ def check(tracefs_dirs: tuple[str, ...] = ("/sys/kernel/tracing", "/sys/kernel/d
     readable = any(os.access(os.path.join(d, "events"), os.R_OK | os.X_OK) for d in tracefs_dirs)
     names = missing(mask, last_cap, kernel, soft == resource.RLIM_INFINITY, readable)
     return problem(names) if names else None
+
+
+def perf_denied_hint(paranoid: int | None, mask: int) -> str:
+    """Why perf_event_open can say EACCES to an agent that holds CAP_PERFMON.
+
+    Debian's kernels carry a patch that gives kernel.perf_event_paranoid a level 3 (their
+    default): no perf events at all without CAP_SYS_ADMIN. Measured on Debian 12 and 13:
+    CAP_PERFMON is not accepted there, so attaching to a tracepoint fails. Level 2 (the
+    upstream default) still denies kernel profiling to unprivileged users."""
+    if paranoid is None or paranoid < 3 or has(mask, "CAP_SYS_ADMIN"):
+        return ""
+    return (f"kernel.perf_event_paranoid is {paranoid}: this kernel then allows perf events only "
+            "with CAP_SYS_ADMIN (CAP_PERFMON is not enough); set it to 2 "
+            "(sysctl -w kernel.perf_event_paranoid=2, and in /etc/sysctl.d/) or run as root")
+
+
+def perf_denied_hint_here() -> str:
+    try:
+        with open("/proc/sys/kernel/perf_event_paranoid") as f:
+            paranoid = int(f.read().strip())
+        with open("/proc/self/status") as f:
+            mask = effective(f.read())
+    except (OSError, ValueError):
+        return ""
+    return perf_denied_hint(paranoid, mask)

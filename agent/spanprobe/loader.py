@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import caps
 from . import events as ev
 from .errors import KernelUnsupported, ProbeAttachError
 from .kernel import KernelFeatures
@@ -193,7 +194,10 @@ def load(plan: Plan, settings, feats: KernelFeatures, self_pid: int, trace_all: 
         with _capture_stderr(err):
             b = bcc.BPF(src_file=str(src).encode(), cflags=flags)
     except Exception as exc:
-        raise ProbeAttachError(f"{plan.strategy}: compile/load failed: {_short(exc, err.getvalue())}") from None
+        why = _short(exc, err.getvalue())
+        if "perf_event_open" in why and "Permission denied" in why:
+            why = "; ".join(filter(None, (why, caps.perf_denied_hint_here())))
+        raise ProbeAttachError(f"{plan.strategy}: compile/load failed: {why}") from None
     session = BpfSession(plan, b, compile_s=time.monotonic() - t0)
     try:
         for p in plan.tracepoints:

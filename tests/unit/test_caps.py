@@ -1,5 +1,7 @@
 """The capability check that replaced `euid == 0` (agent/spanprobe/caps.py)."""
 
+import pytest
+
 from spanprobe import caps
 
 ALL = sum(1 << n for n in caps.CAPS.values())
@@ -55,3 +57,20 @@ def test_this_process():
     # root with every capability (the host tiers) passes; the check never raises
     problem = caps.check()
     assert problem is None or problem.startswith("missing")
+
+
+PERFMON_ONLY = 1 << caps.CAPS["CAP_PERFMON"] | 1 << caps.CAPS["CAP_BPF"]
+
+
+@pytest.mark.parametrize("paranoid,mask,hinted", [
+    (3, PERFMON_ONLY, True),                                   # Debian's default level
+    (4, PERFMON_ONLY, True),
+    (2, PERFMON_ONLY, False),                                  # CAP_PERFMON suffices
+    (3, PERFMON_ONLY | 1 << caps.CAPS["CAP_SYS_ADMIN"], False),
+    (None, PERFMON_ONLY, False),                               # unknown: no guess
+])
+def test_perf_denied_hint(paranoid, mask, hinted):
+    hint = caps.perf_denied_hint(paranoid, mask)
+    assert bool(hint) is hinted
+    if hinted:
+        assert f"perf_event_paranoid is {paranoid}" in hint and "set it to 2" in hint
