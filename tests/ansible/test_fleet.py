@@ -166,7 +166,7 @@ def test_sysctls(guest):
             "kernel.unprivileged_bpf_disabled": 1, "net.core.bpf_jit_harden": 2,
             "net.ipv4.conf.all.accept_redirects": 0, "net.ipv4.conf.all.rp_filter": 1,
             "net.ipv4.tcp_syncookies": 1, "fs.suid_dumpable": 0, "kernel.randomize_va_space": 2,
-            "fs.protected_regular": 2}
+            "fs.protected_regular": 2, "kernel.perf_event_paranoid": 2}
     got = {k: host.sysctl(k) for k in want}
     assert got == want
 
