@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -291,8 +292,8 @@ class Agent:
             del self._listen_cache[key]
 
     def _own_peer(self, peer: tuple[str, int]) -> bool:
-        """Is this peer one of the agent's own sockets? Checked on loopback peers only,
-        with /proc/self/net/tcp re-read at most ten times a second."""
+        """Is this peer one of the agent's own sockets (its OTLP exporter's)? Checked on
+        loopback peers only, the agent's ports re-read at most ten times a second."""
         if not (peer[0].startswith("127.") or peer[0] == "::1"):
             return False
         if peer[1] in self._own_ports:
@@ -301,8 +302,7 @@ class Agent:
         if now - self._own_ports_at < 0.1:
             return False
         self._own_ports_at = now
-        mine = set(self.root.socket_inodes(os.getpid()).values())
-        self._own_ports = {s.local_port for s in self.root.tcp_sockets(os.getpid()) if s.inode in mine}
+        self._own_ports = own_tcp_ports(self.root.socket_inodes(os.getpid()))
         return peer[1] in self._own_ports
 
     def _listen_address(self, pid: int, fd: int):
@@ -356,3 +356,25 @@ def install_signal_handlers(agent: Agent) -> None:
         agent.stop.set()
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def own_tcp_ports(fds) -> set[int]:
+    """The local ports of this process's TCP sockets, by getsockname() on its own fds.
+
+    Not from /proc/self/net/tcp: that lists every TCP socket of the network namespace,
+    TIME_WAIT ones included (tens of thousands on a busy host: a one-worker gunicorn app
+    leaves one per request for a minute), and parsing it took most of the agent's CPU."""
+    ports = set()
+    for fd in fds:
+        try:
+            s = socket.socket(fileno=fd)             # family and type are read from the fd
+        except OSError:                             # closed meanwhile, or not a socket
+            continue
+        try:
+            if s.family in (socket.AF_INET, socket.AF_INET6) and s.type == socket.SOCK_STREAM:
+                ports.add(s.getsockname()[1])
+        except OSError:
+            pass
+        finally:
+            s.detach()                              # the fd stays open: it is not ours to close
+    return ports
