@@ -2,13 +2,15 @@
 # spanprobe's one entry point for people and CI. Run as root on Debian (12 or newer):
 #   scripts/dev.sh setup        install everything the agent and the tests need (idempotent)
 #   scripts/dev.sh demo [s]     setup, then trace two demo services for s seconds (default 15)
-#   scripts/dev.sh test         setup (+ QEMU tools), then every test tier (unit, integration,
-#                               frameworks, kernels), with a timing summary
-#   scripts/dev.sh test-ansible setup, then the ansible tier (Debian 12/13 VMs; issue 5, in
-#                               progress: not yet part of `test`)
+#   scripts/dev.sh test         setup (+ QEMU tools, wrk), then every test tier (unit,
+#                               integration, frameworks, bench-smoke, kernels, ansible), with a
+#                               timing summary
+#   scripts/dev.sh test-ansible setup, then the ansible tier alone (Debian 12/13 VMs)
 #   scripts/dev.sh test-quick   setup, then the unit tier only (no root needed for the tests)
 #   scripts/dev.sh check        setup, then `spanprobe check`
 #   scripts/dev.sh image [TARGET]  setup + Packer, then the appliance image (packer/README.md)
+#   scripts/dev.sh bench [--smoke] [ARGS]  setup + wrk + the bench venv, then the benchmark
+#                               (bench/README.md): full ~10-15 min -> bench/results/latest.*
 #   scripts/dev.sh kernel-matrix [KERNEL] [MODE]
 #                               setup + QEMU tools, then the kernel tier: Debian kernels booted
 #                               under QEMU, the agent run in each per attach strategy
@@ -112,6 +114,24 @@ IMAGE_PACKAGES=(packer mmdebstrap qemu-system-x86 qemu-utils ovmf e2fsprogs fdis
                 vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu)
 setup_image() { apt_need "appliance image" "${IMAGE_PACKAGES[@]}"; }
 
+# The benchmark (bench/): wrk from Debian, and a venv of its own (requirements/bench.txt: the
+# apps, in-process OpenTelemetry auto-instrumentation, matplotlib) as SPANPROBE_BENCH_PYTHON.
+BENCH_PACKAGES=(wrk)
+setup_bench() {
+  apt_need "benchmark" "${BENCH_PACKAGES[@]}"
+  local req="$ROOT/requirements/bench.txt" key dir
+  key=$(sha256sum "$req" | cut -c1-16)
+  dir="$CACHE/venv-bench-$key"
+  if [ ! -e "$dir/.complete" ]; then
+    say "venv: creating $dir"
+    rm -rf "$dir"
+    /usr/bin/python3 -m venv --system-site-packages "$dir"
+    "$dir/bin/pip" install -q --disable-pip-version-check -r "$req"
+    touch "$dir/.complete"
+  fi
+  export SPANPROBE_BENCH_PYTHON=$dir/bin/python
+}
+
 setup() {
   need_root
   local t0=$SECONDS
@@ -168,7 +188,7 @@ case "$cmd" in
   demo) setup; exec python -m spanprobe demo --duration "${2:-15}" ;;
   test|test-quick)
     setup
-    if [ "$cmd" = test ]; then setup_kernel_matrix; fi
+    if [ "$cmd" = test ]; then setup_kernel_matrix; setup_bench; setup_ansible_tier; fi
     RESULTS=${SPANPROBE_RESULTS:-$ROOT/results}
     mkdir -p "$RESULTS"
     TIER_TIMES=()
@@ -177,12 +197,15 @@ case "$cmd" in
     if [ "$cmd" = test ]; then
       run_tier integration tests/integration -q
       run_tier frameworks tests/frameworks -q -s
+      run_tier bench-smoke tests/bench -q
       export SPANPROBE_KERNEL_MATRIX=1
       run_tier kernels tests/kernels -q -s
+      export SPANPROBE_ANSIBLE=1
+      run_tier ansible tests/ansible -q -s
     fi
     summary
     ;;
-  test-ansible)   # the ansible tier (work in progress, issue 5: not yet part of `test`)
+  test-ansible)   # the ansible tier alone (also part of `test`)
     setup
     setup_ansible_tier
     cd "$ROOT"
@@ -200,6 +223,12 @@ case "$cmd" in
     cd "$ROOT"
     exec python packer/build.py "${@:2}"
     ;;
+  bench)   # the benchmark (bench/README.md); `bench --smoke` for the short check
+    setup
+    setup_bench
+    cd "$ROOT"
+    exec python -m bench "${@:2}"
+    ;;
   kernel-matrix)
     setup
     setup_kernel_matrix
@@ -207,5 +236,5 @@ case "$cmd" in
     export SPANPROBE_KERNEL_MATRIX=1 SPANPROBE_KERNEL=${2:-} SPANPROBE_MODE=${3:-}
     exec python -m pytest -p no:cacheprovider -q -s tests/kernels/test_kernel_matrix.py
     ;;
-  *) sed -n '2,16p' "$0"; exit 2 ;;
+  *) sed -n '2,19p' "$0"; exit 2 ;;
 esac
