@@ -1,0 +1,116 @@
+"""The overhead comparison: each app under each configuration, rounds alternated.
+
+One run = start the app (pinned to the app CPU; under opentelemetry-instrument for `otel`),
+start the agent for `spanprobe`, warm up, wrk at saturation, then bench.loadgen at the fixed
+rate; give an agent that fell behind up to `catch_up_s` to export what it still holds; then
+stop the app (the SDK flushes its BatchSpanProcessor at exit) and the agent (SIGTERM flushes
+its queue; its `final` counters and exit rusage are read). The agent's CPU counts from its
+`ready` line to its exit, over every request of the run (warm-up included). Every process
+of a run is new, so no run inherits another's state. Round r runs the configurations in
+an order rotated by r, so slow drift of the machine does not always hit the same one.
+"""
+
+from __future__ import annotations
+
+import time
+
+from bench.load import fixed_rate, wrk
+from bench.procs import BenchError, cpu_seconds, memory_kib, start_app, tcp_sockets
+from tests.support.procs import free_port
+
+# counters in the agent's `final` line that mean an event, exchange or span was lost
+LOSS_KEYS = ("kernel_events_lost", "perf_events_lost", "kernel_active_map_full", "kernel_conn_map_full",
+             "decode_errors", "span_build_errors", "spans_dropped_queue_full", "spans_export_failed")
+
+
+def lost_events(final: dict | None) -> dict[str, int]:
+    """The loss counters that moved; an agent killed before its `final` line (it did not
+    stop within 20 s of SIGTERM) lost whatever it held: counted as `killed_before_final`."""
+    if final is None:
+        return {"killed_before_final": 1}
+    return {k: int(final.get(k, 0)) for k in LOSS_KEYS if final.get(k)}
+
+
+def order(configs: list[str], rnd: int) -> list[str]:
+    """Round 0 starts with bare (its saturation sets the fixed rate); later rounds rotate."""
+    k = rnd % len(configs)
+    return configs[k:] + configs[:k]
+
+
+def run_one(ctx, app: str, config: str, rnd: int, rate: float | None) -> dict:
+    plan, procs, receiver = ctx.plan, ctx.procs, ctx.receiver
+    port = free_port()
+    tag = f"{app}-{config}-r{rnd}"
+    ctx.say(f"{tag}: starting")
+    row: dict = {"app": app, "config": config, "round": rnd, "tcp_sockets_at_start": tcp_sockets()}
+    before = receiver.spans()
+    app_proc = start_app(procs, app, port, plan.bench_python, plan.app_cpu,
+                         receiver.endpoint if config == "otel" else None, tag)
+    agent = None
+    try:
+        if config == "spanprobe":
+            agent = procs.start_agent(["--port", str(port), "--otlp-endpoint", receiver.endpoint,
+                                       "--otlp-protocol", "http/protobuf"])
+            cpu0 = cpu_seconds(agent.proc.pid)      # from ready on: BPF compile excluded
+        warm = wrk(procs, port, plan.warmup_s, plan.wrk_connections)
+        if agent is not None:
+            got, _ = receiver.wait_until(before + 1, timeout=30.0, quiet=0.0)
+            if got == before:
+                raise BenchError(f"{tag}: the agent exported no span for {warm['completed']} "
+                                 f"warm-up requests in 30 s (log {agent.err})")
+        sat = wrk(procs, port, plan.saturation_s, plan.wrk_connections)
+        if sat["completed"] == 0:
+            raise BenchError(f"{tag}: wrk completed no request ({sat['errors']})")
+        rate = rate or sat["rps"] / 2
+        fixed = fixed_rate(procs, port, rate, plan.fixed_s, plan.loadgen_connections)
+        completed = warm["completed"] + sat["completed"] + fixed["completed"]
+        if agent is not None:
+            row["agent_memory_kib"] = memory_kib(agent.proc.pid)
+            # an agent that fell behind gets time to catch up before SIGTERM (and says how long)
+            t0 = time.monotonic()
+            receiver.wait_until(before + completed, timeout=plan.catch_up_s, quiet=0.0, stall=5.0)
+            row["agent_catch_up_s"] = time.monotonic() - t0
+    finally:
+        procs.stop(app_proc)
+        if agent is not None:
+            agent.stop()
+    sent = warm["sent"] + sat["sent"] + fixed["sent"]
+    got, _ = receiver.wait_until(before + completed, timeout=8.0 if config != "bare" else 0.3,
+                                 quiet=0.3, stall=1.5)
+    spans = got - before
+    row.update({
+        "port": port, "saturation": sat, "fixed": fixed, "warmup": warm,
+        "requests_completed": completed, "requests_sent": sent,
+        "server_spans_received": spans,
+        # requests wrk had sent when it stopped may or may not have been served: in between
+        "spans_match": config == "bare" or completed <= spans <= sent,
+    })
+    if agent is not None:
+        final = agent.final()
+        cpu = agent.rusage_cpu - cpu0
+        row.update({"agent_final": final, "lost_events": lost_events(final), "agent_cpu_s": cpu,
+                    "agent_cpu_ms_per_1k": cpu / completed * 1e6 if completed else None,
+                    "agent_exit": agent.proc.returncode, "agent_stop_s": agent.stop_seconds})
+    lat = {k: "–" if v is None else f"{v:.2f}" for k, v in fixed["latency_ms"].items()}
+    ctx.say(f"{tag}: {sat['rps']:.0f} req/s at saturation; fixed {fixed['rate_achieved']:.0f} req/s "
+            f"p50 {lat['p50']} ms p99 {lat['p99']} ms; "
+            f"server spans {spans} for {completed}..{sent} requests"
+            + (f"; agent {row['agent_cpu_ms_per_1k']:.1f} ms CPU/1k req, caught up in "
+               f"{row['agent_catch_up_s']:.1f} s, lost {row['lost_events'] or 0}"
+               if agent is not None else ""))
+    return row
+
+
+def run(ctx) -> list[dict]:
+    rows: list[dict] = []
+    rates: dict[str, float] = {}
+    for rnd in range(ctx.plan.rounds):
+        for app in ctx.plan.apps:
+            for config in order(ctx.plan.configs, rnd):
+                row = run_one(ctx, app, config, rnd, rates.get(app))
+                if config == "bare" and app not in rates:
+                    rates[app] = row["saturation"]["rps"] / 2
+                row["fixed_rate"] = rates[app]
+                rows.append(row)
+                time.sleep(0.5)
+    return rows

@@ -1,0 +1,173 @@
+"""From the runs to the figures: medians per app and configuration, comparisons with bare,
+the issue's targets (reported, never asserted), the Markdown table and the JSON file."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from bench.procs import APP_LABELS
+
+CONFIG_LABELS = {"bare": "bare", "otel": "in-process OpenTelemetry", "spanprobe": "spanprobe"}
+# what the issue asks of spanprobe (bench reports whether each is met)
+TARGETS = {"throughput_overhead_pct": 3.0, "p99_overhead_pct": 5.0, "cpu_us_per_span": 15.0,
+           "spans_per_s": 30000.0}
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(rows: list[dict]) -> dict:
+    """{app: {config: figures}} with medians over rounds and totals for the span counts."""
+    out: dict = {}
+    for app in dict.fromkeys(r["app"] for r in rows):
+        out[app] = {}
+        for config in dict.fromkeys(r["config"] for r in rows if r["app"] == app):
+            rs = [r for r in rows if r["app"] == app and r["config"] == config]
+            f = {
+                "rounds": len(rs),
+                "rps": _median(r["saturation"]["rps"] for r in rs),
+                "rps_rounds": [round(r["saturation"]["rps"], 1) for r in rs],
+                "fixed_rate": rs[0]["fixed_rate"],
+                "fixed_rate_achieved": _median(r["fixed"]["rate_achieved"] for r in rs),
+                "p50_ms": _median(r["fixed"]["latency_ms"]["p50"] for r in rs),
+                "p99_ms": _median(r["fixed"]["latency_ms"]["p99"] for r in rs),
+                "requests_completed": sum(r["requests_completed"] for r in rs),
+                "requests_sent": sum(r["requests_sent"] for r in rs),
+                "server_spans_received": sum(r["server_spans_received"] for r in rs),
+                "spans_match": all(r["spans_match"] for r in rs),
+                "errors": sum(r["saturation"]["error_count"] + r["fixed"]["errors"] for r in rs),
+            }
+            if config == "spanprobe":
+                f["agent_cpu_ms_per_1k"] = _median(r.get("agent_cpu_ms_per_1k") for r in rs)
+                f["agent_rss_mib"] = _median(r["agent_memory_kib"]["VmRSS"] / 1024 for r in rs)
+                f["agent_peak_rss_mib"] = max(r["agent_memory_kib"]["VmHWM"] / 1024 for r in rs)
+                lost: dict[str, int] = {}
+                for r in rs:
+                    for k, v in r["lost_events"].items():
+                        if k != "killed_before_final":
+                            lost[k] = lost.get(k, 0) + v
+                f["lost_events"] = sum(lost.values())
+                f["lost_events_by_counter"] = lost
+                # runs whose agent had to be killed: its counters (and what it held) are unknown
+                f["agent_killed_runs"] = sum(1 for r in rs if r.get("agent_final") is None)
+                f["agent_catch_up_s"] = _median(r.get("agent_catch_up_s") for r in rs)
+            out[app][config] = f
+        bare = out[app].get("bare")
+        for config, f in out[app].items():
+            if bare and bare["rps"] and f["rps"] is not None:
+                f["throughput_overhead_pct"] = (1 - f["rps"] / bare["rps"]) * 100
+            if bare and bare["p99_ms"] and f["p99_ms"] is not None:
+                f["p99_overhead_pct"] = (f["p99_ms"] / bare["p99_ms"] - 1) * 100
+    return out
+
+
+def targets(summary: dict, throughput: dict | None) -> list[dict]:
+    rows = []
+    for app, configs in summary.items():
+        sp = configs.get("spanprobe")
+        if not sp:
+            continue
+        for key, what in (("throughput_overhead_pct", "throughput overhead"),
+                          ("p99_overhead_pct", "p99 latency above bare")):
+            v = sp.get(key)
+            rows.append({"target": f"{app}: {what} ≤ {TARGETS[key]:g}%", "value": v,
+                         "unit": "%", "met": v is not None and v <= TARGETS[key]})
+    if throughput:
+        v = throughput.get("cpu_us_per_span")
+        rows.append({"target": f"agent CPU ≤ {TARGETS['cpu_us_per_span']:g} µs/span incl. export",
+                     "value": v, "unit": "µs", "met": v is not None and v <= TARGETS["cpu_us_per_span"]})
+        v = throughput.get("max_sustained_spans_per_s")
+        rows.append({"target": f"≥ {TARGETS['spans_per_s']:,.0f} spans/s on one core, zero loss",
+                     "value": v, "unit": "spans/s", "met": bool(v) and v >= TARGETS["spans_per_s"]})
+    return rows
+
+
+def _f(v, fmt="{:.1f}", none="–"):
+    return none if v is None else fmt.format(v)
+
+
+def _pct(v):
+    return "–" if v is None else f"{v:+.1f}%"
+
+
+def _lost(f: dict) -> str:
+    if "lost_events" not in f:
+        return "–"
+    killed = f.get("agent_killed_runs")
+    return f"{f['lost_events']}" + (f" + agent killed in {killed} run(s)" if killed else "")
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        f"# spanprobe benchmark ({result['mode']} run, {result['started']})",
+        "",
+        f"Machine: {m['cpus']} CPUs, Linux {m['kernel']}, load average {m['loadavg_start']} at start"
+        f" and {m['loadavg_end']} at the end; commit {m['commit']}. {result['pinning']}",
+        f"{result['settings']['rounds']} round(s), configurations alternated, medians shown; wrk "
+        f"{result['settings']['saturation_s']:g} s at saturation ({result['settings']['wrk_connections']} "
+        f"connections), then {result['settings']['fixed_s']:g} s open-loop at half of bare saturation "
+        "(bench.loadgen; latency from each request's due time).",
+        "",
+    ]
+    if result.get("overhead"):
+        lines += [
+            "| app | configuration | req/s at saturation | vs bare | p50 ms | p99 ms | p99 vs bare "
+            "| agent CPU ms / 1k req | agent RSS MiB | server spans / requests | lost events |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        ]
+        for app, configs in result["overhead"]["summary"].items():
+            for config, f in configs.items():
+                spans = "–" if config == "bare" else (
+                    f"{f['server_spans_received']} / {f['requests_completed']}"
+                    + ("" if f["requests_sent"] == f["requests_completed"] else f"..{f['requests_sent']}")
+                    + (" ✓" if f["spans_match"] else " ✗"))
+                lines.append(
+                    f"| {APP_LABELS.get(app, app)} | {CONFIG_LABELS[config]} | {_f(f['rps'], '{:,.0f}')} "
+                    f"| {'–' if config == 'bare' else _pct(-f.get('throughput_overhead_pct', 0.0))} "
+                    f"| {_f(f['p50_ms'], '{:.2f}')} | {_f(f['p99_ms'], '{:.2f}')} "
+                    f"| {'–' if config == 'bare' else _pct(f.get('p99_overhead_pct'))} "
+                    f"| {_f(f.get('agent_cpu_ms_per_1k'))} | {_f(f.get('agent_rss_mib'))} | {spans} "
+                    f"| {_lost(f)} |")
+        lines += ["", "Server spans / requests: SERVER spans received / requests completed (..sent, "
+                  "when wrk stopped with requests in flight), all rounds; ✓ = every completed request "
+                  "has its span, none extra. Agent CPU: from its ready line to its exit (rusage), "
+                  "per 1,000 completed requests. Lost events: the agent's loss counters (kernel ring "
+                  "buffer, maps, decode, export queue, failed exports); an agent that did not exit "
+                  "within 20 s of SIGTERM is killed and its counters are unknown."]
+        lines.append("")
+    t = result.get("throughput")
+    if t:
+        lines += [
+            f"Agent throughput (agent alone on one CPU, {t['step_s']:g} s per step, fresh agent per step):",
+            "",
+            "| asked spans/s | offered req/s | received spans/s | agent CPU µs/span | drain s | "
+            "lost events | sustained |",
+            "|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for s in t["steps"]:
+            lines.append(f"| {s['rate_asked']:,} | {s['offered_rps']:,.0f} | {s['spans_per_s']:,.0f} "
+                         f"| {_f(s['cpu_us_per_span'])} | {s['drain_s']:.2f} "
+                         f"| {sum(s['lost_events'].values())} | {'yes' if s['sustained'] else 'no'} |")
+        lines += ["", f"Highest sustained: **{t['max_sustained_spans_per_s']:,.0f} spans/s** at "
+                  f"**{_f(t['cpu_us_per_span'])} µs CPU/span** incl. export (ladder stopped by: "
+                  f"{t['limited_by']}).", ""]
+    if result.get("targets"):
+        lines += ["| target (issue 7, reported, not asserted) | measured | met |", "|---|---:|---|"]
+        for r in result["targets"]:
+            v = r["value"]
+            shown = "–" if v is None else (f"{v:,.0f}" if r["unit"] == "spans/s" else f"{v:.1f}")
+            lines.append(f"| {r['target']} | {shown} {r['unit']} | {'yes' if r['met'] else 'no'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write(result: dict, out: Path, name: str) -> dict[str, Path]:
+    paths = {"md": out / f"{name}.md", "json": out / f"{name}.json"}
+    paths["json"].write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
+    paths["md"].write_text(markdown(result))
+    return paths
