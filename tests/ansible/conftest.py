@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE.parents[1] / "ansible"))
 import wheelhouse  # noqa: E402  (ansible/wheelhouse.py)
-from fleet_helpers import (BIN, GUESTS, RESULTS, SUMMARY, VM, Fleet, agent_pid, build_images,  # noqa: E402
+from fleet_helpers import (BIN, GUESTS, LYNIS_GUESTS, RESULTS, SUMMARY, VM, Fleet, agent_pid, build_images,  # noqa: E402
                            lynis_index, parallel, run_playbook, write_inventory)
 from tests.support.gate import gate  # noqa: E402
 
@@ -71,7 +71,7 @@ def fleet():
         for n, m in manifests.items():
             SUMMARY["guests"][n] = {"suite": m["suite"], "kernel": m["kernel"], "boot_s": boots[n]}
         t = time.monotonic()
-        for n, idx in parallel(lambda n: lynis_index(vms[n]), list(vms)).items():
+        for n, idx in parallel(lambda n: lynis_index(vms[n]), LYNIS_GUESTS).items():
             SUMMARY["guests"][n]["lynis_before"] = idx
         SUMMARY["times"]["lynis before (s)"] = round(time.monotonic() - t, 1)
 
