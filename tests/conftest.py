@@ -9,27 +9,17 @@ for p in (REPO / "agent", REPO):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
+from tests.support.gate import bpf_missing  # noqa: E402
+
 # Tiers that run the real agent on this kernel.
 KERNEL_TIERS = ("integration", "frameworks")
-
-
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (BPF)"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "bcc (python3-bpfcc) is not importable: run scripts/dev.sh setup"
-    if not os.path.exists(f"/lib/modules/{os.uname().release}/build"):
-        return "no kernel headers: run scripts/dev.sh setup"
-    return None
 
 
 def pytest_collection_modifyitems(config, items):
     kernel_items = [i for i in items if Path(str(i.fspath)).parent.name in KERNEL_TIERS]
     if not kernel_items:
         return
-    why = _why_not()
+    why = bpf_missing()
     if why is None:
         return
     if os.environ.get("CI") == "true":

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.gate import bpf_missing
+
 REPO = Path(__file__).resolve().parents[2]
 APPS = ("flask", "fastapi")
 CONFIGS = ("bare", "otel", "spanprobe")
@@ -83,12 +85,9 @@ def test_fixed_rate_loadgen_counts_and_times_every_request():
 # ---- the smoke run itself: root, BPF, wrk, the bench venv ----
 
 def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (BPF)"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "bcc (python3-bpfcc) is not importable: run scripts/dev.sh setup"
+    why = bpf_missing()
+    if why:
+        return why
     if shutil.which("wrk") is None:
         return "wrk is not installed (apt-get install wrk; scripts/dev.sh does)"
     py = os.environ.get("SPANPROBE_BENCH_PYTHON")

@@ -27,3 +27,17 @@ def gate(items, enabled: bool, not_enabled: str, tools: tuple[str, ...], extra: 
         raise pytest.UsageError(f"this tier cannot run in CI: {why}")
     for item in items:
         item.add_marker(pytest.mark.skip(reason=f"LOUD SKIP: {why}" if enabled else why))
+
+
+def bpf_missing() -> str | None:
+    """Why the real agent cannot run on this kernel here (None: it can): the tiers that
+    run it (integration, frameworks, bench-smoke) skip loudly, or fail under CI."""
+    if os.geteuid() != 0:
+        return "needs root (BPF)"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "bcc (python3-bpfcc) is not importable: run scripts/dev.sh setup"
+    if not os.path.exists(f"/lib/modules/{os.uname().release}/build"):
+        return "no kernel headers: run scripts/dev.sh setup"
+    return None
