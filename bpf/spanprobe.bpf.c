@@ -356,11 +356,33 @@ static __always_inline void read_sockaddr(__u64 uaddr, struct sp_conn_event *ev,
         ev->local_port = port;
 }
 
+/* bind(2) of a selected port (network byte order in the sockaddr) selects the process. */
+static __always_inline void select_on_bind(__u32 tgid, __u64 uaddr)
+{
+    __u16 family = 0, port = 0;
+    bpf_probe_read_user(&family, sizeof(family), (void *)uaddr);
+    if (family != SP_AF_INET && family != SP_AF_INET6)
+        return;
+    bpf_probe_read_user(&port, sizeof(port), (void *)(uaddr + 2));
+    port = (port >> 8) | (port << 8);
+    if (ports.lookup(&port)) {
+        struct sp_target t = {};
+        traced.update(&tgid, &t);
+    }
+}
+
 static __always_inline int sp_on_enter(void *ctx, __u32 op, __u64 a0, __u64 a1, __u64 a2)
 {
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     __u32 tgid = pid_tgid >> 32;
     __u32 capture = 0;
+    if (op == OP_BIND) {
+        /* Port selection for services that start listening after the agent. Judged before
+         * `selected`: the process that binds a selected port is not selected yet. */
+        if (tgid != SP_SELF_TGID && !traced.lookup(&tgid))
+            select_on_bind(tgid, a1);
+        return 0;
+    }
     if (!selected(tgid, &capture))
         return 0;
     __s32 fd = (__s32)a0;
@@ -371,20 +393,6 @@ static __always_inline int sp_on_enter(void *ctx, __u32 op, __u64 a0, __u64 a1, 
     a.op = op;
     a.capture = capture;
 
-    if (op == OP_BIND) {
-        /* Port selection for services that start listening after the agent. */
-        __u16 family = 0, port = 0;
-        bpf_probe_read_user(&family, sizeof(family), (void *)a1);
-        if (family != SP_AF_INET && family != SP_AF_INET6)
-            return 0;
-        bpf_probe_read_user(&port, sizeof(port), (void *)(a1 + 2));
-        port = (port >> 8) | (port << 8);
-        if (ports.lookup(&port)) {
-            struct sp_target t = {};
-            traced.update(&tgid, &t);
-        }
-        return 0;
-    }
     if (op == OP_ACCEPT || op == OP_CONNECT) {
         a.ptr = a1;
         a.len = a2;

@@ -184,6 +184,26 @@ def test_process_started_later_is_picked_up_and_exit_forgotten(tmp, receiver):
         assert agent.stop() == 0
 
 
+@pytest.mark.parametrize("kind", ["stdlib-http-server", "flask-gunicorn-sync"])
+def test_port_selected_service_started_later_is_picked_up_at_bind(tmp, receiver, kind):
+    """--port N, then a service (a gunicorn master and its forked worker, too) that binds N
+    after the agent is ready: selected in the kernel at bind(2), before it is selected."""
+    port = free_port()
+    agent = Agent(["--port", str(port), "--otlp-endpoint", f"http://127.0.0.1:{receiver.grpc_port}"], tmp)
+    try:
+        app = App(kind, tmp, service=f"bound-later-{port}", port=port)
+        try:
+            for i in range(3):
+                requests.get(f"{app.url}/users/{i}", timeout=10)
+            spans = receiver.wait_for(lambda s: s["resource"].get("service.name") == f"bound-later-{port}",
+                                      count=3)
+            assert {s["attributes"]["url.path"] for s in spans} == {"/users/0", "/users/1", "/users/2"}
+        finally:
+            app.stop()
+    finally:
+        assert agent.stop() == 0
+
+
 def test_otlp_http_protobuf_export(tmp, receiver):
     app = App("flask-gunicorn-gthread", tmp, service="over-http")
     try:

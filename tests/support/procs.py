@@ -79,9 +79,9 @@ def interpreter(kind: str) -> str:
 
 class App:
     def __init__(self, kind: str, tmp: Path, service: str | None = None,
-                 downstream: str | None = None):
+                 downstream: str | None = None, port: int | None = None):
         self.kind = kind
-        self.port = free_port()
+        self.port = port or free_port()
         self.service = service or kind
         self.timing_file = tmp / f"timing-{kind}-{self.port}.txt"
         self.log = tmp / f"app-{kind}-{self.port}.log"
