@@ -65,9 +65,8 @@ def ensure_tracefs(root: SysRoot) -> str:
     return found
 
 
-def _kallsyms_names(root: SysRoot, wanted: set[str]) -> set[str] | None:
-    """Which of `wanted` the kernel has, from /proc/kallsyms; None when it cannot be read
-    (systemd's ProtectKernelTunables= hides it from a sandboxed agent)."""
+def _kallsyms_names(root: SysRoot, wanted: set[str]) -> set[str]:
+    """Which of `wanted` the kernel has, from /proc/kallsyms (none when it cannot be read)."""
     found = set()
     try:
         with open(root.path("proc/kallsyms"), "r", errors="replace") as f:
@@ -79,7 +78,7 @@ def _kallsyms_names(root: SysRoot, wanted: set[str]) -> set[str] | None:
                     if found == wanted:
                         break
     except OSError:
-        return None
+        pass
     return found
 
 
@@ -216,13 +215,14 @@ def detect(root: SysRoot, syscalls: list[str], tracepoints: list[str]) -> Kernel
         # the wrappers defined in files that never include its definition) the verifier
         # refuses that read: "arg0 type FWD is not a struct".
         btf = btf or _load_btf(root)
-        for name in syscalls if btf is not None else ():
+        if btf is not None:
             try:
-                kind = btf.pointee_kind(feats.syscall_prefix + name)
+                for name in syscalls:
+                    kind = btf.pointee_kind(feats.syscall_prefix + name)
+                    if kind not in (None, "struct"):
+                        feats.fentry_unreadable[name] = kind
             except (ValueError, struct.error):
-                break
-            if kind not in (None, "struct"):
-                feats.fentry_unreadable[name] = kind
+                pass
     feats.ringbuf = "bpf_ringbuf_output" in syms or feats.version >= (5, 8)
     feats.uprobes = root.exists("sys/bus/event_source/devices/uprobe/type") or \
         (bool(tracefs) and root.exists(tracefs or "", "uprobe_events"))
