@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE.parents[1] / "ansible"))
 import wheelhouse  # noqa: E402  (ansible/wheelhouse.py)
 from fleet_helpers import (BIN, GUESTS, LYNIS_GUESTS, RESULTS, SUMMARY, VM, Fleet, agent_pid, build_images,  # noqa: E402
-                           lynis_index, parallel, run_playbook, write_inventory)
+                           lynis_before, parallel, run_playbook, write_inventory)
 from tests.support.gate import gate  # noqa: E402
 
 ENABLED = os.environ.get("SPANPROBE_ANSIBLE") == "1"
@@ -71,8 +71,9 @@ def fleet():
         for n, m in manifests.items():
             SUMMARY["guests"][n] = {"suite": m["suite"], "kernel": m["kernel"], "boot_s": boots[n]}
         t = time.monotonic()
-        for n, idx in parallel(lambda n: lynis_index(vms[n]), LYNIS_GUESTS).items():
-            SUMMARY["guests"][n]["lynis_before"] = idx
+        for n, (idx, cached) in parallel(lambda n: lynis_before(vms[n], manifests[n]),
+                                         LYNIS_GUESTS).items():
+            SUMMARY["guests"][n]["lynis_before"] = f"{idx} (cached with the image)" if cached else idx
         SUMMARY["times"]["lynis before (s)"] = round(time.monotonic() - t, 1)
 
         inventory = write_inventory(RESULTS / "inventory.yml", vms,
