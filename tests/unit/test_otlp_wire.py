@@ -140,3 +140,21 @@ def test_the_agents_exporters_deliver_these_bytes_over_otlp(receiver, protocol):
     assert {s["parent_span_id"] for s in got} == {f"{0x99:016x}"}
     assert got[0]["resource"] == dict(RES_B.attributes)
     assert got[0]["attributes"]["url.path"].startswith("/items/") and got[0]["scope"] == "spanprobe"
+
+
+def test_an_sdk_without_the_private_hook_keeps_the_sdks_own_exporter(monkeypatch, caplog):
+    from opentelemetry.exporter.otlp.proto.http import trace_exporter
+
+    from spanprobe.export import make_exporters
+
+    real_init = trace_exporter.OTLPSpanExporter.__init__
+
+    def init_without_client(self, *a, **kw):
+        real_init(self, *a, **kw)
+        del self._client
+
+    monkeypatch.setattr(trace_exporter.OTLPSpanExporter, "__init__", init_without_client)
+    (exporter,) = make_exporters({"export.otlp_endpoint": "http://127.0.0.1:9", "export.console": False,
+                                  "export.otlp_protocol": "http/protobuf", "export.timeout_s": 1.0})
+    assert type(exporter) is trace_exporter.OTLPSpanExporter
+    assert "has no _client.export" in caplog.text
