@@ -53,7 +53,8 @@ class BpfSession:
     bpf: object
     attached: list[str] = field(default_factory=list)
     compile_s: float = 0.0
-    python_binaries: dict[str, bool] = field(default_factory=dict)
+    python_pids: dict[int, str] = field(default_factory=dict)     # asyncio linking on: pid -> binary
+    python_failed: set[str] = field(default_factory=set)          # binaries whose uprobes failed
 
     # ---- maps ----
     def table(self, name: str):
@@ -79,29 +80,52 @@ class BpfSession:
         t[t.Key(port)] = t.Leaf(1)
 
     def set_python(self, pid: int, layout, runtime: int) -> bool:
-        """Enable asyncio linking for one process; attach the uretprobe to its
-        interpreter binary the first time that binary is seen."""
-        if not self.plan.uprobes:
+        """Asyncio linking for one process: the context uprobes attached to it alone.
+
+        Per process, not per binary: a uprobe costs every process of the binary a trap per
+        call (measured here: ~14 µs each, FastAPI 9,100 -> 5,600 requests/s), so only the
+        processes that need linking pay it (the caller enables it at a process's first
+        outbound connection: bench/README.md, "Where the gap is")."""
+        if not self.plan.uprobes or layout.binary in self.python_failed:
             return False
-        if layout.binary not in self.python_binaries:
-            try:
-                self.bpf.attach_uretprobe(name=layout.binary.encode(), sym=b"PyContext_CopyCurrent",
-                                          fn_name=b"sp_py_ctx_copy")
-                self.bpf.attach_uprobe(name=layout.binary.encode(), sym=b"PyContext_Enter",
-                                       fn_name=b"sp_py_ctx_enter")
-            except Exception as exc:
-                self.python_binaries[layout.binary] = False
-                log.warning("uretprobe on %s failed: %s", layout.binary, exc)
-                return False
-            self.python_binaries[layout.binary] = True
-            self.attached.append(f"uretprobe:{layout.binary}:PyContext_CopyCurrent")
-            self.attached.append(f"uprobe:{layout.binary}:PyContext_Enter")
-        if not self.python_binaries[layout.binary]:
+        if pid in self.python_pids:
+            return True
+        name = layout.binary.encode()
+        try:
+            self.bpf.attach_uretprobe(name=name, sym=b"PyContext_CopyCurrent",
+                                      fn_name=b"sp_py_ctx_copy", pid=pid)
+            self.bpf.attach_uprobe(name=name, sym=b"PyContext_Enter", fn_name=b"sp_py_ctx_enter", pid=pid)
+        except Exception as exc:
+            self._detach_python(layout.binary, pid)
+            if not os.path.exists(f"/proc/{pid}"):
+                return False               # it exited meanwhile: the binary is fine
+            self.python_failed.add(layout.binary)
+            log.warning("uprobes on %s failed: %s; asyncio linking off for it", layout.binary, exc)
             return False
+        self.python_pids[pid] = layout.binary
         t = self.table("pyrt")
         t[t.Key(pid)] = t.Leaf(runtime=runtime, off_interp=layout.off_interp, off_head=layout.off_head,
                                off_next=layout.off_next, off_tid=layout.off_tid, off_ctx=layout.off_ctx)
         return True
+
+    def unset_python(self, pid: int) -> None:
+        binary = self.python_pids.pop(pid, None)
+        if binary is None:
+            return
+        self._detach_python(binary, pid)
+        t = self.table("pyrt")
+        try:
+            del t[t.Key(pid)]
+        except KeyError:
+            pass
+
+    def _detach_python(self, binary: str, pid: int) -> None:
+        for detach, sym in ((self.bpf.detach_uretprobe, b"PyContext_CopyCurrent"),
+                            (self.bpf.detach_uprobe, b"PyContext_Enter")):
+            try:
+                detach(name=binary.encode(), sym=sym, pid=pid)
+            except Exception as exc:      # not attached (a partial attach), or already gone
+                log.debug("detach %s %s pid %d: %s", binary, sym.decode(), pid, exc)
 
     def adopt_connection(self, pid: int, fd: int, conn_id: int, role: int) -> None:
         t = self.table("conns")

@@ -84,6 +84,7 @@ class Agent:
         self.calibrations = Calibrations(self.root)
         self._wide_capture: set[int] = set()
         self._python_checked: set[int] = set()
+        self._python_pending: dict[int, tuple] = {}   # calibrated, linking not on yet (no call out)
         self._own_ports: set[int] = set()
         self._own_ports_at = 0.0
         self._listen_cache: dict[tuple[int, int], tuple[str, int] | None] = {}
@@ -130,13 +131,13 @@ class Agent:
                 info = self.registry.get(pid)
                 if info is not None and self.selection.excluded(info):
                     s.select_pid(pid, excluded=True)
-        for pid in selected:
-            self._python(pid)
         now = time.monotonic_ns()
         for i, c in enumerate(existing):
             conn_id = now + i
             s.adopt_connection(c.pid, c.fd, conn_id, c.role)
             self.assembler.adopt(c.pid, c.fd, conn_id, c.role, c.local, c.peer, now)
+        for pid in selected:           # after adoption: a pid with client connections links now
+            self._python(pid)
         s.open_buffer(self._on_raw, self._on_lost, self.settings["ring_buffer_pages"])
         self.exporter = ExportQueue(make_exporters(self.settings), self.settings["export.queue_size"],
                                     self.settings["export.batch_size"], self.settings["export.max_attempts"])
@@ -213,6 +214,8 @@ class Agent:
         self.registry.get(e.h.tgid)    # read /proc while the process is there
         if e.role == ev.ROLE_SERVER and e.h.tgid not in self._python_checked:
             self._python(e.h.tgid)
+        elif e.role == ev.ROLE_CLIENT and e.h.tgid in self._python_pending:
+            self._python_calls_out(e.h.tgid)
 
     def _exchange_done(self, x: Exchange) -> None:
         try:
@@ -265,14 +268,24 @@ class Agent:
         return (bound if req else 0), (bound if resp else 0)
 
     def _python(self, pid: int) -> None:
-        """Asyncio linking for a Python process (calibrated once per interpreter)."""
+        """Asyncio linking for a Python server process, calibrated once per interpreter and
+        turned on at its first outbound connection: until a process calls out there is no
+        child span to link, and the context uprobes would cost it a trap per task."""
         self._python_checked.add(pid)
         if not self.session.plan.uprobes:
             return
         info = self.registry.get(pid)
         found = self.calibrations.for_process(pid, info.exe if info else None)
+        if found is None:
+            return
+        self._python_pending[pid] = found
+        if self.assembler.has_client_connection(pid):
+            self._python_calls_out(pid)
+
+    def _python_calls_out(self, pid: int) -> None:
+        found = self._python_pending.pop(pid, None)
         if found is not None and self.session.set_python(pid, *found):
-            log.debug("asyncio linking on for pid %d (Python %s)", pid, found[0].version)
+            log.info("asyncio linking on for pid %d (Python %s): it calls out", pid, found[0].version)
 
     def _forget_rules(self, pid: int) -> None:
         for key in [k for k in self._rules if k[0] == pid]:
@@ -282,6 +295,9 @@ class Agent:
     def _exit(self, pid: int, ts: int) -> None:
         self._forget_rules(pid)
         self._python_checked.discard(pid)
+        self._python_pending.pop(pid, None)
+        if self.session is not None:
+            self.session.unset_python(pid)
         if pid in self.registry.procs:
             log.debug("process %d exited: forgotten", pid)
         self.assembler.process_exit(pid, ts)

@@ -156,6 +156,9 @@ class Assembler:
             self.client_by_port.setdefault(local[1], []).append(conn)
         return conn
 
+    def has_client_connection(self, tgid: int) -> bool:
+        return any(c.tgid == tgid and c.role == ev.ROLE_CLIENT for c in self.conns.values())
+
     def _wire(self, conn: Connection) -> None:
         server = conn.role == ev.ROLE_SERVER
         conn.requests = MessageParser(True, lambda m, c=conn: self._request_head(c, m),

@@ -19,8 +19,11 @@ def test_concurrent_calls_link_to_their_own_request(tmp, receiver, kind):
     try:
         agent = Agent(["--port", str(app.port), "--port", str(down.port), "--otlp-endpoint",
                        f"http://127.0.0.1:{receiver.grpc_port}"], tmp)
-        # a few requests first: the agent uses task links of a process only after it saw
-        # its task contexts write on their own connections (streams.TASK_TRUST_AFTER)
+        # one call and a few requests first: the agent turns asyncio linking on for a process
+        # at its first outbound connection (until then it has no child span to link, and
+        # the context uprobes would cost it), and uses task links only after it saw task
+        # contexts write on their own connections (streams.TASK_TRUST_AFTER)
+        assert call_links(app, receiver, f"async-{kind}", f"down-{kind}", 1, delay_ms=0) == (1, 0, 0)
         with requests.Session() as s:
             for i in range(5):
                 s.get(f"{app.url}/users/{i}", timeout=10)
@@ -31,6 +34,27 @@ def test_concurrent_calls_link_to_their_own_request(tmp, receiver, kind):
         assert correct == IN_FLIGHT
         assert agent.stop() == 0
         assert agent.final_counters()["task_links"] >= IN_FLIGHT   # linked by task, not by luck
+    finally:
+        app.stop()
+        down.stop()
+
+
+def test_asyncio_linking_turns_on_at_a_processs_first_outbound_call(tmp, receiver):
+    """A server that never calls out gets no context uprobes (they cost it a trap per task);
+    its first outbound connection turns linking on, and that first call is linked."""
+    down = App("stdlib-http-server", tmp, service="down-lazy")
+    app = App("fastapi-uvicorn", tmp, service="lazy-fastapi", downstream=down.url)
+    try:
+        agent = Agent(["--port", str(app.port), "--port", str(down.port), "--otlp-endpoint",
+                       f"http://127.0.0.1:{receiver.grpc_port}"], tmp)
+        with requests.Session() as s:
+            for i in range(5):
+                assert s.get(f"{app.url}/users/{i}", timeout=10).status_code == 200
+        receiver.wait_for(lambda s: s["resource"]["service.name"] == "lazy-fastapi", 5)
+        assert "asyncio linking on" not in agent.stderr
+        assert call_links(app, receiver, "lazy-fastapi", "down-lazy", 1, delay_ms=0) == (1, 0, 0)
+        agent.wait_for(rf"asyncio linking on for pid {app.proc.pid} \(Python 3", timeout=10)
+        assert agent.stop() == 0
     finally:
         app.stop()
         down.stop()
