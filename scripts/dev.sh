@@ -5,7 +5,7 @@
 #   scripts/dev.sh test         setup (+ QEMU tools, wrk, ansible tier tools), then every test
 #                               tier (unit, integration, frameworks, bench-smoke, kernels,
 #                               ansible), with a timing summary
-#   scripts/dev.sh test-ansible setup, then the ansible tier alone (Debian 12/13 VMs, ~40 min)
+#   scripts/dev.sh test-ansible setup, then the ansible tier alone (Debian 12/13 VMs, ~35-40 min)
 #   scripts/dev.sh test-quick   setup, then the unit tier only (no root needed for the tests)
 #   scripts/dev.sh check        setup, then `spanprobe check`
 #   scripts/dev.sh image [TARGET]  setup + Packer, then the appliance image (packer/README.md)
