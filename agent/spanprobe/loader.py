@@ -54,7 +54,7 @@ class BpfSession:
     attached: list[str] = field(default_factory=list)
     compile_s: float = 0.0
     python_pids: dict[int, str] = field(default_factory=dict)     # asyncio linking on: pid -> binary
-    python_failed: set[str] = field(default_factory=set)          # binaries whose uprobes failed
+    python_warned: set[str] = field(default_factory=set)          # binaries whose uprobes failed once
 
     # ---- maps ----
     def table(self, name: str):
@@ -85,8 +85,8 @@ class BpfSession:
         Per process, not per binary: a uprobe costs every process of the binary a trap per
         call (measured here: ~14 µs each, FastAPI 9,100 -> 5,600 requests/s), so only the
         processes that need linking pay it (the caller enables it at a process's first
-        outbound connection: bench/README.md, "Where the gap is")."""
-        if not self.plan.uprobes or layout.binary in self.python_failed:
+        outbound connection: README.md, "Where the time went, and what was fixed")."""
+        if not self.plan.uprobes:
             return False
         if pid in self.python_pids:
             return True
@@ -95,12 +95,12 @@ class BpfSession:
             self.bpf.attach_uretprobe(name=name, sym=b"PyContext_CopyCurrent",
                                       fn_name=b"sp_py_ctx_copy", pid=pid)
             self.bpf.attach_uprobe(name=name, sym=b"PyContext_Enter", fn_name=b"sp_py_ctx_enter", pid=pid)
-        except Exception as exc:
+        except Exception as exc:      # also when the process exited meanwhile: the next one retries
             self._detach_python(layout.binary, pid)
-            if not os.path.exists(f"/proc/{pid}"):
-                return False               # it exited meanwhile: the binary is fine
-            self.python_failed.add(layout.binary)
-            log.warning("uprobes on %s failed: %s; asyncio linking off for it", layout.binary, exc)
+            if layout.binary not in self.python_warned:
+                self.python_warned.add(layout.binary)
+                log.warning("uprobes on %s for pid %d failed: %s; no asyncio links for it",
+                            layout.binary, pid, exc)
             return False
         self.python_pids[pid] = layout.binary
         t = self.table("pyrt")
