@@ -12,6 +12,7 @@ is not downloaded again); the tar is deterministic (sorted, zero times and owner
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -34,6 +35,15 @@ def build(python: str, into: Path = CACHE) -> Path:
     if out.exists():
         return out
     into.mkdir(parents=True, exist_ok=True)
+    # One download per key at a time: the image tier builds two images at once.
+    with open(out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if out.exists():
+            return out
+        return _download(python, deps, constraints, out)
+
+
+def _download(python: str, deps: list[str], constraints: Path, out: Path) -> Path:
     tmp = out.with_suffix(".d")
     shutil.rmtree(tmp, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
