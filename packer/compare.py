@@ -3,9 +3,9 @@
 
     python packer/compare.py A.raw B.raw [--json OUT]
 
-Each partition with a file system (the ESP and the root) is attached read-only (a loop
-device at the partition's offset, mounted `ro,noload`: the journal is not replayed, nothing
-is written) and walked; every entry is compared by path, type, mode, owner, size and
+Each partition with a file system is read without writing to the image (the root: a loop
+device at the partition's offset, mounted `ro,noload`; the ESP: copied out with mtools) and
+walked; every entry is compared by path, type, mode, owner, size and
 content hash (symbolic links by target). Differences matching ALLOWED are listed apart,
 each with its reason; the exit status is 1 when any other difference is found. Also says
 whether the two raw images are bit-identical.
@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -51,15 +52,32 @@ def partitions(raw: Path) -> list[dict]:
     return out
 
 
+def fs_type(raw: Path, part: dict) -> str:
+    return subprocess.run(["blkid", "-p", "-o", "value", "-s", "TYPE", "-O", str(part["offset"]), str(raw)],
+                          capture_output=True, text=True).stdout.strip()
+
+
 @contextlib.contextmanager
 def mounted(raw: Path, part: dict):
+    """The partition's files under a directory, read-only. FAT (the ESP) is copied out with
+    mtools rather than mounted: a host kernel need not have vfat (this one has not), and FAT
+    has no modes or owners to preserve anyway."""
+    fstype = fs_type(raw, part)
+    if fstype == "vfat":
+        out = tempfile.mkdtemp(prefix="spanprobe-compare-esp-")
+        try:
+            subprocess.run(["mcopy", "-s", "-n", "-m", "-i", f"{raw}@@{part['offset']}", "::*", out],
+                           env=dict(os.environ, MTOOLS_SKIP_CHECK="1"), capture_output=True, text=True, check=True)
+            yield Path(out)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        return
     loop = subprocess.run(["losetup", "--find", "--show", "--read-only", "--offset", str(part["offset"]),
                            "--sizelimit", str(part["size"]), str(raw)], capture_output=True, text=True,
                           check=True).stdout.strip()
     mnt = tempfile.mkdtemp(prefix="spanprobe-compare-")
     try:
-        fstype = subprocess.run(["blkid", "-o", "value", "-s", "TYPE", loop], capture_output=True,
-                                text=True).stdout.strip()
+        # noload: an ext4 journal is not replayed, so nothing at all is written to the image.
         opts = "ro,noload" if fstype.startswith("ext") else "ro"
         subprocess.run(["mount", "-o", opts, loop, mnt], check=True)
         try:
