@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,17 +25,46 @@ sys.path.insert(0, str(REPO / "tests" / "ansible"))
 sys.path.insert(0, str(REPO / "packer"))
 sys.path.insert(0, str(REPO))
 from tests.support.gate import gate  # noqa: E402
-from image_helpers import TARGET, build_image  # noqa: E402
+from image_helpers import RESULTS, SUMMARY, TARGET, Build, build_image  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
     gate([i for i in items if HERE in Path(str(i.fspath)).parents], ENABLED,
          "builds the appliance and boots it for many minutes: scripts/dev.sh test-image (SPANPROBE_IMAGE=1)",
-         ("packer", "qemu-system-x86_64", "qemu-img", "xorriso", "sfdisk", "mmdebstrap", "ssh"))
+         ("packer", "qemu-system-x86_64", "qemu-img", "xorriso", "sfdisk", "mcopy", "mmdebstrap", "ssh"))
+
+
+REPRODUCIBILITY_TEST = "test_reproducible_file_trees"
+VAGRANT_TEST = "test_vagrant_up_shows_spans_then_destroy"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not SUMMARY:
+        return
+    tr = terminalreporter
+    tr.section("image tier")
+    for name, v in SUMMARY.items():
+        tr.write_line(f"  {name:<34} {v}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "summary.json").write_text(json.dumps(SUMMARY, indent=2) + "\n")
 
 
 @pytest.fixture(scope="session")
-def image() -> dict:
+def rebuild(request):
+    """The second build for the reproducibility report (always fresh, into RESULTS/rebuild),
+    started with the first when that test is selected; None otherwise."""
+    if not any(i.name == REPRODUCIBILITY_TEST for i in request.session.items):
+        yield None
+        return
+    b = Build(RESULTS / "rebuild", "--fresh")
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture(scope="session")
+def image(rebuild) -> dict:
     """The image's output folder and build metadata (reused when built from the same inputs)."""
     out = build_image(Path(os.environ.get("SPANPROBE_IMAGE_OUT", REPO / "build" / "image")))
     meta = json.loads((out / "build.json").read_text())
@@ -42,3 +72,17 @@ def image() -> dict:
             "qcow2": out / f"spanprobe-{TARGET}.qcow2", "box": out / f"spanprobe-{TARGET}-libvirt.box"}
 
 
+@pytest.fixture(scope="session")
+def vagrant_up(request, image):
+    """`vagrant up` running in the background (vagrant_run.VagrantUp), started by the first
+    boot of test_image.py when the Vagrant test is selected; None when it is not, or when
+    vagrant is missing (the test says so). Destroyed at the end whatever happened."""
+    if not any(i.name == VAGRANT_TEST for i in request.session.items) or shutil.which("vagrant") is None:
+        yield None
+        return
+    from vagrant_run import VagrantUp
+    v = VagrantUp(image["box"])
+    try:
+        yield v
+    finally:
+        v.destroy()

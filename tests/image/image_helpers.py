@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -14,18 +16,56 @@ REPO = HERE.parents[1]
 RESULTS = Path(os.environ.get("SPANPROBE_RESULTS", REPO / "results")) / "image"
 TARGET = os.environ.get("SPANPROBE_IMAGE_TARGET", "debian-13-amd64")
 BIN = Path(sys.executable).parent
+# What the tier's end-of-run summary prints (conftest.pytest_terminal_summary): stage -> seconds
+# or a short result, in the order the stages ran.
+SUMMARY: dict[str, object] = {}
+
+
+class Build:
+    """packer/build.py TARGET --out OUT_ROOT running in the background, its output in a log
+    under RESULTS. The image tier starts its two builds (the image, and the fresh rebuild for
+    the reproducibility report) at once: each build VM keeps about one core busy, so two
+    take little longer than one on two cores."""
+
+    def __init__(self, out_root: Path, *extra: str):
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        self.out_root = out_root
+        self.log = RESULTS / f"build-{out_root.name}.log"
+        self.t0 = time.monotonic()
+        env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+        with open(self.log, "w") as f:
+            self.proc = subprocess.Popen([sys.executable, str(REPO / "packer" / "build.py"), TARGET,
+                                          "--out", str(out_root), *extra], stdout=f, stderr=subprocess.STDOUT,
+                                         env=env, start_new_session=True)
+
+    def wait(self) -> Path:
+        rc = self.proc.wait()
+        text = self.log.read_text(errors="replace")
+        if "is already built from these inputs" in text:
+            took = "reused (same inputs)"
+        else:       # the build's own total: a rebuild may have ended long before it is waited for
+            try:
+                took = json.loads((self.out_root / TARGET / "build.json").read_text())["times"]["total_s"]
+            except (OSError, ValueError, KeyError):
+                took = round(time.monotonic() - self.t0, 1)
+        SUMMARY.setdefault(f"build {self.out_root.name} (s)", took)
+        assert rc == 0, f"image build failed (log {self.log}):\n" + "\n".join(text.splitlines()[-40:])
+        return self.out_root / TARGET
+
+    def stop(self) -> None:
+        """An unfinished build (a failed or interrupted run): interrupt the whole group, as
+        Ctrl-C would, so Packer stops its VM and removes its work files; then kill what is left."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
 
 
 def build_image(out_root: Path, *extra: str) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    log = RESULTS / f"build-{out_root.name}.log"
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
-    with open(log, "w") as f:
-        r = subprocess.run([sys.executable, str(REPO / "packer" / "build.py"), TARGET, "--out", str(out_root),
-                            *extra], stdout=f, stderr=subprocess.STDOUT, env=env)
-    text = log.read_text(errors="replace")
-    assert r.returncode == 0, f"image build failed (log {log}):\n" + "\n".join(text.splitlines()[-40:])
-    return out_root / TARGET
+    return Build(out_root, *extra).wait()
 
 
 def make_seed(into: Path, config_yaml: str) -> tuple[Path, Path]:

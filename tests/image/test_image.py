@@ -1,6 +1,6 @@
 """The appliance image: outputs, hygiene on the disk itself, first boot with UEFI and with
 BIOS (NoCloud seed, SSH with the seeded key, the agent READY, spans at a receiver on the
-host), and reproducibility (a second build from the same inputs, file trees compared)."""
+host). Reproducibility is test_reproducible.py; `vagrant up`, test_vagrant.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from image_helpers import RESULTS, TARGET, build_image, make_seed
+from image_helpers import RESULTS, SUMMARY, TARGET, make_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.support.receiver import Receiver  # noqa: E402
@@ -60,6 +60,15 @@ def test_no_host_keys_machine_id_uninitialized(root_tree):
     assert not (root_tree / "etc/hostname").exists()
 
 
+def test_no_state_of_the_build_clock(root_tree):
+    """What a timer does depends on when it fires, so none ran in the build (bootstrap.sh
+    stops them) and none is left counting from the build's clock; they stay enabled."""
+    assert not list((root_tree / "var/lib/systemd/timers").glob("stamp-*"))
+    assert not list((root_tree / "var/lib/apt").glob("listchanges*")), "apt-listchanges.timer ran in the build"
+    wants = root_tree / "etc/systemd/system/timers.target.wants"
+    assert {"apt-listchanges.timer", "apt-daily-upgrade.timer"} <= {p.name for p in wants.iterdir()}
+
+
 def test_no_build_user_password_sudo_or_keys(root_tree):
     for f in ("etc/passwd", "etc/group", "etc/shadow", "etc/gshadow"):
         assert not re.search(r"^packer:", (root_tree / f).read_text(), re.M), f
@@ -70,6 +79,11 @@ def test_no_build_user_password_sudo_or_keys(root_tree):
     assert sorted(p.name for p in (root_tree / "etc/sudoers.d").iterdir()) in ([], ["README"])
     keys = [p for top in ("root", "home") for p in (root_tree / top).rglob("authorized_keys*")]
     assert not keys, keys
+
+
+def test_no_build_script_left(root_tree):
+    assert not (root_tree / "usr/local/sbin/spanprobe-image-cleanup").exists()
+    assert not (root_tree / "tmp/packages.tsv").exists()
 
 
 def test_no_logs_history_or_cloud_init_state(root_tree):
@@ -101,8 +115,9 @@ resource_attributes: {{deployment.environment.name: image-test}}
 
 
 @pytest.fixture(scope="module", params=["uefi", "bios"])
-def booted(request, image, tmp_path_factory):
-    """The raw image booted from a throw-away overlay, seeded, with a receiver on the host."""
+def booted(request, image, vagrant_up, tmp_path_factory):
+    """The raw image booted from a throw-away overlay, seeded, with a receiver on the host
+    (`vagrant_up` is asked for only to start it now, in the background)."""
     import testinfra
 
     fw = request.param
@@ -115,12 +130,13 @@ def booted(request, image, tmp_path_factory):
     vm = VM(manifest, work, firmware=fw, drives=(iso,), guestfwd={RECEIVER: receiver.http_port})
     vm.start()
     try:
-        vm.wait_ssh(timeout=900)
+        SUMMARY[f"{fw}: boot to SSH (s)"] = round(vm.wait_ssh(timeout=900), 1)
         host = testinfra.get_host(f"ssh://{vm.name}", ssh_config=str(vm.ssh_config), sudo=True)
         yield fw, vm, host, receiver
     finally:
         vm.stop()
         receiver.stop()
+        SUMMARY[f"{fw}: boot and checks (s)"] = round(time.monotonic() - vm.t0, 1)
 
 
 def test_boots_with_its_firmware(booted):
@@ -173,14 +189,40 @@ def test_request_gives_spans_at_a_receiver_on_the_host(booted):
     host.run("systemctl stop demo-shop")
 
 
-# ---------------------------------------------------------------- reproducibility
-def test_reproducible_file_trees(image):
-    again = build_image(RESULTS / "rebuild", "--fresh")
-    report = compare.compare(image["raw"], again / f"spanprobe-{TARGET}.raw")
-    (RESULTS / "reproducibility.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nreproducibility: {report['entries']} entries, {len(report['differences'])} differences, "
-          f"{len(report['allowed'])} allowed; raw images bit-identical: "
-          f"{'yes' if report['bit_identical'] else 'no'}")
-    for d in report["differences"][:50]:
-        print(f"  DIFF {d['path']}: {d['differs']}")
-    assert not report["differences"], f"{len(report['differences'])} differences (see {RESULTS}/reproducibility.json)"
+def test_first_boot_hygiene(booted):
+    """What the build left, seen from the running appliance: only this boot in the journal,
+    cloud-init's state from this seed (not the build's), no build user, and the seeded
+    user's key the only one that logs in."""
+    fw, vm, host, _ = booted
+    boot_id = host.file("/proc/sys/kernel/random/boot_id").content_string.strip().replace("-", "")
+    assert host.check_output("journalctl -F _BOOT_ID").split() == [boot_id]
+    assert host.file("/var/lib/cloud/data/instance-id").content_string.strip() == "spanprobe-image-test"
+    assert host.check_output("ls /var/lib/cloud/instances").split() == ["spanprobe-image-test"]
+    assert not host.user("packer").exists and not host.file("/home/packer").exists
+    assert set(host.check_output("ls /etc/sudoers.d").split()) <= {"README", "90-cloud-init-users"}
+    keys = sorted(host.check_output("find / -xdev -name 'authorized_keys*' -type f").split())
+    assert keys in (["/home/admin/.ssh/authorized_keys"],
+                    ["/home/admin/.ssh/authorized_keys", "/root/.ssh/authorized_keys"]), keys
+    # cloud-init's disable_root: root's file holds the user's key only behind a command that
+    # refuses the login (and sshd says PermitRootLogin no anyway)
+    for line in host.file("/root/.ssh/authorized_keys").content_string.splitlines() if len(keys) > 1 else ():
+        assert not line.strip() or (line.startswith("no-port-forwarding,") and "exit 142" in line), line
+
+
+# ---------------------------------------------------------------- the roles' checks, booted
+# The appliance is made by the same roles as a fleet host, so the Ansible tier's checks of
+# what they promise run here as they are, at each firmware's first boot (after the tests
+# above, which wait for the agent to be READY).
+from test_fleet import (  # noqa: E402,F401  (collected as tests of this module too)
+    test_agent_is_active_and_reported_ready, test_agent_runs_unprivileged_with_only_its_capabilities,
+    test_apparmor_enforcing_and_core_dumps_off, test_auditd_running_with_rules, test_file_modes_and_users,
+    test_nftables_default_deny_inbound_except_ssh, test_sshd_keys_only_no_root_modern_crypto, test_sysctls,
+    test_unattended_security_upgrades, test_unit_sandbox_exposure, test_unused_modules_blocked_not_vfat)
+
+
+@pytest.fixture(scope="module")
+def guest(booted):
+    """The booted appliance as the Ansible tier's checks take a host: (name, VM, testinfra host)."""
+    fw, vm, host, _ = booted
+    return f"appliance-{fw}", vm, host
+
