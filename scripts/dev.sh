@@ -2,9 +2,11 @@
 # spanprobe's one entry point for people and CI. Run as root on Debian (12 or newer):
 #   scripts/dev.sh setup        install everything the agent and the tests need (idempotent)
 #   scripts/dev.sh demo [s]     setup, then trace two demo services for s seconds (default 15)
-#   scripts/dev.sh test         setup (+ QEMU tools, wrk, ansible tier tools), then every test
-#                               tier (unit, integration, frameworks, bench-smoke, kernels,
-#                               ansible), with a timing summary
+#   scripts/dev.sh test         setup (+ QEMU tools, wrk, Packer, Vagrant, ansible tier tools),
+#                               then every test tier (unit, integration, frameworks, bench-smoke,
+#                               kernels, image, ansible), with a timing summary
+#   scripts/dev.sh test-image   setup, then the image tier alone (two builds, UEFI and BIOS
+#                               boots, reproducibility report, vagrant up; ~20 min)
 #   scripts/dev.sh test-ansible setup, then the ansible tier alone (Debian 12/13 VMs, ~35-40 min)
 #   scripts/dev.sh test-quick   setup, then the unit tier only (no root needed for the tests)
 #   scripts/dev.sh check        setup, then `spanprobe check`
@@ -110,7 +112,7 @@ ANSIBLE_TIER_PACKAGES=(mmdebstrap qemu-system-x86 qemu-utils e2fsprogs openssh-c
 setup_ansible_tier() { apt_need "ansible tier" "${ANSIBLE_TIER_PACKAGES[@]}"; }
 
 # The appliance image (packer/): Packer 1.6.6 from Debian, QEMU and OVMF, the base disk's tools.
-IMAGE_PACKAGES=(packer mmdebstrap qemu-system-x86 qemu-utils ovmf e2fsprogs fdisk dosfstools xorriso openssh-client
+IMAGE_PACKAGES=(packer mmdebstrap qemu-system-x86 qemu-utils ovmf e2fsprogs fdisk dosfstools mtools xorriso openssh-client
                 vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu)
 setup_image() { apt_need "appliance image" "${IMAGE_PACKAGES[@]}"; }
 
@@ -188,7 +190,7 @@ case "$cmd" in
   demo) setup; exec python -m spanprobe demo --duration "${2:-15}" ;;
   test|test-quick)
     setup
-    if [ "$cmd" = test ]; then setup_kernel_matrix; setup_bench; setup_ansible_tier; fi
+    if [ "$cmd" = test ]; then setup_kernel_matrix; setup_bench; setup_image; setup_ansible_tier; fi
     RESULTS=${SPANPROBE_RESULTS:-$ROOT/results}
     mkdir -p "$RESULTS"
     TIER_TIMES=()
@@ -200,6 +202,8 @@ case "$cmd" in
       run_tier bench-smoke tests/bench -q
       export SPANPROBE_KERNEL_MATRIX=1
       run_tier kernels tests/kernels -q -s
+      export SPANPROBE_IMAGE=1
+      run_tier image tests/image -q -s
       export SPANPROBE_ANSIBLE=1
       run_tier ansible tests/ansible -q -s
     fi
@@ -211,7 +215,7 @@ case "$cmd" in
     cd "$ROOT"
     SPANPROBE_ANSIBLE=1 exec python -m pytest -p no:cacheprovider -q -s tests/ansible
     ;;
-  test-image)   # the image tier alone (work in progress, issue 6: not yet part of `test`)
+  test-image)   # the image tier alone (also a tier of `test`)
     setup
     setup_image
     cd "$ROOT"
