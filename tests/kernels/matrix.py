@@ -74,10 +74,10 @@ def tcg_stall(console_text: str) -> str | None:
 
     Seen here with 5.10 under QEMU 7.2 multi-threaded TCG (one boot in several): both vCPUs
     stopped for 20 minutes at the jump-label site in syscall_exit_to_user_mode, registers
-    unchanged between reports, the kernel's own bytes there a plain NOP. That is the kernel
-    backing up over an int3 that code patching (a static key flipped when a probe is attached)
-    had already removed, and the vCPU still executing a stale translation of it. A kernel loop
-    would move; these do not. Returns what was seen, or None."""
+    unchanged between reports, the kernel's own bytes there a plain NOP. Our reading (not
+    proven): the kernel backing up over an int3 that code patching (a static key flipped when
+    a probe is attached) had already removed, and the vCPU still executing a stale translation
+    of it. A kernel loop would move; these do not. Returns what was seen, or None."""
     last: dict[str, list[str]] = {}
     for cpu, rip in _LOCKUP.findall(console_text):
         last.setdefault(cpu, []).append(rip)
