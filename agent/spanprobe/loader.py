@@ -5,6 +5,7 @@ All variation is passed as -D constants; the C source is never templated.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import logging
@@ -175,7 +176,7 @@ class BpfSession:
         if tps:
             with ThreadPoolExecutor(min(16, len(tps))) as pool:
                 list(pool.map(detach, tps))
-        b.cleanup()
+        release_bpf(b)
 
 
 def cflags(plan: Plan, settings, feats: KernelFeatures, self_pid: int, trace_all: bool) -> list[str]:
@@ -216,7 +217,7 @@ def load(plan: Plan, settings, feats: KernelFeatures, self_pid: int, trace_all: 
     err = io.StringIO()
     try:
         with _capture_stderr(err):
-            b = bcc.BPF(src_file=str(src).encode(), cflags=flags)
+            b = _new_bpf(bcc, src_file=str(src).encode(), cflags=flags)
     except Exception as exc:
         why = _short(exc, err.getvalue())
         if "perf_event_open" in why and "Permission denied" in why:
@@ -232,6 +233,35 @@ def load(plan: Plan, settings, feats: KernelFeatures, self_pid: int, trace_all: 
         session.close()
         raise
     return session
+
+
+def _new_bpf(bcc, **kw):
+    """bcc.BPF(**kw), releasing what a failed construction created.
+
+    A BPF object registers its own cleanup with atexit before it compiles, so one whose
+    construction failed (fentry refused by the kernel, after its maps were created) stays
+    referenced for the agent's whole life, with its maps (~20 MiB locked memory, a second
+    ring buffer). Built in two steps, the half-constructed object is still in hand here
+    to close."""
+    b = bcc.BPF.__new__(bcc.BPF)
+    try:
+        b.__init__(**kw)
+    except BaseException:
+        release_bpf(b)
+        raise
+    return b
+
+
+def release_bpf(b) -> None:
+    """Detach, close every fd and the module of a BPF object, and drop bcc's atexit
+    reference to it, so nothing it created outlives this call."""
+    try:
+        b.cleanup()
+    except Exception as exc:      # noqa: BLE001 - a half-built object may lack attributes
+        log.debug("cleanup of a BPF object: %s", exc)
+        if getattr(b, "module", None):
+            b.close()
+    atexit.unregister(b.cleanup)
 
 
 def _attach_syscall(session: BpfSession, probe, feats: KernelFeatures) -> None:

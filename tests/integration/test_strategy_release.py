@@ -1,0 +1,48 @@
+"""A strategy the kernel refuses leaves nothing behind: the agent that fell back holds
+exactly the BPF maps of the one plan it loaded (issue 15 item 4: a refused fentry
+attempt kept its 12 maps, ~20 MiB of locked memory, for the agent's whole life)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+
+import pytest
+
+from tests.support.procs import Agent
+
+
+def map_fds(pid: int) -> list[int]:
+    """The map ids behind a process's fds (from fdinfo), one entry per fd."""
+    ids = []
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            text = open(f"/proc/{pid}/fdinfo/{fd}").read()
+        except OSError:
+            continue
+        m = re.search(r"^map_id:\s*(\d+)", text, re.M)
+        if m:
+            ids.append(int(m.group(1)))
+    return ids
+
+
+def test_a_refused_strategy_releases_its_maps(tmp):
+    fell_back = Agent(["--pid", str(os.getppid()), "--console", "--log-level", "info"], tmp)
+    try:
+        ready = fell_back.wait_for(r"ready strategy=(\w+)")
+        passed = re.findall(r"strategy (\w+) passed over: .*(?:compile/load failed|required probe)",
+                            fell_back.stderr)
+        if not passed:
+            pytest.skip("no strategy was tried and refused on this kernel (nothing to release)")
+        fallback_maps = map_fds(fell_back.proc.pid)
+    finally:
+        assert fell_back.stop(signal.SIGTERM) == 0
+    single = Agent(["--pid", str(os.getppid()), "--console", "--attach-mode", ready.group(1)], tmp)
+    try:
+        single_maps = map_fds(single.proc.pid)
+    finally:
+        assert single.stop(signal.SIGTERM) == 0
+    assert single_maps, "the loaded plan holds no maps: fdinfo not readable?"
+    assert len(fallback_maps) == len(set(fallback_maps))
+    assert len(fallback_maps) == len(single_maps), (passed, fallback_maps, single_maps)
