@@ -5,23 +5,27 @@ paired first-in first-out (HTTP/1.x keep-alive and pipelining). Context is decid
 a request's head is seen, so children created while it runs can point at it:
 
 * an incoming `traceparent` header is honoured;
-* a server request whose peer is a traced client connection on this host becomes the
-  child of that client's span (one trace across services, no header injection);
+* a server request whose connection is a traced client connection on this host (the
+  same four addresses and ports, seen from the other end) becomes the child of that
+  client's span (one trace across services, no header injection);
 * a client request becomes the child of the server exchange its process is serving,
   when that is certain: exactly one in flight in the process, or exactly one on the
   calling thread. Otherwise it stays unlinked rather than guessed.
+
+Everything kept per connection and per process is capped (`AssemblerLimits`): peers are
+hostile, and what a cap refuses or evicts is counted in `Assembler.counts`.
 """
 
 from __future__ import annotations
 
 import random
 import re
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
 from . import events as ev
-from .httpparse import Message, MessageParser
+from .httpparse import CHUNK_LOST, CHUNK_SIZE, CHUNK_TRAILER, HEAD, Message, MessageParser
 
 import logging
 _debug = logging.getLogger("spanprobe.streams")
@@ -63,6 +67,34 @@ def parse_traceparent(value: str | None) -> tuple[int, int, int] | None:
     return trace_id, span_id, flags
 
 
+@dataclass(frozen=True, slots=True)
+class AssemblerLimits:
+    """Caps on the assembler's state, so that hostile or broken peers (connections that
+    stay half open, endless heads, pipelining without responses) cost bounded memory."""
+    connections: int = 65_536       # tracked; beyond, the least recently active is evicted
+    inflight_per_connection: int = 256   # requests awaiting a response; beyond, refused
+    pending_ports: int = 10_000     # ports reported before their open; beyond, oldest evicted
+    serving_per_process: int = 4_096     # server exchanges one process is known to serve
+    processes: int = 65_536         # processes whose asyncio task owners are tracked
+    buffered_bytes: int = 64 << 20  # head and line bytes parsers hold, all connections
+
+
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+
+
+def link_endpoint(ep: tuple[str, int] | None) -> tuple[str, int] | None:
+    """An address and port fit for matching two ends of one connection: IPv4-mapped IPv6
+    as plain IPv4, and None when unknown or a wildcard (it would match anything)."""
+    if ep is None:
+        return None
+    addr, port = ep
+    if addr.startswith("::ffff:") and "." in addr:
+        addr = addr[7:]
+    if not port or addr in _WILDCARDS:
+        return None
+    return addr, port
+
+
 @dataclass(slots=True)
 class Exchange:
     conn: "Connection"
@@ -75,6 +107,7 @@ class Exchange:
     response: Message | None = None
     linked_downstream: bool = False     # a traced server on this host took it as parent
     aborted: str | None = None
+    listed: bool = False                # in Assembler.serving (server exchanges)
 
 
 @dataclass
@@ -97,6 +130,9 @@ class Connection:
     ignored: bool = False         # the agent's own traffic
     owner_fd: int = -1            # asyncio: server connection of the task writing now
     last_egress: Message | None = None
+    link_key: tuple | None = None     # clients: key in Assembler.client_by_tuple
+    refused: int = 0              # requests refused at the in-flight cap, responses still due
+    buffered: int = 0             # bytes its parsers hold in head/line buffers
 
     @property
     def key(self) -> tuple[int, int]:
@@ -109,22 +145,34 @@ class Assembler:
     def __init__(self, emit: Callable[[Exchange], None],
                  resolve_listen: Callable[[int, int], tuple[str, int] | None] | None = None,
                  own_peer: Callable[[tuple[str, int]], bool] | None = None,
-                 body_needs: Callable[["Connection"], tuple[int, int]] | None = None):
+                 body_needs: Callable[["Connection"], tuple[int, int]] | None = None,
+                 *, limits: AssemblerLimits = AssemblerLimits()):
         self.emit = emit
+        self.limits = limits
         # bytes of request and response bodies to keep for a connection (json_body rules)
         self.body_needs = body_needs or (lambda conn: (0, 0))
         self.resolve_listen = resolve_listen or (lambda pid, fd: None)
         # True for a peer that is the agent itself (its OTLP export to a traced
         # collector): tracing that would feed spans back into the export forever
         self.own_peer = own_peer or (lambda peer: False)
-        self.conns: dict[tuple[int, int], Connection] = {}
-        self.pending_ports: dict[tuple[int, int, int], ev.ConnEvent] = {}
-        self.client_by_port: dict[int, list[Connection]] = {}
+        # least recently active first: the order evictions take
+        self.conns: OrderedDict[tuple[int, int], Connection] = OrderedDict()
+        self.pending_ports: OrderedDict[tuple[int, int, int], ev.ConnEvent] = OrderedDict()
+        # client connections by (local, peer) endpoints, for a server end on this host
+        self.client_by_tuple: dict[tuple, list[Connection]] = {}
         self.serving: dict[int, list[Exchange]] = {}          # tgid -> server exchanges in flight
+        self.unlisted: dict[int, int] = {}    # tgid -> in flight but over the serving cap
+        self.buffering: OrderedDict[tuple[int, int], Connection] = OrderedDict()
+        self.buffered_bytes = 0               # sum of Connection.buffered
         self.ready: list[Exchange] = []
         self.counts = {"exchanges": 0, "aborted": 0, "unpaired_responses": 0,
                        "parse_errors": 0, "lost_bytes": 0, "unknown_connection_data": 0,
-                       "agent_own_connections": 0, "task_links": 0, "task_owner_mismatch": 0}
+                       "agent_own_connections": 0, "task_links": 0, "task_owner_mismatch": 0,
+                       # what the caps of AssemblerLimits evicted or refused
+                       "connections_evicted": 0, "connections_dropped": 0,
+                       "exchanges_dropped": 0, "inflight_refused": 0,
+                       "pending_ports_evicted": 0, "serving_unlisted": 0,
+                       "task_trust_refused": 0, "buffers_cut": 0, "buffered_bytes_cut": 0}
         self.task_trust: dict[int, int] = {}   # tgid -> verified owners, -1 = distrusted
 
     # ---- connections ----
@@ -141,7 +189,7 @@ class Assembler:
             conn.ignored = True
             self.counts["agent_own_connections"] += 1
         self._wire(conn)
-        self.conns[conn.key] = conn
+        self._track(conn)
         ports = self.pending_ports.pop((h.tgid, h.fd, h.conn_id), None)
         if ports is not None:
             self.ports(ports)
@@ -151,10 +199,62 @@ class Assembler:
         """A connection that existed before tracing started."""
         conn = Connection(tgid, fd, conn_id, role, ts, peer, local)
         self._wire(conn)
-        self.conns[conn.key] = conn
-        if role == ev.ROLE_CLIENT and local:
-            self.client_by_port.setdefault(local[1], []).append(conn)
+        self._track(conn)
+        self._index_client(conn)
         return conn
+
+    def _track(self, conn: Connection) -> None:
+        """A new connection, the most recently active; over the cap, the least recently
+        active one is forgotten (counted, its exchanges in flight too)."""
+        self.conns[conn.key] = conn
+        if len(self.conns) > self.limits.connections:
+            _, victim = self.conns.popitem(last=False)
+            self._forget(victim)
+            self.counts["connections_evicted"] += 1
+
+    def drop_connection(self, tgid: int, fd: int) -> bool:
+        """Forget one connection whose state an error may have left inconsistent, so
+        that it cannot affect others: its exchanges in flight are counted, not emitted."""
+        conn = self.conns.pop((tgid, fd), None)
+        if conn is None:
+            return False
+        self._forget(conn)
+        self.counts["connections_dropped"] += 1
+        return True
+
+    def _forget(self, conn: Connection) -> None:
+        """Remove an untracked connection from every index, dropping what is in flight."""
+        self._unindex_client(conn)
+        self._unbuffer(conn)
+        for parser in (conn.ingress, conn.egress):
+            self.counts["parse_errors"] += parser.parse_errors
+            self.counts["lost_bytes"] += parser.lost_bytes
+        self.counts["exchanges_dropped"] += len(conn.inflight)
+        for x in conn.inflight:
+            self._unserve(x)
+        conn.inflight.clear()
+
+    def _index_client(self, conn: Connection) -> None:
+        """(Re-)index a client connection by its endpoints, once both are known."""
+        key = None
+        if conn.role == ev.ROLE_CLIENT:
+            local, peer = link_endpoint(conn.local), link_endpoint(conn.peer)
+            if local is not None and peer is not None:
+                key = (local, peer)
+        if key == conn.link_key:
+            return
+        self._unindex_client(conn)
+        if key is not None:
+            self.client_by_tuple.setdefault(key, []).append(conn)
+            conn.link_key = key
+
+    def _unindex_client(self, conn: Connection) -> None:
+        key, conn.link_key = conn.link_key, None
+        lst = self.client_by_tuple.get(key) if key is not None else None
+        if lst and conn in lst:
+            lst.remove(conn)
+            if not lst:
+                del self.client_by_tuple[key]
 
     def has_client_connection(self, tgid: int) -> bool:
         return any(c.tgid == tgid and c.role == ev.ROLE_CLIENT for c in self.conns.values())
@@ -173,15 +273,17 @@ class Assembler:
         h = e.h
         conn = self.conns.get((h.tgid, h.fd))
         if conn is None or conn.conn_id != h.conn_id:
-            # ESTABLISHED can be reported before connect() returns
-            if len(self.pending_ports) < 10000:
-                self.pending_ports[(h.tgid, h.fd, h.conn_id)] = e
+            # ESTABLISHED can be reported before connect() returns; an open that never
+            # comes (its event lost) leaves an entry the cap evicts in time
+            self.pending_ports[(h.tgid, h.fd, h.conn_id)] = e
+            if len(self.pending_ports) > self.limits.pending_ports:
+                self.pending_ports.popitem(last=False)
+                self.counts["pending_ports_evicted"] += 1
             return
         conn.local = e.local
         if e.peer:
             conn.peer = e.peer
-        if e.local:
-            self.client_by_port.setdefault(e.local[1], []).append(conn)
+        self._index_client(conn)
 
     def address(self, e: ev.ConnEvent) -> None:
         """getpeername/getsockname told an address accept() did not."""
@@ -190,8 +292,9 @@ class Assembler:
             return
         if e.peer is not None and conn.peer is None:
             conn.peer = e.peer
-        if e.local is not None and conn.local is None:
-            conn.local = e.local
+        if e.local is not None and link_endpoint(conn.local) is None:
+            conn.local = e.local      # also where a wildcard listener's address stood
+        self._index_client(conn)
 
     def close(self, e: ev.ConnEvent) -> None:
         conn = self.conns.get((e.h.tgid, e.h.fd))
@@ -200,46 +303,41 @@ class Assembler:
 
     def _close(self, conn: Connection, ts: int) -> None:
         self.conns.pop(conn.key, None)
+        self._unbuffer(conn)
         for parser in (conn.ingress, conn.egress):
             self.counts["parse_errors"] += parser.parse_errors
             self.counts["lost_bytes"] += parser.lost_bytes
         conn.responses.close(ts)
-        partial = conn.requests.close(ts)
+        conn.requests.close(ts)    # a request that never finished arriving: not served
         while conn.inflight:
             x = conn.inflight.popleft()
             x.aborted = "connection closed before the response completed"
             if x.response is not None and not x.response.end_ts:
                 x.response.end_ts = ts
             self._finish(x, ts)
-        if partial is not None and conn.role == ev.ROLE_SERVER:
-            pass   # a request that never finished arriving: not a served request
-        if conn.local and conn.role == ev.ROLE_CLIENT:
-            lst = self.client_by_port.get(conn.local[1])
-            if lst:
-                try:
-                    lst.remove(conn)
-                except ValueError:
-                    pass
-                if not lst:
-                    del self.client_by_port[conn.local[1]]
+        self._unindex_client(conn)
 
     def process_exit(self, tgid: int, ts: int) -> None:
         self.task_trust.pop(tgid, None)
         for conn in [c for c in self.conns.values() if c.tgid == tgid]:
             self._close(conn, ts)
         self.serving.pop(tgid, None)
+        self.unlisted.pop(tgid, None)
 
     # ---- data ----
     def data(self, e: ev.DataEvent) -> None:
         h = e.h
-        conn = self.conns.get((h.tgid, h.fd))
+        key = (h.tgid, h.fd)
+        conn = self.conns.get(key)
         if conn is None or conn.conn_id != h.conn_id:
             self.counts["unknown_connection_data"] += 1
             return
         if conn.ignored:
             return
+        self.conns.move_to_end(key)
         if e.direction == ev.DIR_INGRESS:
             conn.ingress.feed(h.ts_ns, h.tid, e.data, e.length, e.tail)
+            self._account(conn, h.ts_ns)
             return
         data, length = e.data, e.length
         conn.owner_fd = e.owner_fd
@@ -253,6 +351,35 @@ class Assembler:
             if length <= 0:
                 return
         conn.egress.feed(h.ts_ns, h.tid, data, length, e.tail)
+        self._account(conn, h.ts_ns)
+
+    def _account(self, conn: Connection, ts: int) -> None:
+        """Keep the bytes parsers buffer under the global budget: over it, cut the
+        buffers of the least recently active connections first."""
+        n = len(conn.ingress.buf) + len(conn.egress.buf)
+        if n == 0 and conn.buffered == 0:
+            return
+        self.buffered_bytes += n - conn.buffered
+        conn.buffered = n
+        if n == 0:
+            del self.buffering[conn.key]
+            return
+        self.buffering[conn.key] = conn
+        self.buffering.move_to_end(conn.key)
+        while self.buffered_bytes > self.limits.buffered_bytes:
+            _, victim = self.buffering.popitem(last=False)
+            self.counts["buffers_cut"] += 1
+            self.counts["buffered_bytes_cut"] += victim.buffered
+            self.buffered_bytes -= victim.buffered
+            victim.buffered = 0
+            for parser in (victim.ingress, victim.egress):
+                _cut_buffer(parser, ts)
+
+    def _unbuffer(self, conn: Connection) -> None:
+        if conn.buffered:
+            self.buffered_bytes -= conn.buffered
+            conn.buffered = 0
+            del self.buffering[conn.key]
 
     def write_result(self, e: ev.WriteResult) -> None:
         conn = self.conns.get((e.h.tgid, e.h.fd))
@@ -271,6 +398,12 @@ class Assembler:
 
     # ---- exchanges ----
     def _request_head(self, conn: Connection, msg: Message) -> None:
+        if conn.refused or len(conn.inflight) >= self.limits.inflight_per_connection:
+            # pipelined past the cap: refused in order (and so are their responses,
+            # see _response_done), so that every pairing that is made stays right
+            conn.refused += 1
+            self.counts["inflight_refused"] += 1
+            return
         tp = parse_traceparent(msg.headers.get("traceparent"))
         parent = None
         remote = False
@@ -299,7 +432,13 @@ class Assembler:
         x = Exchange(conn, msg, trace_id, new_span_id(), parent, remote, flags)
         conn.inflight.append(x)
         if conn.role == ev.ROLE_SERVER:
-            self.serving.setdefault(conn.tgid, []).append(x)
+            lst = self.serving.setdefault(conn.tgid, [])
+            if len(lst) < self.limits.serving_per_process:
+                lst.append(x)
+                x.listed = True
+            else:    # the process's calls out are not linked while this is in flight
+                self.unlisted[conn.tgid] = self.unlisted.get(conn.tgid, 0) + 1
+                self.counts["serving_unlisted"] += 1
         else:
             conn.responses.pending_methods.append(msg.method or "GET")
 
@@ -322,24 +461,38 @@ class Assembler:
                     x.aborted = "connection closed before the response completed"
                 break
         else:
-            self.counts["unpaired_responses"] += 1
+            if conn.refused:
+                conn.refused -= 1     # the response of a refused request
+            else:
+                self.counts["unpaired_responses"] += 1
             return
         while conn.inflight and conn.inflight[0].response is not None:
             x = conn.inflight.popleft()
             self._finish(x, msg.end_ts)
 
     def _finish(self, x: Exchange, ts: int) -> None:
-        if x.conn.role == ev.ROLE_SERVER:
-            lst = self.serving.get(x.conn.tgid)
-            if lst:
-                try:
-                    lst.remove(x)
-                except ValueError:
-                    pass
+        self._unserve(x)
         if x.aborted:
             self.counts["aborted"] += 1
         self.counts["exchanges"] += 1
         self.ready.append(x)
+
+    def _unserve(self, x: Exchange) -> None:
+        """A server exchange is no longer in flight in its process."""
+        if x.conn.role != ev.ROLE_SERVER:
+            return
+        tgid = x.conn.tgid
+        if x.listed:
+            x.listed = False
+            lst = self.serving.get(tgid)
+            if lst and x in lst:
+                lst.remove(x)
+                if not lst:
+                    del self.serving[tgid]
+        elif tgid in self.unlisted:
+            self.unlisted[tgid] -= 1
+            if not self.unlisted[tgid]:
+                del self.unlisted[tgid]
 
     def drain(self) -> None:
         """Hand finished exchanges on. Called once per batch of events, so that a
@@ -352,7 +505,12 @@ class Assembler:
         """A server connection wrote from a task context: the kernel's idea of that
         context's owner must be this very connection. Trust a process's task links only
         once that held a few times, and never again after it failed once."""
-        trust = self.task_trust.setdefault(conn.tgid, 0)
+        trust = self.task_trust.get(conn.tgid)
+        if trust is None:
+            if len(self.task_trust) >= self.limits.processes:
+                self.counts["task_trust_refused"] += 1   # stays untrusted: no task links
+                return
+            trust = 0
         if trust < 0:
             return
         if owner_fd == conn.fd:
@@ -379,7 +537,7 @@ class Assembler:
 
     def _serving_parent(self, tgid: int, tid: int) -> Exchange | None:
         lst = self.serving.get(tgid)
-        if not lst:
+        if not lst or tgid in self.unlisted:    # not all it serves is known
             return None
         if len(lst) == 1:
             return lst[0]
@@ -387,12 +545,28 @@ class Assembler:
         return on_thread[0] if len(on_thread) == 1 else None
 
     def _upstream_client(self, conn: Connection) -> Exchange | None:
-        if conn.peer is None:
+        """The traced client connection this server connection is the other end of:
+        its peer is the client's local end and its local end the client's peer, all
+        four known exactly (no wildcard). Two such clients (other network namespaces)
+        are not told apart: unlinked."""
+        peer, local = link_endpoint(conn.peer), link_endpoint(conn.local)
+        if peer is None or local is None:
             return None
-        for client in self.client_by_port.get(conn.peer[1], ()):
-            if conn.local and client.peer and client.peer[1] != conn.local[1]:
-                continue
-            for x in client.inflight:
-                if not x.linked_downstream:
-                    return x
+        clients = self.client_by_tuple.get((peer, local))
+        if not clients or len(clients) != 1:
+            return None
+        for x in clients[0].inflight:
+            if not x.linked_downstream:
+                return x
         return None
+
+
+def _cut_buffer(parser: MessageParser, ts: int) -> None:
+    """Give up what a parser buffers, as it does itself at its limits: a head is cut
+    where it stands (a truncated message), a chunk line or trailer leaves the body's
+    end to be found from the stream's tail."""
+    if parser.state == HEAD:
+        parser._truncated_head(ts)
+    elif parser.state in (CHUNK_SIZE, CHUNK_TRAILER):
+        parser.state = CHUNK_LOST
+    parser.buf.clear()

@@ -123,7 +123,7 @@ def test_server_request_and_response_make_one_exchange_on_drain():
     assert x.trace_id != 0 and x.span_id != 0
     assert sim.asm.counts["exchanges"] == 1
     assert sim.asm.counts["aborted"] == 0
-    assert sim.asm.serving == {SRV_TGID: []}   # no longer in flight
+    assert sim.asm.serving == {}   # no longer in flight
     assert sim.asm.ready == []
     assert sim.drain() == []                   # emitted once
 
@@ -401,7 +401,7 @@ def _client_sends(sim: Sim, *, ports_first: bool = False, srv_port: int = 8000):
         # ESTABLISHED can be reported before connect() returns
         sim.ports(1, local=CLI_LOCAL, peer=peer, tgid=CLI_TGID, fd=7, conn_id=70)
         assert (CLI_TGID, 7, 70) in sim.asm.pending_ports
-        assert sim.asm.client_by_port == {}
+        assert sim.asm.client_by_tuple == {}
         sim.open(2, ev.ROLE_CLIENT, tgid=CLI_TGID, fd=7, conn_id=70, peer=peer)
         assert sim.asm.pending_ports == {}
     else:
@@ -409,7 +409,7 @@ def _client_sends(sim: Sim, *, ports_first: bool = False, srv_port: int = 8000):
         sim.ports(2, local=CLI_LOCAL, peer=peer, tgid=CLI_TGID, fd=7, conn_id=70)
     conn = sim.asm.conns[(CLI_TGID, 7)]
     assert conn.local == CLI_LOCAL
-    assert sim.asm.client_by_port == {CLI_LOCAL[1]: [conn]}
+    assert sim.asm.client_by_tuple == {(CLI_LOCAL, peer): [conn]}
     sim.write(10, req("GET", "/api/items"), tgid=CLI_TGID, fd=7, conn_id=70)
     [cx] = conn.inflight
     return cx
@@ -460,7 +460,7 @@ def test_closed_client_is_forgotten_for_linking():
     sim = Sim()
     _client_sends(sim)
     sim.close(20, tgid=CLI_TGID, fd=7, conn_id=70)
-    assert sim.asm.client_by_port == {}
+    assert sim.asm.client_by_tuple == {}
     [aborted] = sim.drain()
     assert aborted.aborted is not None
     sim.open(21, ev.ROLE_SERVER, tgid=SRV_TGID, fd=4, conn_id=40, peer=CLI_LOCAL, local=SRV_ADDR)
@@ -472,7 +472,7 @@ def test_closed_client_is_forgotten_for_linking():
 def test_adopted_client_connection_is_linkable():
     sim = Sim()
     conn = sim.asm.adopt(CLI_TGID, 7, 70, ev.ROLE_CLIENT, CLI_LOCAL, SRV_ADDR, 0)
-    assert sim.asm.client_by_port == {CLI_LOCAL[1]: [conn]}
+    assert sim.asm.client_by_tuple == {(CLI_LOCAL, SRV_ADDR): [conn]}
     sim.write(10, req(), tgid=CLI_TGID, fd=7, conn_id=70)
     [cx] = conn.inflight
     sim.open(11, ev.ROLE_SERVER, tgid=SRV_TGID, fd=4, conn_id=40, peer=CLI_LOCAL, local=SRV_ADDR)
@@ -489,7 +489,7 @@ def test_ports_for_an_older_connection_on_the_same_fd_wait_for_their_open():
     assert set(sim.asm.pending_ports) == {(CLI_TGID, 7, 2)}
     new = sim.open(3, ev.ROLE_CLIENT, tgid=CLI_TGID, fd=7, conn_id=2, peer=SRV_ADDR)
     assert new.local == CLI_LOCAL
-    assert sim.asm.client_by_port == {CLI_LOCAL[1]: [new]}
+    assert sim.asm.client_by_tuple == {(CLI_LOCAL, SRV_ADDR): [new]}
 
 
 # ---- partial and vectored writes ----
@@ -599,7 +599,7 @@ def test_close_mid_response_emits_an_aborted_exchange():
     assert sim.asm.counts["aborted"] == 1
     assert sim.asm.counts["exchanges"] == 1
     assert sim.asm.conns == {}
-    assert sim.asm.serving == {SRV_TGID: []}
+    assert sim.asm.serving == {}
 
 
 def test_close_mid_response_head_emits_an_aborted_exchange():
