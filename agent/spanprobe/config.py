@@ -92,8 +92,11 @@ SCHEMA: tuple[Key, ...] = (
     Key("export.console", bool, False, "also print one line per span on stdout"),
     Key("export.queue_size", int, 20000, "spans waiting for export before drops", _between(1, 10**7)),
     Key("export.batch_size", int, 512, "spans per export call", _between(1, 100000)),
-    Key("export.max_attempts", int, 3, "export attempts per batch", _between(1, 20)),
+    Key("export.max_attempts", int, 3, "attempts per batch when an exporter fails without saying "
+        "whether to retry (OTLP answers decide themselves)", _between(1, 20)),
     Key("export.timeout_s", float, 10.0, "seconds one export call may take", _between(0.1, 300)),
+    Key("export.max_retry_delay_s", float, 60.0, "longest wait before retrying a batch, "
+        "a receiver's Retry-After or RetryInfo included", _between(1, 3600)),
     Key("capture_bytes", int, 2048, "bytes copied per read/write buffer", _between(64, 4096)),
     Key("attach_mode", str, "auto", "auto, tracepoint, kprobe or fentry", _one_of(ATTACH_MODES)),
     Key("buffer", str, "auto", "auto, ringbuf or perf", _one_of(BUFFER_KINDS)),

@@ -1,9 +1,12 @@
 """Export: a bounded queue and one thread, so a slow or absent receiver never reaches
-the event loop. Every span dropped or failed is counted."""
+the event loop. Every span handed to the queue ends in exactly one counter:
+spans_queued + spans_dropped_queue_full = what was handed over, and once stopped
+spans_queued = spans_exported + spans_export_failed + spans_abandoned_at_stop."""
 
 from __future__ import annotations
 
 import logging
+import random
 import sys
 import threading
 import time
@@ -13,7 +16,11 @@ from typing import Sequence
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from .otlp_senders import ACCEPTED, Attempt, grpc_exporter, http_exporter
+
 log = logging.getLogger("spanprobe.export")
+
+FIRST_RETRY_DELAY_S = 0.5     # then doubled per retry, +-20 % jitter, up to max_retry_delay
 
 
 class LineConsoleExporter(SpanExporter):
@@ -41,99 +48,84 @@ class LineConsoleExporter(SpanExporter):
         pass
 
 
-def _wire_http_exporter(url: str, timeout: float) -> SpanExporter:
-    """The SDK's OTLP/HTTP exporter (its transport, retries, TLS and headers settings) with
-    spanprobe's encoder (otlp_wire: several times cheaper than the SDK's)."""
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    from .otlp_wire import SpanEncoder
-
-    class WireHTTPSpanExporter(OTLPSpanExporter):
-        def __init__(self, **kw):
-            super().__init__(**kw)
-            self._spanprobe_encoder = SpanEncoder()
-
-        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-            if self._shutdown:
-                return SpanExportResult.FAILURE
-            try:
-                data = self._spanprobe_encoder.encode(spans)
-            except Exception as exc:
-                log.warning("encoding %d spans failed: %s", len(spans), exc)
-                return SpanExportResult.FAILURE
-            result = self._client.export(data)
-            return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
-
-    exporter = WireHTTPSpanExporter(endpoint=url, timeout=timeout)
-    # _client.export(bytes) is a private hook of the SDK versions in requirements/constraints.txt
-    # (tests/unit/test_otlp_wire.py sends through it); another version keeps the SDK's own path
-    if not callable(getattr(getattr(exporter, "_client", None), "export", None)):
-        from importlib.metadata import version
-        log.warning("opentelemetry-exporter-otlp-proto-http %s has no _client.export: spans are "
-                    "encoded by the SDK (slower); requirements/constraints.txt pins a version that has it",
-                    version("opentelemetry-exporter-otlp-proto-http"))
-        exporter = OTLPSpanExporter(endpoint=url, timeout=timeout)
-    return exporter
-
-
-def _wire_grpc_exporter(endpoint: str, insecure: bool, timeout: float) -> SpanExporter:
-    """The SDK's OTLP/gRPC exporter with spanprobe's encoder: the request is parsed back from
-    our bytes (protobuf's C parser, a small part of what the SDK's Python encoder costs)."""
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-    from .otlp_wire import SpanEncoder
-
-    class WireGRPCSpanExporter(OTLPSpanExporter):
-        def __init__(self, **kw):
-            super().__init__(**kw)
-            self._spanprobe_encoder = SpanEncoder()
-
-        def _translate_data(self, data: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
-            return ExportTraceServiceRequest.FromString(self._spanprobe_encoder.encode(data))
-
-    return WireGRPCSpanExporter(endpoint=endpoint, insecure=insecure, timeout=timeout)
-
-
 def make_exporters(settings) -> list[SpanExporter]:
     exporters: list[SpanExporter] = []
     endpoint = settings["export.otlp_endpoint"]
     timeout = settings["export.timeout_s"]
     if endpoint:
         if settings["export.otlp_protocol"] == "grpc":
-            exporters.append(_wire_grpc_exporter(endpoint, endpoint.startswith("http://"), timeout))
+            exporters.append(grpc_exporter(endpoint, endpoint.startswith("http://"), timeout))
         else:
             url = endpoint if endpoint.rstrip("/").count("/") > 2 else endpoint.rstrip("/") + "/v1/traces"
-            exporters.append(_wire_http_exporter(url, timeout))
+            exporters.append(http_exporter(url, timeout))
     if settings["export.console"]:
         exporters.append(LineConsoleExporter())
     return exporters
 
 
+
+def retry_delay(retry: int, hint: float | None, ceiling: float) -> float:
+    """How long to wait before a batch's next attempt: the receiver's own delay
+    (Retry-After, RetryInfo) when it gave one, else FIRST_RETRY_DELAY_S doubled per retry
+    with +-20 % jitter (agents that failed together do not come back together); never
+    more than `ceiling` (export.max_retry_delay_s)."""
+    if hint is not None:
+        return min(max(hint, 0.0), ceiling)
+    return min(FIRST_RETRY_DELAY_S * 2 ** min(retry, 30) * random.uniform(0.8, 1.2), ceiling)
+
+
 class ExportQueue:
+    """Spans wait here for the export thread, in batches of `batch_size`.
+
+    A batch the receiver answers "later" (HTTP 429/502/503/504, a retryable gRPC code, no
+    connection, a timeout) stays at the head and is tried again after `retry_delay`, for as
+    long as the agent runs: meanwhile new spans queue up to `queue_size`, and only then are
+    they dropped (spans_dropped_queue_full). A refusal (another 4xx, a permanent gRPC code)
+    fails the batch at once; a failure that says neither (a non-OTLP exporter) is tried
+    `max_attempts` times. At stop, what is queued gets one attempt per batch until the
+    deadline; what is left then, in flight included, is counted in spans_abandoned_at_stop.
+    """
+
     def __init__(self, exporters: list[SpanExporter], queue_size: int = 20000,
-                 batch_size: int = 512, max_attempts: int = 3, flush_interval: float = 0.2):
+                 batch_size: int = 512, max_attempts: int = 3, flush_interval: float = 0.2,
+                 max_retry_delay: float = 60.0):
         self.exporters = exporters
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.max_attempts = max_attempts
         self.flush_interval = flush_interval
+        self.max_retry_delay = max_retry_delay
         self.queue: deque[ReadableSpan] = deque()
-        self.wake = threading.Event()
-        self.stopping = False
+        self.wake = threading.Event()        # a full batch is waiting: send before the interval
+        self.stopped = threading.Event()     # set by shutdown: ends any back-off wait at once
+        self._settle = threading.Lock()      # a batch's outcome is counted once: by the thread or by shutdown
+        self._in_flight: list[ReadableSpan] = []
+        self._given_up = False               # shutdown counted what the thread held; it counts nothing more
+        self._closed = False                 # shut down: nothing sends what is submitted now
+        self._deadline = float("inf")
         self.counts = {"spans_queued": 0, "spans_exported": 0, "spans_dropped_queue_full": 0,
-                       "spans_export_failed": 0, "export_calls": 0}
+                       "spans_export_failed": 0, "spans_abandoned_at_stop": 0,
+                       "export_calls": 0, "export_retries": 0, "export_throttled": 0}
         self.thread = threading.Thread(target=self._run, name="spanprobe-export", daemon=True)
         self.thread.start()
 
-    # hot path: called from the event loop
+    @property
+    def stopping(self) -> bool:
+        return self.stopped.is_set()
+
+    # hot path: called from the event loop; never waits on the export thread
     def submit(self, spans: list[ReadableSpan]) -> None:
+        counts = self.counts
+        if self._closed:
+            counts["spans_queued"] += len(spans)
+            counts["spans_abandoned_at_stop"] += len(spans)
+            return
         room = self.queue_size - len(self.queue)
         if room < len(spans):
-            self.counts["spans_dropped_queue_full"] += len(spans) - max(room, 0)
+            counts["spans_dropped_queue_full"] += len(spans) - max(room, 0)
             spans = spans[:max(room, 0)]
         self.queue.extend(spans)
-        self.counts["spans_queued"] += len(spans)
+        counts["spans_queued"] += len(spans)
         if len(self.queue) >= self.batch_size:
             self.wake.set()
 
@@ -145,57 +137,99 @@ class ExportQueue:
         return batch
 
     def _run(self) -> None:
-        backoff = 0.0
-        while True:
-            if not self.stopping:     # stopping: drain at once, no interval, no backoff
-                self.wake.wait(self.flush_interval if not backoff else backoff)
-                self.wake.clear()
-            if self.stopping and not self.queue:
-                return
-            while self.queue:
-                batch = self._take()
-                ok = self._export(batch)
-                if ok:
-                    backoff = 0.0
-                else:
-                    backoff = min(max(backoff * 2, 0.5), 30.0)
-                    break
-                if self.stopping and time.monotonic() > self._deadline:
-                    self.counts["spans_export_failed"] += len(self.queue)
-                    self.queue.clear()
-                    return
+        while not self.stopped.is_set():
+            self.wake.wait(self.flush_interval)
+            self.wake.clear()
+            self._drain()
+        self._drain()
 
-    def _export(self, batch: list[ReadableSpan]) -> bool:
-        all_ok = True
-        for exporter in self.exporters:
-            for attempt in range(self.max_attempts):
-                self.counts["export_calls"] += 1
-                try:
-                    result = exporter.export(batch)
-                except Exception as exc:  # an exporter bug must not kill the thread
-                    log.warning("exporter %s raised %s", type(exporter).__name__, exc)
-                    result = SpanExportResult.FAILURE
-                if result == SpanExportResult.SUCCESS:
-                    break
-                if self.stopping or attempt + 1 == self.max_attempts:
-                    all_ok = False
-                    break
-                time.sleep(min(0.25 * 2 ** attempt, 2.0))
-        if all_ok:
-            self.counts["spans_exported"] += len(batch)
-        else:
-            self.counts["spans_export_failed"] += len(batch)
-            log.warning("export of %d spans failed; counted in spans_export_failed", len(batch))
-        return all_ok
+    def _drain(self) -> None:
+        while self.queue:
+            with self._settle:
+                if self._given_up:
+                    return
+                batch = self._in_flight = self._take()
+            outcome = self._deliver(batch)
+            with self._settle:
+                if self._given_up:
+                    return
+                self.counts[outcome] += len(batch)
+                self._in_flight = []
+
+    def _deliver(self, batch: list[ReadableSpan]) -> str:
+        """Send one batch to every exporter; the name of the counter its spans end in."""
+        pending = list(self.exporters)
+        retry = unknown = 0
+        while True:
+            if self.stopping and time.monotonic() >= self._deadline:
+                return "spans_abandoned_at_stop"
+            if retry:
+                self.counts["export_retries"] += 1
+            failures = []
+            for exporter in list(pending):
+                attempt = self._attempt(exporter, batch)
+                if attempt.ok:
+                    pending.remove(exporter)
+                else:
+                    failures.append(attempt)
+            if not pending:
+                if retry:
+                    log.info("export accepted again after %d retries", retry)
+                return "spans_exported"
+            reason = failures[0].reason
+            if any(f.throttled for f in failures):
+                self.counts["export_throttled"] += 1
+            if any(f.retryable is False for f in failures):
+                log.warning("export of %d spans refused (%s); counted in spans_export_failed",
+                            len(batch), reason)
+                return "spans_export_failed"
+            if any(f.retryable is None for f in failures):
+                unknown += 1
+                if unknown >= self.max_attempts:
+                    log.warning("export of %d spans failed %d times (%s); counted in spans_export_failed",
+                                len(batch), unknown, reason)
+                    return "spans_export_failed"
+            if self.stopping:
+                log.warning("export of %d spans still failing at stop (%s); counted in "
+                            "spans_export_failed", len(batch), reason)
+                return "spans_export_failed"
+            hints = [f.retry_after for f in failures if f.retry_after is not None]
+            delay = retry_delay(retry, max(hints) if hints else None, self.max_retry_delay)
+            (log.warning if retry == 0 else log.debug)(
+                "export of %d spans: %s; retrying in %.1f s%s (the queue keeps spans meanwhile; "
+                "retries counted in export_retries)", len(batch), reason, delay,
+                " as the receiver asked" if hints else "")
+            retry += 1
+            self.stopped.wait(delay)
+
+    def _attempt(self, exporter: SpanExporter, batch: list[ReadableSpan]) -> Attempt:
+        self.counts["export_calls"] += 1
+        try:
+            attempt = getattr(exporter, "attempt", None)
+            if attempt is not None:
+                return attempt(batch)
+            if exporter.export(batch) == SpanExportResult.SUCCESS:
+                return ACCEPTED
+            return Attempt(False, reason=f"{type(exporter).__name__} returned FAILURE")
+        except Exception as exc:  # an exporter bug must not kill the thread
+            log.warning("exporter %s raised %s", type(exporter).__name__, exc)
+            return Attempt(False, reason=f"{type(exporter).__name__} raised {exc}")
 
     def shutdown(self, timeout: float = 3.0) -> None:
         self._deadline = time.monotonic() + timeout
-        self.stopping = True
+        self.stopped.set()
         self.wake.set()
         self.thread.join(timeout)
-        if self.thread.is_alive():
-            self.counts["spans_export_failed"] += len(self.queue)
-            self.queue.clear()
+        with self._settle:
+            if self.thread.is_alive():   # stuck in a send: what it holds is counted here, once
+                left = len(self._in_flight) + len(self.queue)
+                self.counts["spans_abandoned_at_stop"] += left
+                self.queue.clear()
+                self._in_flight = []
+                self._given_up = True
+                log.warning("export still blocked after %.1f s at stop: %d spans counted in "
+                            "spans_abandoned_at_stop", timeout, left)
+            self._closed = True
 
         def close_all():
             for exporter in self.exporters:
@@ -207,3 +241,10 @@ class ExportQueue:
         closer = threading.Thread(target=close_all, daemon=True)
         closer.start()
         closer.join(0.5)
+
+
+def export_queue(settings) -> ExportQueue:
+    """The exporters and their queue, as the settings describe them."""
+    return ExportQueue(make_exporters(settings), settings["export.queue_size"],
+                       settings["export.batch_size"], settings["export.max_attempts"],
+                       max_retry_delay=settings["export.max_retry_delay_s"])

@@ -16,7 +16,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
-from spanprobe.export import ExportQueue, LineConsoleExporter
+from spanprobe.export import FIRST_RETRY_DELAY_S, ExportQueue, LineConsoleExporter, export_queue, retry_delay
+from spanprobe.otlp_senders import ACCEPTED, Attempt
 
 
 def wait_for(cond, timeout: float = 3.0) -> bool:
@@ -26,6 +27,14 @@ def wait_for(cond, timeout: float = 3.0) -> bool:
             return True
         time.sleep(0.005)
     return cond()
+
+
+def assert_accounted(q: ExportQueue, handed: int) -> None:
+    """Once stopped, every span handed to the queue is in exactly one outcome counter."""
+    c = q.counts
+    assert c["spans_queued"] + c["spans_dropped_queue_full"] == handed, c
+    assert c["spans_queued"] == (c["spans_exported"] + c["spans_export_failed"]
+                                 + c["spans_abandoned_at_stop"]), c
 
 
 class Recording(SpanExporter):
@@ -226,9 +235,189 @@ def test_shutdown_returns_within_its_timeout_when_the_exporter_hangs(queues):
     elapsed = time.monotonic() - t0
     # 0.3 s for the thread, at most 0.5 s for exporter.shutdown
     assert 0.3 <= elapsed < 1.2
-    assert q.counts["spans_export_failed"] == 3    # what was still queued
+    # the batch in flight and what was still queued
+    assert q.counts["spans_abandoned_at_stop"] == 5
+    assert q.counts["spans_export_failed"] == 0
     assert len(q.queue) == 0
     assert q.counts["spans_exported"] == 0
+    assert_accounted(q, handed=5)
+
+
+class Answering(Recording):
+    """An exporter with attempt(): answers from a script of Attempts (the last repeats),
+    recording when each attempt came."""
+
+    def __init__(self, *answers: Attempt):
+        super().__init__()
+        self.answers = list(answers)
+        self.times: list[float] = []
+
+    def attempt(self, spans):
+        self.batches.append(list(spans))
+        self.times.append(time.monotonic())
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+    def export(self, spans):
+        raise AssertionError("the queue uses attempt() when an exporter has it")
+
+
+LATER = Attempt(False, retryable=True, throttled=True, reason="HTTP 429")
+
+
+def test_shutdown_gave_up_on_a_stuck_send_then_the_thread_counts_nothing_more(queues):
+    stuck = Hanging()
+    q = queues([stuck], batch_size=3, flush_interval=0.01)
+    q.submit([1, 2, 3, 4])
+    assert stuck.entered.wait(2)
+    q.shutdown(timeout=0.2)
+    before = dict(q.counts)
+    stuck.release.set()                       # the send returns after the agent gave up
+    q.thread.join(2)
+    assert not q.thread.is_alive()
+    assert q.counts == before
+    assert q.counts["spans_abandoned_at_stop"] == 4
+    assert_accounted(q, handed=4)
+
+
+def test_spans_submitted_after_shutdown_are_counted_not_stranded(queues):
+    rec = Recording()
+    q = queues([rec], flush_interval=0.01)
+    q.shutdown(timeout=1.0)
+    q.submit([1, 2])
+    assert q.counts["spans_abandoned_at_stop"] == 2
+    assert_accounted(q, handed=2)
+
+
+def test_a_throttled_batch_is_retried_after_the_receivers_delay_and_not_failed(queues):
+    receiver = Answering(Attempt(False, True, True, retry_after=0.3, reason="HTTP 429"), ACCEPTED)
+    q = queues([receiver], batch_size=2, max_attempts=1, flush_interval=0.01)
+    q.submit([1, 2])
+    assert wait_for(lambda: q.counts["spans_exported"] == 2)
+    assert receiver.batches == [[1, 2], [1, 2]]          # the same batch again
+    assert receiver.times[1] - receiver.times[0] >= 0.3   # not before the receiver's delay
+    assert q.counts["export_retries"] == 1 and q.counts["export_throttled"] == 1
+    assert q.counts["spans_export_failed"] == 0
+    q.shutdown(timeout=1.0)
+    assert_accounted(q, handed=2)
+
+
+def test_the_receivers_delay_is_bounded_by_max_retry_delay(queues):
+    receiver = Answering(Attempt(False, True, True, retry_after=3600, reason="HTTP 429"), ACCEPTED)
+    q = queues([receiver], batch_size=1, flush_interval=0.01, max_retry_delay=0.2)
+    q.submit(["s"])
+    assert wait_for(lambda: q.counts["spans_exported"] == 1, timeout=2)
+    assert 0.2 <= receiver.times[1] - receiver.times[0] < 1.5
+
+
+def test_full_batches_do_not_cut_a_back_off_short(queues):
+    receiver = Answering(Attempt(False, True, True, retry_after=0.5, reason="HTTP 503"), ACCEPTED)
+    q = queues([receiver], batch_size=2, flush_interval=0.01)
+    q.submit([1, 2])
+    assert wait_for(lambda: len(receiver.times) == 1)
+    for i in range(10):                       # full batches arrive during the back-off
+        q.submit([10 + i, 20 + i])
+        time.sleep(0.02)
+    assert len(receiver.times) == 1
+    assert wait_for(lambda: q.counts["spans_exported"] == 22)
+    assert receiver.times[1] - receiver.times[0] >= 0.5
+
+
+def test_while_the_receiver_says_later_spans_wait_and_only_a_full_queue_drops(queues):
+    receiver = Answering(LATER)
+    q = queues([receiver], queue_size=10, batch_size=4, max_attempts=1, flush_interval=0.01,
+               max_retry_delay=0.05)
+    q.submit([0, 1, 2, 3])
+    assert wait_for(lambda: q.counts["export_retries"] >= 5)   # many retries, never failed
+    assert q.counts["spans_export_failed"] == 0
+    assert set(map(tuple, receiver.batches)) == {(0, 1, 2, 3)}  # always the head batch
+    q.submit(list(range(100, 112)))           # 10 - 0 queued (4 in flight) -> room for 10
+    assert q.counts["spans_dropped_queue_full"] == 2
+    receiver.answers = [ACCEPTED]
+    assert wait_for(lambda: q.counts["spans_exported"] == 14)
+    q.shutdown(timeout=1.0)
+    assert_accounted(q, handed=16)
+
+
+def test_a_refused_batch_fails_at_once_without_retries(queues):
+    receiver = Answering(Attempt(False, False, reason="HTTP 400 Bad Request"))
+    q = queues([receiver], batch_size=2, max_attempts=5, flush_interval=0.01)
+    q.submit([1, 2])
+    assert wait_for(lambda: q.counts["spans_export_failed"] == 2)
+    assert len(receiver.batches) == 1 and q.counts["export_retries"] == 0
+
+
+def test_stop_during_a_back_off_tries_once_more_at_once(queues):
+    receiver = Answering(Attempt(False, True, True, retry_after=60, reason="HTTP 429"), ACCEPTED)
+    q = queues([receiver], batch_size=2, flush_interval=0.01)
+    q.submit([1, 2, 3])
+    assert wait_for(lambda: len(receiver.times) == 1)
+    t0 = time.monotonic()
+    q.shutdown(timeout=2.0)
+    assert time.monotonic() - t0 < 1.0
+    assert q.counts["spans_exported"] == 3
+    assert_accounted(q, handed=3)
+
+
+def test_still_refusing_at_stop_is_counted_failed(queues):
+    receiver = Answering(LATER)
+    q = queues([receiver], batch_size=2, flush_interval=0.01, max_retry_delay=30)
+    q.submit([1, 2, 3, 4, 5])
+    assert wait_for(lambda: len(receiver.times) == 1)
+    q.shutdown(timeout=2.0)
+    assert q.counts["spans_export_failed"] == 5
+    assert_accounted(q, handed=5)
+
+
+def test_only_the_exporters_that_failed_get_the_batch_again(queues):
+    console, otlp = Recording(), Answering(LATER, ACCEPTED)
+    q = queues([console, otlp], batch_size=1, flush_interval=0.01, max_retry_delay=0.05)
+    q.submit(["s"])
+    assert wait_for(lambda: q.counts["spans_exported"] == 1)
+    assert console.batches == [["s"]] and otlp.batches == [["s"], ["s"]]
+
+
+@pytest.mark.parametrize("retry", range(8))
+def test_retry_delay_doubles_with_jitter_up_to_the_ceiling(retry):
+    base = FIRST_RETRY_DELAY_S * 2 ** retry
+    for _ in range(50):
+        d = retry_delay(retry, None, 10.0)
+        assert min(base * 0.8, 10.0) <= d <= min(base * 1.2, 10.0)
+    assert retry_delay(retry, 2.5, 10.0) == 2.5      # the receiver's delay wins
+    assert retry_delay(retry, 99.0, 10.0) == 10.0     # bounded
+    assert retry_delay(retry, -1.0, 10.0) == 0.0
+
+
+def test_retry_delay_jitter_spreads_agents():
+    assert len({round(retry_delay(3, None, 60.0), 6) for _ in range(20)}) > 10
+
+
+def test_submit_is_constant_time_during_a_back_off(queues):
+    receiver = Answering(Attempt(False, True, True, retry_after=30, reason="HTTP 429"))
+    q = queues([receiver], queue_size=1000, batch_size=10, flush_interval=0.01)
+    q.submit(list(range(10)))
+    assert wait_for(lambda: len(receiver.times) == 1)
+    worst = 0.0
+    for i in range(2000):
+        t0 = time.perf_counter()
+        q.submit([i])
+        worst = max(worst, time.perf_counter() - t0)
+    assert worst < 0.05
+    assert len(q.queue) == 1000                          # the batch in flight is not in it
+    assert q.counts["spans_queued"] == 10 + 1000
+    assert q.counts["spans_dropped_queue_full"] == 2000 - 1000
+
+
+def test_export_queue_from_settings():
+    from spanprobe.config import resolve
+
+    s = resolve({"export.console": True}, {"SPANPROBE_EXPORT_MAX_RETRY_DELAY_S": "7",
+                                           "SPANPROBE_EXPORT_QUEUE_SIZE": "33"}, None)
+    q = export_queue(s)
+    try:
+        assert q.max_retry_delay == 7.0 and q.queue_size == 33
+        assert [type(e) for e in q.exporters] == [LineConsoleExporter]
+    finally:
+        q.shutdown(timeout=1.0)
 
 
 # ---- console ----

@@ -157,4 +157,4 @@ def test_an_sdk_without_the_private_hook_keeps_the_sdks_own_exporter(monkeypatch
     (exporter,) = make_exporters({"export.otlp_endpoint": "http://127.0.0.1:9", "export.console": False,
                                   "export.otlp_protocol": "http/protobuf", "export.timeout_s": 1.0})
     assert type(exporter) is trace_exporter.OTLPSpanExporter
-    assert "has no _client.export" in caplog.text
+    assert "has no _client._submit" in caplog.text

@@ -1,0 +1,195 @@
+"""Unit tests of the OTLP exporters' single attempts (spanprobe.otlp_senders): what a real
+receiver on loopback answers becomes accepted, "later" (with its delay) or refused."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from concurrent import futures
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from google.rpc.error_details_pb2 import RetryInfo
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
+
+from spanprobe.otlp_senders import grpc_exporter, http_exporter
+
+SPANS = [ReadableSpan(name="GET /x", context=SpanContext(0x1, 0x2, False, TraceFlags(1)),
+                      resource=Resource({"service.name": "s"}), attributes={}, kind=SpanKind.SERVER,
+                      start_time=1, end_time=2)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def http_answers():
+    """An HTTP server answering each POST with the next (status, headers) of a script."""
+    script: list[tuple[int, dict]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            status, headers = script.pop(0)
+            self.send_response(status)
+            for k, v in {**headers, "Content-Length": "0"}.items():
+                self.send_header(k, v)
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    exporter = http_exporter(f"http://127.0.0.1:{server.server_address[1]}/v1/traces", 2.0)
+    yield script, exporter
+    exporter.shutdown()
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_429_with_retry_after_seconds(http_answers):
+    script, exporter = http_answers
+    script.append((429, {"Retry-After": "7"}))
+    a = exporter.attempt(SPANS)
+    assert (a.ok, a.retryable, a.throttled, a.retry_after) == (False, True, True, 7.0)
+    assert "429" in a.reason
+
+
+def test_http_503_with_retry_after_as_a_date(http_answers):
+    script, exporter = http_answers
+    script.append((503, {"Retry-After": formatdate(time.time() + 20, usegmt=True)}))
+    a = exporter.attempt(SPANS)
+    assert a.retryable and a.throttled and 15 <= a.retry_after <= 21
+
+
+def test_http_502_is_retried_without_a_delay_of_its_own(http_answers):
+    script, exporter = http_answers
+    script.append((502, {}))
+    a = exporter.attempt(SPANS)
+    assert (a.retryable, a.throttled, a.retry_after) == (True, False, None)
+
+
+@pytest.mark.parametrize("status, headers, words", [
+    (400, {}, "HTTP 400"),
+    (404, {}, "HTTP 404"),
+    (307, {"Location": "http://127.0.0.1:1/elsewhere"}, "give that URL"),
+])
+def test_http_refusals_are_not_retried(http_answers, status, headers, words):
+    script, exporter = http_answers
+    script.append((status, headers))
+    a = exporter.attempt(SPANS)
+    assert a.ok is False and a.retryable is False and words in a.reason
+
+
+def test_http_accepted(http_answers):
+    script, exporter = http_answers
+    script.append((200, {}))
+    assert exporter.attempt(SPANS).ok
+    script.append((200, {}))
+    assert exporter.export(SPANS).name == "SUCCESS"
+
+
+def test_http_nobody_listening_is_retryable():
+    exporter = http_exporter(f"http://127.0.0.1:{free_port()}/v1/traces", 1.0)
+    try:
+        a = exporter.attempt(SPANS)
+        assert a.ok is False and a.retryable is True and not a.throttled
+    finally:
+        exporter.shutdown()
+
+
+@pytest.fixture
+def grpc_answers():
+    """A gRPC trace service that aborts each call with the next (code, retry delay)."""
+    script: list[tuple[grpc.StatusCode, float | None]] = []
+
+    class Service(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            code, delay = script.pop(0)
+            if code == grpc.StatusCode.OK:
+                return trace_service_pb2.ExportTraceServiceResponse()
+            if delay is not None:
+                info = RetryInfo(retry_delay=Duration(seconds=int(delay), nanos=int(delay % 1 * 1e9)))
+                context.set_trailing_metadata((("google.rpc.retryinfo-bin", info.SerializeToString()),))
+            context.abort(code, "scripted")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    exporter = grpc_exporter(f"http://127.0.0.1:{port}", True, 2.0)
+    yield script, exporter
+    exporter.shutdown()
+    server.stop(0)
+
+
+def test_grpc_resource_exhausted_with_retry_info(grpc_answers):
+    script, exporter = grpc_answers
+    script.append((grpc.StatusCode.RESOURCE_EXHAUSTED, 2.5))
+    a = exporter.attempt(SPANS)
+    assert (a.ok, a.retryable, a.throttled, a.retry_after) == (False, True, True, 2.5)
+    assert "RESOURCE_EXHAUSTED" in a.reason
+
+
+def test_grpc_unavailable_without_retry_info(grpc_answers):
+    script, exporter = grpc_answers
+    script.append((grpc.StatusCode.UNAVAILABLE, None))
+    a = exporter.attempt(SPANS)
+    assert (a.retryable, a.throttled, a.retry_after) == (True, True, None)
+
+
+def test_grpc_invalid_argument_is_refused(grpc_answers):
+    script, exporter = grpc_answers
+    script.append((grpc.StatusCode.INVALID_ARGUMENT, None))
+    a = exporter.attempt(SPANS)
+    assert a.ok is False and a.retryable is False
+
+
+def test_grpc_accepted(grpc_answers):
+    script, exporter = grpc_answers
+    script.append((grpc.StatusCode.OK, None))
+    assert exporter.attempt(SPANS).ok
+
+
+def test_grpc_to_an_http1_receiver_warns_once_with_the_fix(caplog):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    exporter = grpc_exporter(url, True, 2.0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="spanprobe.export"):
+            attempts = [exporter.attempt(SPANS) for _ in range(3)]
+        assert all(a.ok is False and a.retryable for a in attempts)
+        hints = [r.getMessage() for r in caplog.records if "--otlp-protocol http/protobuf" in r.getMessage()]
+        assert len(hints) == 1
+        assert url in hints[0] and "OTEL_EXPORTER_OTLP_PROTOCOL" in hints[0]
+    finally:
+        exporter.shutdown()
+        server.shutdown()
+        server.server_close()
+
+
+def test_grpc_to_a_real_grpc_receiver_gives_no_protocol_hint(grpc_answers, caplog):
+    script, exporter = grpc_answers
+    script.append((grpc.StatusCode.UNAVAILABLE, None))
+    with caplog.at_level(logging.WARNING, logger="spanprobe.export"):
+        exporter.attempt(SPANS)
+    assert "--otlp-protocol" not in caplog.text
