@@ -7,18 +7,56 @@ that were transferred but not captured. It keeps exact framing (Content-Length, 
 across gaps where it can, and otherwise falls back to what is still certain: a message
 ends at the next message's start line, at the chunked terminator seen in a segment's
 tail, or at close.
+
+Every byte is hostile, so:
+
+* Numbers are read strictly (`_decimal`, `_chunk_size`): ASCII digits only (hex digits
+  for chunk sizes), no sign, no inner whitespace or underscores, a bounded count of
+  digits. Python's int() alone would take "+5", " 5", "5_000", "0x5" and non-ASCII
+  digits; a negative length once sent the body loop backwards.
+* What is buffered is bounded: a head (and a trailer section) by HEAD_LIMIT, a
+  chunk-size line by CHUNK_LINE_LIMIT, a kept body by `keep_body`.
+* A message that breaks a rule is unparseable: it is dropped, counted in
+  `parse_errors`, and the parser resynchronises at the next start line. Nothing
+  raises out of `feed` or `close`.
+* `feed` provably ends: see the comment in its loop.
+
+Decisions where RFC 9110/9112 leave room, documented here once:
+
+* Status code: exactly three digits in 100..599 (RFC 9110 15 calls others invalid).
+* Version: exactly `HTTP/1.<digit>` in start lines. Anything else, including an HTTP/2
+  preface (`PRI * HTTP/2.0`), is not HTTP/1 framing and makes the message unparseable.
+* Content-Length: 1 to 19 digits, below 2**63. A list or repeated field of identical
+  values counts once; differing values make the message unparseable (RFC 9112 6.3).
+* Transfer-Encoding wins over Content-Length (RFC 9112 6.3). A request whose last
+  transfer coding is not chunked is unparseable; such a response runs until close.
+* Chunk size: 1 to 16 hex digits, optional spaces or tabs, then optional extensions
+  after ';'. A head of more than MAX_HEADER_LINES lines is unparseable.
 """
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-HEAD_LIMIT = 64 * 1024
+HEAD_LIMIT = 64 * 1024          # bytes of a head (or trailer section) kept, blank line excluded
+CHUNK_LINE_LIMIT = 1024         # bytes of a chunk-size line, extensions included
+MAX_HEADER_LINES = 1024         # far above what servers accept (commonly about 100)
+MAX_CONTENT_LENGTH = 2 ** 63 - 1
 METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE"})
 _STARTS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"PATC", b"OPTI", b"CONN", b"TRAC", b"HTTP")
 _BODYLESS_REQUESTS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+_BLANK_LINE = b"\r\n\r\n"
+
+# [0-9] in a str pattern matches ASCII digits only (\d would match any Unicode digit)
+_DECIMAL = re.compile(r"[0-9]{1,19}")
+_STATUS = re.compile(r"[1-5][0-9][0-9]")
+_VERSION = re.compile(r"HTTP/(1\.[0-9])")
+_TARGET = re.compile(r"[^\x00-\x20\x7f]+")      # no controls, no whitespace
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;.*)?", re.DOTALL)
 
 # states
 IDLE, HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, CHUNK_TRAILER, UNTIL_CLOSE, OPEN, CHUNK_LOST, RESYNC = range(10)
@@ -54,38 +92,73 @@ class ParseError(ValueError):
     pass
 
 
+def _content_length(value: str) -> int:
+    """Content-Length: one value, or a list of identical values (RFC 9112 6.3)."""
+    lengths = set()
+    for item in value.split(","):
+        item = item.strip(" \t")
+        if not _DECIMAL.fullmatch(item):
+            raise ParseError(f"bad Content-Length {value[:40]!r}")
+        lengths.add(int(item))
+    if len(lengths) != 1:
+        raise ParseError(f"conflicting Content-Length {value[:40]!r}")
+    length = lengths.pop()
+    if length > MAX_CONTENT_LENGTH:
+        raise ParseError(f"Content-Length {length} out of range")
+    return length
+
+
+def _chunk_size(line: bytes) -> int:
+    """The size on a chunk-size line (extensions after ';' are ignored)."""
+    m = _CHUNK_SIZE.fullmatch(line)
+    if m is None:
+        raise ParseError(f"bad chunk-size line {line[:40]!r}")
+    return int(m.group(1), 16)
+
+
 def parse_head(raw: bytes, msg: Message, *, partial: bool = False) -> None:
-    """Fill `msg` from a message head (start line and headers, without the blank line)."""
+    """Fill `msg` from a message head (start line and headers, without the blank line).
+
+    ParseError if the head breaks a rule of this module's docstring; `msg` may then be
+    partly filled and must be dropped."""
     text = raw.decode("latin-1")
     lines = text.split("\r\n")
     if partial:
         lines = lines[:-1] if len(lines) > 1 else lines   # last line may be cut
+    if len(lines) > MAX_HEADER_LINES + 1:
+        raise ParseError(f"{len(lines) - 1} header lines")
     first = lines[0]
     parts = first.split(" ", 2)
     if msg.is_request:
-        if len(parts) != 3 or parts[0] not in METHODS or not parts[2].startswith("HTTP/"):
+        version = _VERSION.fullmatch(parts[2]) if len(parts) == 3 else None
+        if version is None or parts[0] not in METHODS or not _TARGET.fullmatch(parts[1]):
             raise ParseError(f"bad request line {first[:80]!r}")
-        msg.method, msg.target, msg.version = parts[0], parts[1], parts[2][5:]
+        msg.method, msg.target, msg.version = parts[0], parts[1], version.group(1)
     else:
-        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        version = _VERSION.fullmatch(parts[0])
+        if version is None or len(parts) < 2 or not _STATUS.fullmatch(parts[1]):
             raise ParseError(f"bad status line {first[:80]!r}")
-        msg.version, msg.status = parts[0][5:], int(parts[1])
-    headers = msg.headers
+        msg.version, msg.status = version.group(1), int(parts[1])
+    # values of a repeated field, joined once at the end (joining as they come is
+    # quadratic in a head that repeats one field thousands of times)
+    values: dict[str, list[str]] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep or not name or name[0] in " \t":
-            continue
-        name = name.strip().lower()
-        value = value.strip()
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    te = headers.get("transfer-encoding", "")
-    msg.chunked = "chunked" in te.lower()
+        if not sep or not _TOKEN.fullmatch(name):
+            continue        # not a field line (an obsolete fold, a line without a name)
+        values.setdefault(name.lower(), []).append(value.strip(" \t"))
+    headers = msg.headers
+    for name, vals in values.items():
+        headers[name] = ", ".join(vals)
+    te = headers.get("transfer-encoding")
     cl = headers.get("content-length")
-    if cl is not None and not msg.chunked:
-        try:
-            msg.declared_length = int(cl.split(",")[0].strip())
-        except ValueError:
-            msg.declared_length = None
+    if te is not None:
+        codings = [c for c in (c.strip(" \t").lower() for c in te.split(",")) if c]
+        msg.chunked = bool(codings) and codings[-1] == "chunked"
+        if not msg.chunked and msg.is_request:
+            raise ParseError(f"request Transfer-Encoding {te[:40]!r} does not end in chunked")
+    elif cl is not None:
+        msg.declared_length = _content_length(cl)
 
 
 class MessageParser:
@@ -178,41 +251,27 @@ class MessageParser:
             self.state = IDLE
         self.last_ts = ts
         pos, end = 0, len(data)
+        # Termination: every pass consumes at least one byte of `data`. IDLE skips line
+        # ends or starts a message and reads its head in the same pass; a head pass
+        # ends at or after the blank line, whose start is at most 3 bytes back in the
+        # buffer (no earlier pass found it there); BODY and CHUNK_DATA take
+        # min(remaining, rest) with remaining >= 1 while in those states (lengths are
+        # positive, and a state is left when remaining reaches 0); a chunk-size line
+        # or trailer ends after its CRLF; the other states take the rest. Should an
+        # invariant ever break, the check below turns the pass into a counted error
+        # instead of a loop that never ends.
         while pos < end:
+            before = pos
             state = self.state
             if state == IDLE:
                 while pos < end and data[pos] in (13, 10):
                     pos += 1
-                if pos >= end:
-                    break
-                self._begin(ts, tid)
-                continue
-            if state == HEAD:
-                old = len(self.buf)
-                if old == 0:
-                    i = data.find(b"\r\n\r\n", pos)
-                    if i >= 0:
-                        if self._head_done(data[pos:i], False):
-                            self._framing()
-                        pos = i + 4
-                        continue
-                    self.buf += data[pos:]
-                    pos = end
-                else:
-                    self.buf += data[pos:]
-                    i = self.buf.find(b"\r\n\r\n", max(0, old - 3))
-                    if i >= 0:
-                        raw = bytes(self.buf[:i])
-                        pos += i + 4 - old
-                        self.buf.clear()
-                        if self._head_done(raw, False):
-                            self._framing()
-                        continue
-                    pos = end
-                if len(self.buf) > HEAD_LIMIT:
-                    self._truncated_head(ts)
-                continue
-            if state == BODY:
+                if pos < end:
+                    self._begin(ts, tid)
+                    pos = self._head(data, pos, end, ts)
+            elif state == HEAD:
+                pos = self._head(data, pos, end, ts)
+            elif state == BODY:
                 n = min(self.remaining, end - pos)
                 self.remaining -= n
                 self.msg.body_size += n
@@ -221,29 +280,27 @@ class MessageParser:
                 pos += n
                 if self.remaining == 0:
                     self._finish(ts)
-                continue
-            if state == CHUNK_SIZE:
-                pos = self._chunk_line(data, pos, end, ts)
-                continue
-            if state == CHUNK_DATA:
+            elif state == CHUNK_SIZE:
+                pos = self._chunk_line(data, pos, end)
+            elif state == CHUNK_DATA:
                 n = min(self.remaining, end - pos)
                 if self.msg.body is not None:
                     self._keep(data[pos:pos + max(0, min(n, self.remaining - 2))])
                 self._chunk_bytes(n)
                 pos += n
-                continue
-            if state == CHUNK_TRAILER:
+            elif state == CHUNK_TRAILER:
                 pos = self._trailer(data, pos, end, ts)
-                continue
-            if state in (UNTIL_CLOSE, OPEN, CHUNK_LOST):
+            elif state in (UNTIL_CLOSE, OPEN, CHUNK_LOST):
                 self.msg.body_size += end - pos
                 if self.msg.body is not None and state != CHUNK_LOST:
                     self._keep(data[pos:end])
                 pos = end
-                continue
-            if state == RESYNC:
+            elif state == RESYNC:
                 self.lost_bytes += end - pos
                 pos = end
+            if pos <= before:
+                self._stalled(end - before)
+                break
         gap = length - len(data)
         if gap > 0:
             self._gap(gap, ts)
@@ -251,6 +308,43 @@ class MessageParser:
             last = tail if gap > 0 else data[-5:]
             if last.endswith(b"0\r\n\r\n"):
                 self._finish(ts)
+
+    def _stalled(self, rest: int) -> None:
+        """A pass of `feed` that consumed nothing: drop the message, count the error and
+        the bytes not read, and wait for the next start line."""
+        self.parse_errors += 1
+        self.lost_bytes += rest
+        self.msg = None
+        self.buf.clear()
+        self.state = RESYNC
+
+    def _head(self, data: bytes, pos: int, end: int, ts: int) -> int:
+        """Read head bytes from data[pos:end]; the position after what was used."""
+        buf = self.buf
+        old = len(buf)
+        # never look further than the limit (and a blank line right after it)
+        stop = min(end, pos + HEAD_LIMIT + 4 - old)
+        if old == 0:
+            i = data.find(_BLANK_LINE, pos, stop)
+            if i >= 0:
+                if self._head_done(data[pos:i], False):
+                    self._framing()
+                return i + 4
+            buf += data[pos:stop]
+        else:
+            buf += data[pos:stop]
+            i = buf.find(_BLANK_LINE, max(0, old - 3))
+            if i >= 0:
+                raw = bytes(buf[:i])
+                buf.clear()
+                if self._head_done(raw, False):
+                    self._framing()
+                return pos + i + 4 - old
+        if len(buf) > HEAD_LIMIT:
+            # over the limit: parse what is kept; the rest of this segment is head too
+            del buf[HEAD_LIMIT:]
+            self._truncated_head(ts)
+        return end
 
     def _keep(self, chunk: bytes) -> None:
         if self.msg.body_incomplete:
@@ -270,43 +364,58 @@ class MessageParser:
         if self.remaining == 0:
             self.state = CHUNK_SIZE
 
-    def _chunk_line(self, data: bytes, pos: int, end: int, ts: int) -> int:
+    def _chunk_line(self, data: bytes, pos: int, end: int) -> int:
+        """Read a chunk-size line; the position after what was used."""
         if self.buf[-1:] == b"\r" and data[pos:pos + 1] == b"\n":
             # the CRLF itself was split between two segments
             line, nxt = bytes(self.buf[:-1]), pos + 1
         else:
-            i = data.find(b"\r\n", pos)
+            i = data.find(b"\r\n", pos, pos + CHUNK_LINE_LIMIT + 2 - len(self.buf))
             if i < 0:
-                self.buf += data[pos:]
-                if len(self.buf) > 1024:
-                    self.state = CHUNK_LOST
+                if len(self.buf) + end - pos > CHUNK_LINE_LIMIT + 1:
+                    self._chunk_error()     # no line end within the limit
+                else:
+                    self.buf += data[pos:end]
                 return end
             line, nxt = bytes(self.buf) + data[pos:i], i + 2
         self.buf.clear()
         try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            self.parse_errors += 1
-            self.state = CHUNK_LOST
+            size = _chunk_size(line)
+        except ParseError:
+            self._chunk_error()
             return nxt
         if size == 0:
             self.state = CHUNK_TRAILER
+            self.buf += b"\r\n"     # the last-chunk line's CRLF: the section ends at CRLFCRLF
         else:
             self.state, self.remaining = CHUNK_DATA, size + 2
         return nxt
 
+    def _chunk_error(self) -> None:
+        """Chunk framing unreadable: count it; the message ends at a terminator seen at
+        the end of a segment, or at close."""
+        self.parse_errors += 1
+        self.buf.clear()
+        self.state = CHUNK_LOST
+
     def _trailer(self, data: bytes, pos: int, end: int, ts: int) -> int:
-        self.buf += data[pos:end]
-        if self.buf.startswith(b"\r\n"):
-            used = 2
-        else:
-            i = self.buf.find(b"\r\n\r\n")
-            if i < 0:
-                return end
-            used = i + 4
-        consumed_here = used - (len(self.buf) - (end - pos))
-        self._finish(ts)
-        return pos + max(0, consumed_here)
+        """Read the trailer section (bounded like a head); the position after it."""
+        buf = self.buf
+        old = len(buf)
+        stop = min(end, pos + HEAD_LIMIT + 4 - old)
+        buf += data[pos:stop]
+        i = buf.find(_BLANK_LINE, max(0, old - 3))
+        if i >= 0:
+            self._finish(ts)
+            return pos + i + 4 - old
+        if len(buf) > HEAD_LIMIT:
+            # the body itself was whole; trailers without end are an error, and what
+            # follows is read again from the next start line
+            self.parse_errors += 1
+            self.lost_bytes += end - stop
+            self._finish(ts)
+            self.state = RESYNC
+        return end
 
     def _truncated_head(self, ts: int) -> None:
         raw = bytes(self.buf)

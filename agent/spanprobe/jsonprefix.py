@@ -3,15 +3,24 @@
 The kernel copies a bounded prefix of each message, so a body can end mid-document.
 Fields that lie wholly inside the prefix are still exact; a field cut by the end, or
 beyond it, is absent (UNSET) and never a guess.
+
+The body is hostile, so the work is bounded: documents nested deeper than MAX_DEPTH are
+refused before any parsing (json's C decoder and the prefix reader below both recurse
+per level; a body of 60,000 '[' would otherwise end in RecursionError), only the first
+MAX_DOCUMENT_BYTES are read, and every step of the prefix reader is linear in the bytes
+it reads. Numbers keep Python's own bound on the digits of an int (ValueError beyond).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from itertools import accumulate
 from json.decoder import scanstring
 
 UNSET = object()
+MAX_DEPTH = 64                   # nesting of objects and arrays
+MAX_DOCUMENT_BYTES = 64 * 1024   # the largest body attributes.max_body_bytes can keep
 _NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?")
 # a number the prefix ends in: "-", "12", "1.", "1.5e", "1e+" may all continue
 _NUMBER_CUT = re.compile(r"-?(?:(?:0|[1-9]\d*)(?:\.(?:\d+(?:[eE][-+]?\d*)?)?|[eE][-+]?\d*)?)?\Z")
@@ -19,6 +28,10 @@ _NUMBER_CUT = re.compile(r"-?(?:(?:0|[1-9]\d*)(?:\.(?:\d+(?:[eE][-+]?\d*)?)?|[eE
 _STRING_CUT = re.compile(r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*'
                          r'(?:\\(?:u[0-9a-fA-F]{0,3})?)?\Z')
 _WS = re.compile(r"[ \t\n\r]*")
+# for the depth check: strings (maybe cut by the end) and everything but brackets
+_ANY_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?', re.DOTALL)
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+_NESTING = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 class _PartialDict(dict):
@@ -51,21 +64,35 @@ def _string(s: str, i: int, obj: dict | None = None):
         raise ValueError(f"bad string at {i}") from None
 
 
-def _value(s: str, i: int):
+def _nesting(text: str) -> int:
+    """An upper bound of the deepest nesting of brackets outside strings (exact for JSON
+    text with more than MAX_DEPTH opening brackets)."""
+    opening = text.count("[") + text.count("{")
+    if opening <= MAX_DEPTH:
+        return opening          # cheap, and enough to know the bound holds
+    brackets = _NOT_BRACKETS.sub("", _ANY_STRING.sub("", text))
+    return max(accumulate(map(_NESTING.__getitem__, brackets)), default=0)
+
+
+def _value(s: str, i: int, depth: int = 0):
+    if depth > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH}")
     i = _WS.match(s, i).end()
     if i >= len(s):
         raise _Cut()
     c = s[i]
     if c == "{":
-        return _object(s, i + 1)
+        return _object(s, i + 1, depth + 1)
     if c == "[":
-        return _array(s, i + 1)
+        return _array(s, i + 1, depth + 1)
     if c == '"':
         return _string(s, i)
     for word, val in (("true", True), ("false", False), ("null", None)):
         if s.startswith(word, i):
             return val, i + len(word)
-        if word.startswith(s[i:]):
+        # the text left is shorter than the word (slicing all that is left at every value
+        # would be quadratic)
+        if len(s) - i < len(word) and word.startswith(s[i:]):
             raise _Cut()
     if _NUMBER_CUT.match(s, i):
         raise _Cut()          # 12 could be the start of 1234, 1. of 1.5
@@ -77,7 +104,7 @@ def _value(s: str, i: int):
     raise ValueError(f"not JSON at {i}")
 
 
-def _object(s: str, i: int):
+def _object(s: str, i: int, depth: int):
     out: dict = {}
     i = _WS.match(s, i).end()
     if i < len(s) and s[i] == "}":
@@ -95,7 +122,7 @@ def _object(s: str, i: int):
         if s[i] != ":":
             raise ValueError("':' expected")
         try:
-            val, i = _value(s, i + 1)
+            val, i = _value(s, i + 1, depth)
         except _Cut as cut:
             if cut.partial is not UNSET:
                 out[key] = cut.partial
@@ -111,14 +138,14 @@ def _object(s: str, i: int):
         i += 1
 
 
-def _array(s: str, i: int):
+def _array(s: str, i: int, depth: int):
     out: list = []
     i = _WS.match(s, i).end()
     if i < len(s) and s[i] == "]":
         return out, i + 1
     while True:
         try:
-            val, i = _value(s, i)
+            val, i = _value(s, i, depth)
         except _Cut as cut:
             if cut.partial is not UNSET:
                 out.append(cut.partial)
@@ -150,9 +177,13 @@ def parse_prefix(data: bytes):
     """(document or the part of it seen, complete?) ; ValueError if it is not JSON.
 
     Objects and arrays the prefix ends in hold their complete members only (and are
-    marked so: `extract` never returns one)."""
-    text, cut_char = _decode(bytes(data))
-    if not cut_char:
+    marked so: `extract` never returns one). Input beyond MAX_DOCUMENT_BYTES is not read:
+    the document is then a prefix."""
+    cut = len(data) > MAX_DOCUMENT_BYTES
+    text, cut_char = _decode(bytes(data[:MAX_DOCUMENT_BYTES]))
+    if _nesting(text) > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH}")
+    if not cut and not cut_char:
         try:
             return json.loads(text, parse_constant=_no_constant), True
         except json.JSONDecodeError:

@@ -120,10 +120,10 @@ def test_repeated_content_length_takes_first_value():
     assert m.declared_length == 5
 
 
-def test_bad_content_length_is_none():
-    m = Message(False, 0, 0)
-    parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: lots", m)
-    assert m.declared_length is None
+def test_bad_content_length_makes_the_head_unparseable():
+    """RFC 9112 6.3: an invalid Content-Length is an unrecoverable framing error."""
+    with pytest.raises(ParseError):
+        parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: lots", Message(False, 0, 0))
 
 
 # ---------------------------------------------------------------- requests
