@@ -16,9 +16,10 @@ from pathlib import Path
 
 from . import caps
 from . import events as ev
-from .errors import KernelUnsupported, ProbeAttachError
-from .kernel import KernelFeatures
-from .probes import MODE_IDS, Plan, candidates, make_plan
+from .errors import KernelUnsupported, PermissionProblem, ProbeAttachError
+from .kernel import KernelFeatures, detect, ensure_tracefs
+from .probes import MODE_IDS, SYSCALLS, TRACEPOINTS, Plan, candidates, make_plan
+from .procfs import SysRoot
 
 log = logging.getLogger("spanprobe.loader")
 
@@ -352,3 +353,14 @@ def load_best(feats: KernelFeatures, settings, self_pid: int, trace_all: bool) -
         raise ProbeAttachError(f"attach_mode {settings['attach_mode']} is not usable here ({reasons}); "
                                "use --attach-mode auto")
     raise ProbeAttachError(f"no attach strategy works on this kernel ({reasons})")
+
+
+def open_session(settings, root: SysRoot, self_pid: int,
+                 trace_all: bool) -> tuple[BpfSession, list[tuple[str, str]]]:
+    """The privileged start (session.SessionOpener): capabilities, tracefs, the kernel's
+    features, then the best plan loaded and attached."""
+    if (problem := caps.check()) is not None:   # not root: capabilities
+        raise PermissionProblem(problem)
+    ensure_tracefs(root)
+    feats = detect(root, SYSCALLS, TRACEPOINTS)
+    return load_best(feats, settings, self_pid, trace_all)

@@ -1,9 +1,9 @@
-"""The agent recognises its own TCP sockets by their fds (spanprobe.pipeline.own_tcp_ports)."""
+"""The agent recognises its own TCP sockets by their fds (spanprobe.router.own_tcp_ports)."""
 
 import os
 import socket
 
-from spanprobe.pipeline import own_tcp_ports
+from spanprobe.router import own_tcp_ports
 
 
 def test_own_tcp_ports_lists_this_process_tcp_sockets_only():

@@ -1,0 +1,267 @@
+"""Routing: raw records -> decoded events -> the stage for their kind -> finished Exchanges.
+
+Connection events go to the assembler (streams.Assembler), process events to the process
+registry. Each event is handled inside its own isolation boundary: a failure is counted by
+stage (faults.Faults), the connection it concerned is dropped, and the next event goes on.
+What a stage needs from the kernel side is recorded as a typed request (session.py) in
+`requests`, for the agent to apply after the batch; the router never touches the session.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from typing import Callable
+
+from . import events as ev
+from .attributes import Extractor
+from .discovery import ProcessRegistry, Selection, listen_address
+from .faults import Faults
+from .procfs import SysRoot
+from .session import (CaptureRequest, ProcessGone, PythonCheckRequest, PythonLinkRequest, Request,
+                      SelectRequest)
+from .spans import SpanBuilder
+from .streams import Assembler, Connection, Exchange
+
+log = logging.getLogger("spanprobe")
+
+# The stop flag is looked at every this many events: a huge batch still stops within
+# milliseconds of SIGTERM, and the check costs nothing per event.
+STOP_CHECK_EVERY = 256
+PROC_KINDS = frozenset((ev.EV_PROC_EXEC, ev.EV_PROC_FORK, ev.EV_PROC_EXIT))
+
+
+class RuleScopes:
+    """Which business-attribute rules apply to a connection, by its process and listening
+    port; and, once per process, the kernel capture its json_body rules need (a request)."""
+
+    def __init__(self, extractor: Extractor, registry: ProcessRegistry, max_body_bytes: int,
+                 capture_bytes: int, requests: list[Request]):
+        self.extractor = extractor
+        self.registry = registry
+        self.max_body_bytes = max_body_bytes
+        self.capture_bytes = capture_bytes
+        self.requests = requests
+        self.rules: dict[tuple[int, int | None], list] = {}
+        self.wide_capture: set[int] = set()
+
+    def rules_for(self, conn: Connection) -> list:
+        port = conn.local[1] if conn.local and conn.role == ev.ROLE_SERVER else None
+        key = (conn.tgid, port)
+        rules = self.rules.get(key)
+        if rules is None:
+            if not self.extractor.rules:
+                rules = []
+            else:
+                info = self.registry.get(conn.tgid)
+                service = info.service_name if info else f"pid-{conn.tgid}"
+                rules = self.extractor.for_service(service, port, info.names() if info else set())
+            self.rules[key] = rules
+        return rules
+
+    def body_needs(self, conn: Connection) -> tuple[int, int]:
+        """Bytes of request and response body to keep for this connection."""
+        rules = self.rules_for(conn)
+        if not rules:
+            return 0, 0
+        req, resp = self.extractor.body_bytes(rules)
+        bound = self.max_body_bytes
+        if (req or resp) and conn.tgid not in self.wide_capture:
+            # the kernel copies as much as this process's rules need, bounded
+            self.wide_capture.add(conn.tgid)
+            self.requests.append(CaptureRequest(conn.tgid, min(ev.MAX_CAPTURE,
+                                                               max(bound + 1024, self.capture_bytes))))
+        return (bound if req else 0), (bound if resp else 0)
+
+    def forget(self, pid: int) -> None:
+        for key in [k for k in self.rules if k[0] == pid]:
+            del self.rules[key]
+        self.wide_capture.discard(pid)
+
+
+class HostSockets:
+    """Read-only lookups the assembler needs about sockets on this host: a listening
+    socket's address, and whether a peer is one of the agent's own sockets."""
+
+    def __init__(self, root: SysRoot, self_pid: int):
+        self.root = root
+        self.self_pid = self_pid
+        self.own_ports: set[int] = set()
+        self.own_ports_at = 0.0
+        self.listen_cache: dict[tuple[int, int], tuple[str, int] | None] = {}
+
+    def own_peer(self, peer: tuple[str, int]) -> bool:
+        """Is this peer one of the agent's own sockets (its OTLP exporter's)? Checked on
+        loopback peers only, the agent's ports re-read at most ten times a second."""
+        if not (peer[0].startswith("127.") or peer[0] == "::1"):
+            return False
+        if peer[1] in self.own_ports:
+            return True
+        now = time.monotonic()
+        if now - self.own_ports_at < 0.1:
+            return False
+        self.own_ports_at = now
+        self.own_ports = own_tcp_ports(self.root.socket_inodes(self.self_pid))
+        return peer[1] in self.own_ports
+
+    def listen_address(self, pid: int, fd: int) -> tuple[str, int] | None:
+        key = (pid, fd)
+        if key not in self.listen_cache:
+            self.listen_cache[key] = listen_address(self.root, pid, fd)
+        return self.listen_cache[key]
+
+    def forget(self, pid: int) -> None:
+        for key in [k for k in self.listen_cache if k[0] == pid]:
+            del self.listen_cache[key]
+
+
+class Router:
+    """Event kind -> stage, per-process lifecycle (exec, fork, exit), isolation."""
+
+    def __init__(self, registry: ProcessRegistry, selection: Selection, scopes: RuleScopes,
+                 sockets: HostSockets, builder: SpanBuilder, requests: list[Request], faults: Faults):
+        self.registry = registry
+        self.selection = selection
+        self.scopes = scopes
+        self.sockets = sockets
+        self.builder = builder
+        self.requests = requests
+        self.faults = faults
+        self._finished: list[Exchange] = []
+        self.assembler = Assembler(self._finished.append, sockets.listen_address, sockets.own_peer,
+                                   scopes.body_needs)
+        self.python_checked: set[int] = set()      # PythonCheckRequest recorded
+        self.python_called_out: set[int] = set()   # PythonLinkRequest recorded
+        self.exited: list[int] = []                # forgotten once their last spans are built
+        self.decode_errors = 0
+        self.abandoned = 0                         # records left unhandled at stop
+        asm = self.assembler
+        self.handlers: dict[int, Callable] = {
+            ev.EV_DATA: asm.data,
+            ev.EV_WRITE_RESULT: asm.write_result,
+            ev.EV_CONN_OPEN: self._opened,
+            ev.EV_CONN_CLOSE: asm.close,
+            ev.EV_CONN_PORTS: asm.ports,
+            ev.EV_CONN_ADDR: asm.address,
+            ev.EV_PROC_EXEC: self._exec,
+            ev.EV_PROC_FORK: self._fork,
+            ev.EV_PROC_EXIT: self._exit,
+        }
+
+    def route(self, batch: list[bytes], should_stop: Callable[[], bool]) -> list[Exchange]:
+        """Handle a batch of raw records in order; the exchanges they finished."""
+        decode = ev.decode
+        handlers = self.handlers
+        for i, raw in enumerate(batch):
+            if not i % STOP_CHECK_EVERY and should_stop():
+                self.abandoned += len(batch) - i
+                log.info("stop: %d events of the batch left unhandled (counted)", len(batch) - i)
+                break
+            try:
+                e = decode(raw)
+            except ev.DecodeError as exc:
+                self.decode_errors += 1
+                log.debug("decode error: %s", exc)
+                continue
+            except Exception as exc:
+                self.faults.record("decode", exc)
+                continue
+            try:
+                handlers[e.h.kind](e)
+            except Exception as exc:
+                self._failed(e, exc)
+        self.assembler.drain()
+        out = self._finished[:]
+        self._finished.clear()
+        return out
+
+    def _failed(self, e, exc: Exception) -> None:
+        h = e.h
+        if h.kind in PROC_KINDS:
+            self.faults.record("process", exc)
+            return
+        self.faults.record("assemble", exc)
+        self.assembler.drop_connection(h.tgid, h.fd)
+
+    # ---- per-process ----
+    def python_candidate(self, pid: int) -> None:
+        """A process that serves: check it once for asyncio linking."""
+        self.python_checked.add(pid)
+        self.requests.append(PythonCheckRequest(pid))
+
+    def _opened(self, e: ev.ConnEvent) -> None:
+        self.assembler.open(e)
+        pid = e.h.tgid
+        self.registry.get(pid)    # read /proc while the process is there
+        if e.role == ev.ROLE_SERVER:
+            if pid not in self.python_checked:
+                self.python_candidate(pid)
+        elif e.role == ev.ROLE_CLIENT and pid in self.python_checked and pid not in self.python_called_out:
+            self.python_called_out.add(pid)
+            self.requests.append(PythonLinkRequest(pid))
+
+    def _exec(self, e: ev.ProcEvent) -> None:
+        pid = e.h.tgid
+        info = self.registry.on_exec(pid, e.comm, e.filename)
+        self.builder.forget(pid)
+        self.scopes.forget(pid)
+        self.python_checked.discard(pid)
+        self.python_called_out.discard(pid)
+        if info is None:
+            return
+        if self.selection.trace_all:
+            if self.selection.excluded(info):
+                self.requests.append(SelectRequest(pid, excluded=True))
+        elif self.selection.matches(info):
+            self.requests.append(SelectRequest(pid))
+
+    def _fork(self, e: ev.ProcEvent) -> None:
+        self.registry.on_fork(e.h.tgid, e.ppid)
+
+    def _exit(self, e: ev.ProcEvent) -> None:
+        pid = e.h.tgid
+        self.assembler.process_exit(pid, e.h.ts_ns)
+        self.python_checked.discard(pid)
+        self.python_called_out.discard(pid)
+        self.requests.append(ProcessGone(pid))
+        self.exited.append(pid)
+
+    def forget_exited(self) -> None:
+        """After the batch's spans are built (they need their process's identity): what
+        is known about the processes that exited goes."""
+        for pid in self.exited:
+            if pid in self.registry.procs:
+                log.debug("process %d exited: forgotten", pid)
+            self.registry.forget(pid)
+            self.builder.forget(pid)
+            self.scopes.forget(pid)
+            self.sockets.forget(pid)
+        self.exited.clear()
+
+    def take_requests(self) -> list[Request]:
+        out = self.requests[:]
+        self.requests.clear()
+        return out
+
+
+def own_tcp_ports(fds) -> set[int]:
+    """The local ports of this process's TCP sockets, by getsockname() on its own fds.
+
+    Not from /proc/self/net/tcp: that lists every TCP socket of the network namespace,
+    TIME_WAIT ones included (tens of thousands on a busy host: a one-worker gunicorn app
+    leaves one per request for a minute), and parsing it took most of the agent's CPU."""
+    ports = set()
+    for fd in fds:
+        try:
+            s = socket.socket(fileno=fd)             # family and type are read from the fd
+        except OSError:                             # closed meanwhile, or not a socket
+            continue
+        try:
+            if s.family in (socket.AF_INET, socket.AF_INET6) and s.type == socket.SOCK_STREAM:
+                ports.add(s.getsockname()[1])
+        except OSError:
+            pass
+        finally:
+            s.detach()                              # the fd stays open: it is not ours to close
+    return ports

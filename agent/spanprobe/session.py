@@ -1,0 +1,81 @@
+"""The kernel side as the agent sees it: one interface, and the typed requests to it.
+
+Everything privileged (bcc, maps, probes, the event buffer) sits behind `KernelSession`;
+loader.BpfSession implements it, tests/support/fake_session.FakeSession implements it
+with dicts. The stages never touch it: what they need from the kernel they record as
+requests (below), which the agent applies after each batch of events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, Union
+
+from .probes import Plan
+
+RawCallback = Callable[[object, int, int], int]     # (ctx, address of the record, size)
+LostCallback = Callable[[int], None]
+
+
+class KernelSession(Protocol):
+    plan: Plan                       # strategy, transport, probes (and those skipped)
+    attached: list[str]              # hooks attached, for the ready line
+    compile_s: float
+
+    def select_pid(self, pid: int, excluded: bool = False, capture: int = 0) -> None: ...
+    def forget_pid(self, pid: int) -> None: ...
+    def select_comm(self, comm: str) -> None: ...
+    def select_port(self, port: int) -> None: ...
+    def set_python(self, pid: int, layout, runtime: int) -> bool: ...
+    def unset_python(self, pid: int) -> None: ...
+    def adopt_connection(self, pid: int, fd: int, conn_id: int, role: int) -> None: ...
+    def counters(self) -> dict[str, int]: ...
+    def open_buffer(self, on_raw: RawCallback, on_lost: LostCallback, pages: int) -> None: ...
+    def poll(self, timeout_ms: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class SessionOpener(Protocol):
+    """Check privileges and the kernel, load the best plan: (session, strategies passed
+    over with the reason). loader.open_session is the real one."""
+
+    def __call__(self, settings, root, self_pid: int,
+                 trace_all: bool) -> tuple[KernelSession, list[tuple[str, str]]]: ...
+
+
+# ---- requests: what the stages ask of the kernel side, applied after each batch ----
+
+@dataclass(frozen=True, slots=True)
+class SelectRequest:
+    """Trace this process (or, tracing everything, leave it out: excluded)."""
+    pid: int
+    excluded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureRequest:
+    """Copy this many bytes per read/write of this process (its json_body rules need them)."""
+    pid: int
+    capture: int
+
+
+@dataclass(frozen=True, slots=True)
+class PythonCheckRequest:
+    """A process serves HTTP: find out (once) whether it is a Python whose asyncio tasks
+    can be linked; linking itself waits for its first outbound connection."""
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class PythonLinkRequest:
+    """A checked process opened a client connection: asyncio linking on, if it can be."""
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessGone:
+    """The process exited: whatever the kernel side holds for it goes."""
+    pid: int
+
+
+Request = Union[SelectRequest, CaptureRequest, PythonCheckRequest, PythonLinkRequest, ProcessGone]
