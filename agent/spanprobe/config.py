@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigError
 
@@ -38,6 +39,7 @@ class Key:
     help: str
     check: Callable[[Any], str | None] | None = None   # returns a problem or None
     item: type | None = None                            # element type of lists
+    flag: str | None = None                             # its command-line flag, named in errors
 
     @property
     def env(self) -> str:
@@ -67,10 +69,87 @@ def _power_of_two(v: int) -> str | None:
     return None if v >= 8 and v & (v - 1) == 0 else f"{v} is not a power of two >= 8"
 
 
+PID_MAX_LIMIT = 4194304          # the kernel's ceiling for /proc/sys/kernel/pid_max (64-bit)
+
+
+def pid_max() -> int:
+    """The largest process id this kernel hands out (/proc/sys/kernel/pid_max)."""
+    try:
+        return int(Path("/proc/sys/kernel/pid_max").read_text())
+    except (OSError, ValueError):
+        return PID_MAX_LIMIT
+
+
+def _pids(vs: list) -> str | None:
+    top = pid_max()
+    for v in vs:
+        if not 1 <= v <= top:
+            return f"{v} is not a process id (1..{top}, /proc/sys/kernel/pid_max)"
+    return None
+
+
 def _endpoint(v: str | None) -> str | None:
-    if v is None or re.match(r"^https?://[^/\s]+(/\S*)?$", v):
+    if v is None:
         return None
-    return f"{v!r} is not a URL like http://127.0.0.1:4317"
+    like = "give a URL like http://127.0.0.1:4317 (gRPC) or http://127.0.0.1:4318 (OTLP/HTTP)"
+    if not re.fullmatch(r"\S+", v):
+        return f"{v!r} is not a URL: it contains a space; {like}"
+    try:
+        url = urlsplit(v)
+        port = url.port
+    except ValueError as exc:    # a port that is not a number or not in 0-65535
+        return f"{v!r} is not a URL: {exc}; {like}"
+    if url.scheme not in ("http", "https") or not url.hostname:
+        return f"{v!r} is not a URL with an http:// or https:// scheme and a host; {like}"
+    if port == 0:
+        return f"{v!r}: port 0 is not a TCP port (1-65535); {like}"
+    if url.query or url.fragment:
+        return f"{v!r} has a query or fragment, which OTLP does not use; {like}"
+    return None
+
+
+def parse_attribute_pairs(text: str) -> dict[str, str]:
+    """key=value pairs separated by commas, each value percent-decoded: the SDK's rules for
+    OTEL_RESOURCE_ATTRIBUTES (its detector skips a bad pair with a warning; here a bad pair
+    is a ValueError, so the agent never starts with attributes it silently lost). Blank
+    items (a trailing comma) are allowed."""
+    pairs: dict[str, str] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{item.strip()!r} is not key=value")
+        try:
+            pairs[key.strip()] = unquote(value.strip(), errors="strict")
+        except UnicodeDecodeError:
+            raise ValueError(f"the value of {key.strip()!r} is not percent-encoded UTF-8") from None
+    return pairs
+
+
+ATTRIBUTE_PAIRS_FIX = "write key1=value1,key2=value2 with values percent-encoded (%2C for a comma)"
+
+
+def otel_resource_attributes(env: dict[str, str]) -> dict[str, str]:
+    """OTEL_RESOURCE_ATTRIBUTES, parsed strictly (resolve() has checked it already)."""
+    try:
+        return parse_attribute_pairs(env.get("OTEL_RESOURCE_ATTRIBUTES", ""))
+    except ValueError as exc:
+        raise ConfigError(f"config error: environment OTEL_RESOURCE_ATTRIBUTES: {exc}; "
+                          f"{ATTRIBUTE_PAIRS_FIX}") from None
+
+
+def _attribute_map(v: dict) -> str | None:
+    scalars = (str, bool, int, float)
+    for key, value in v.items():
+        if not isinstance(key, str) or not key.strip():
+            return f"attribute name {key!r} must be a non-empty string"
+        if isinstance(value, list):
+            if not all(isinstance(x, scalars) for x in value):
+                return f"attribute {key!r}: a list value may hold only strings, numbers or booleans"
+        elif not isinstance(value, scalars):
+            return f"attribute {key!r}: {type(value).__name__} is not a string, number, boolean or list"
+    return None
 
 
 def _route(vs: list) -> str | None:
@@ -81,15 +160,17 @@ def _route(vs: list) -> str | None:
 
 
 SCHEMA: tuple[Key, ...] = (
-    Key("select.ports", list, [], "trace processes listening on these ports", _ports, int),
-    Key("select.pids", list, [], "trace these process ids (and their children)", None, int),
+    Key("select.ports", list, [], "trace processes listening on these ports", _ports, int, "--port"),
+    Key("select.pids", list, [], "trace these process ids (and their children)", _pids, int, "--pid"),
     Key("select.exe", list, [], "trace processes by executable or script name, or full path",
-        None, str),
+        None, str, "--exe"),
     Key("select.exclude_exe", list, [], "never trace these executables", None, str),
     Key("export.otlp_endpoint", (str, type(None)), None,
-        "OTLP receiver URL (else OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT)", _endpoint),
-    Key("export.otlp_protocol", str, "grpc", "grpc or http/protobuf", _one_of(OTLP_PROTOCOLS)),
-    Key("export.console", bool, False, "also print one line per span on stdout"),
+        "OTLP receiver URL (else OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT)", _endpoint,
+        flag="--otlp-endpoint"),
+    Key("export.otlp_protocol", str, "grpc", "grpc or http/protobuf", _one_of(OTLP_PROTOCOLS),
+        flag="--otlp-protocol"),
+    Key("export.console", bool, False, "also print one line per span on stdout", flag="--console"),
     Key("export.queue_size", int, 20000, "spans waiting for export before drops", _between(1, 10**7)),
     Key("export.batch_size", int, 512, "spans per export call", _between(1, 100000)),
     Key("export.max_attempts", int, 3, "attempts per batch when an exporter fails without saying "
@@ -97,9 +178,11 @@ SCHEMA: tuple[Key, ...] = (
     Key("export.timeout_s", float, 10.0, "seconds one export call may take", _between(0.1, 300)),
     Key("export.max_retry_delay_s", float, 60.0, "longest wait before retrying a batch, "
         "a receiver's Retry-After or RetryInfo included", _between(1, 3600)),
-    Key("capture_bytes", int, 2048, "bytes copied per read/write buffer", _between(64, 4096)),
-    Key("attach_mode", str, "auto", "auto, tracepoint, kprobe or fentry", _one_of(ATTACH_MODES)),
-    Key("buffer", str, "auto", "auto, ringbuf or perf", _one_of(BUFFER_KINDS)),
+    Key("capture_bytes", int, 2048, "bytes copied per read/write buffer", _between(64, 4096),
+        flag="--capture-bytes"),
+    Key("attach_mode", str, "auto", "auto, tracepoint, kprobe or fentry", _one_of(ATTACH_MODES),
+        flag="--attach-mode"),
+    Key("buffer", str, "auto", "auto, ringbuf or perf", _one_of(BUFFER_KINDS), flag="--buffer"),
     Key("ring_buffer_pages", int, 1024, "ring buffer size in 4 KiB pages", _power_of_two),
     Key("poll_interval_ms", int, 50, "how often the event buffer is drained", _between(1, 1000)),
     Key("routes", list, [], "route templates such as /users/{id}", _route, str),
@@ -107,7 +190,8 @@ SCHEMA: tuple[Key, ...] = (
         "headers whose values never leave the host", None, str),
     Key("privacy.redact_query_params", list, list(DEFAULT_REDACT_QUERY),
         "query parameters whose values are replaced by REDACTED", None, str),
-    Key("resource_attributes", dict, {}, "added to every span's resource"),
+    Key("resource_attributes", dict, {}, "added to every span's resource (as text: "
+        "key1=value1,key2=value2, values percent-encoded)", _attribute_map),
     Key("attributes.rules", list, [], "business attribute rules (see README: Business attributes)",
         None, dict),
     Key("attributes.max_value_length", int, 256, "longest attribute value kept", _between(1, 4096)),
@@ -116,7 +200,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("attributes.max_body_bytes", int, 4096, "bytes of a body kept for json_body rules",
         _between(64, 65536)),
     Key("log_level", str, "info", "debug, info, warning or error",
-        _one_of(("debug", "info", "warning", "error"))),
+        _one_of(("debug", "info", "warning", "error")), flag="--log-level"),
     Key("stats_interval_s", float, 30.0, "how often counters are logged", _between(0.5, 86400)),
 )
 KEYS = {k.path: k for k in SCHEMA}
@@ -139,13 +223,24 @@ class Settings:
         return not (self["select.ports"] or self["select.pids"] or self["select.exe"])
 
 
+def _not_utf8(value: Any) -> bool:
+    """Undecodable bytes of a variable or argument reach Python as lone surrogates."""
+    texts = value if isinstance(value, list) else [value]
+    return any(isinstance(t, str) and re.search("[\ud800-\udfff]", t) for t in texts)
+
+
 def _coerce(key: Key, value: Any, where: str) -> Any:
     def bad(problem: str) -> ConfigError:
         return ConfigError(f"config error: {key.path}: {problem} ({where}); {key.path} is: {key.help}")
 
     kinds = key.kind if isinstance(key.kind, tuple) else (key.kind,)
+    if _not_utf8(value):
+        raise bad(f"{value!r} is not valid UTF-8 text")
     if isinstance(value, str) and where.startswith(("environment", "flag")):
-        value = _from_text(key, value)
+        try:
+            value = _from_text(key, value)
+        except ValueError as exc:
+            raise bad(str(exc)) from None
     if float in kinds and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if list in kinds and isinstance(value, (str, int)) and not isinstance(value, bool):
@@ -163,6 +258,7 @@ def _coerce(key: Key, value: Any, where: str) -> Any:
 
 
 def _from_text(key: Key, text: str) -> Any:
+    """A variable's or flag's text as the key's type; ValueError names what is wrong."""
     kinds = key.kind if isinstance(key.kind, tuple) else (key.kind,)
     if bool in kinds:
         low = text.strip().lower()
@@ -177,8 +273,10 @@ def _from_text(key: Key, text: str) -> Any:
             return [int(t) if re.fullmatch(r"-?\d+", t) else t for t in items]
         return items
     if dict in kinds:
-        return {k.strip(): v.strip() for k, _, v in
-                (kv.partition("=") for kv in text.split(",") if "=" in kv)}
+        try:
+            return parse_attribute_pairs(text)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; {ATTRIBUTE_PAIRS_FIX}") from None
     if int in kinds and re.fullmatch(r"-?\d+", text.strip()):
         return int(text)
     if float in kinds:
@@ -214,10 +312,16 @@ def load_file(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"config error: cannot read {path}: {exc.strerror}; "
                           "give an existing file with --config") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"config error: {path} line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8; "
+                          "save the file as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -232,16 +336,42 @@ def load_file(path: Path) -> dict[str, Any]:
     return _flatten(data, f"file {path}")
 
 
-def _otel_env(env: dict[str, str]) -> dict[str, str]:
-    """The standard OTLP variables, mapped onto our keys (after SPANPROBE_* ones)."""
+# the standard OpenTelemetry variables behind our keys, the signal-specific one first
+OTEL_VARIABLES = {
+    "export.otlp_endpoint": ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+    "export.otlp_protocol": ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"),
+}
+# variables the SDK's exporters read themselves: checked here, or a bad one is a traceback
+SDK_COMPRESSION = ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
+SDK_TIMEOUT = ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+
+
+def _otel_env(env: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Key -> (value, the variable it came from), for the OTEL_* variables that are set."""
     out = {}
-    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    if endpoint:
-        out["export.otlp_endpoint"] = endpoint
-    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-    if protocol:
-        out["export.otlp_protocol"] = protocol
+    for path, names in OTEL_VARIABLES.items():
+        for name in names:
+            if env.get(name):
+                out[path] = (env[name], name)
+                break
     return out
+
+
+def _check_sdk_variables(env: dict[str, str], protocol: str) -> None:
+    compressions = ("none", "gzip") if protocol == "grpc" else ("none", "gzip", "deflate")
+    for name in SDK_COMPRESSION:
+        if name in env and env[name].strip().lower() not in compressions:
+            raise ConfigError(f"config error: environment {name}: {env[name]!r} is not one of "
+                              f"{', '.join(compressions)} (for {protocol}); set one of them or unset it")
+    for name in SDK_TIMEOUT:
+        if name in env:
+            try:
+                ok = float(env[name]) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"config error: environment {name}: {env[name]!r} is not a positive "
+                                  "number; unset it (export.timeout_s sets spanprobe's timeout)")
 
 
 def resolve(flags: dict[str, Any] | None = None, env: dict[str, str] | None = None,
@@ -249,17 +379,21 @@ def resolve(flags: dict[str, Any] | None = None, env: dict[str, str] | None = No
     """argument > environment > file > default."""
     flags = {k: v for k, v in (flags or {}).items() if v is not None and v != []}
     env = dict(os.environ if env is None else env)
+    if _not_utf8(env.get("SPANPROBE_CONFIG")):
+        raise ConfigError("config error: environment SPANPROBE_CONFIG: the path is not valid UTF-8; "
+                          "rename the file")
     file = file or (Path(env["SPANPROBE_CONFIG"]) if env.get("SPANPROBE_CONFIG") else None)
     from_file = load_file(file) if file else {}
     values, source = {}, {}
     otel = _otel_env(env)
     for key in SCHEMA:
         if key.path in flags:
-            raw, where = flags[key.path], f"flag for {key.path}"
+            raw, where = flags[key.path], f"flag {key.flag}" if key.flag else f"flag for {key.path}"
         elif key.env in env:
             raw, where = env[key.env], f"environment {key.env}"
         elif key.path in otel:
-            raw, where = otel[key.path], "environment OTEL_EXPORTER_OTLP_*"
+            raw, name = otel[key.path]
+            where = f"environment {name}"
         elif key.path in from_file:
             raw, where = from_file[key.path], f"file {file}"
         else:
@@ -270,6 +404,9 @@ def resolve(flags: dict[str, Any] | None = None, env: dict[str, str] | None = No
     unknown = sorted(set(flags) - set(KEYS))
     if unknown:
         raise ConfigError(f"config error: unknown setting {unknown[0]!r} given as a flag")
+    otel_resource_attributes(env)
+    if values["export.otlp_endpoint"]:
+        _check_sdk_variables(env, values["export.otlp_protocol"])
     if values["attributes.rules"]:
         # rules are checked against the privacy lists they must not get around
         from .attributes import compile_rules

@@ -243,8 +243,9 @@ class ExportQueue:
         closer.join(0.5)
 
 
-def export_queue(settings) -> ExportQueue:
-    """The exporters and their queue, as the settings describe them."""
-    return ExportQueue(make_exporters(settings), settings["export.queue_size"],
+def export_queue(settings, exporters: list[SpanExporter] | None = None) -> ExportQueue:
+    """The queue the settings describe, for their exporters unless others are given."""
+    return ExportQueue(make_exporters(settings) if exporters is None else exporters,
+                       settings["export.queue_size"],
                        settings["export.batch_size"], settings["export.max_attempts"],
                        max_retry_delay=settings["export.max_retry_delay_s"])

@@ -10,6 +10,7 @@ what the receiver said: accepted, "later" (with its delay, if it gave one), or r
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -123,6 +124,17 @@ def grpc_retry_delay(error) -> float | None:
     return max(info.retry_delay.seconds + info.retry_delay.nanos / 1e9, 0.0)
 
 
+def grpc_compression(env):
+    """OTEL_EXPORTER_OTLP_[TRACES_]COMPRESSION for gRPC. The SDK's gRPC exporter knows only
+    "gzip" and raises on "none", which the specification allows (config.py has rejected
+    anything else)."""
+    from grpc import Compression
+
+    value = (env.get("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION") or env.get("OTEL_EXPORTER_OTLP_COMPRESSION")
+             or "none").strip().lower()
+    return Compression.Gzip if value == "gzip" else Compression.NoCompression
+
+
 def grpc_exporter(endpoint: str, insecure: bool, timeout: float) -> SpanExporter:
     """OTLP/gRPC: one Export call per attempt on the SDK's channel (its credentials,
     headers, compression, retryable codes); the request is parsed back from our bytes
@@ -168,7 +180,8 @@ def grpc_exporter(endpoint: str, insecure: bool, timeout: float) -> SpanExporter
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             return SpanExportResult.SUCCESS if self.attempt(spans).ok else SpanExportResult.FAILURE
 
-    exporter = Exporter(endpoint=endpoint, insecure=insecure, timeout=timeout)
+    exporter = Exporter(endpoint=endpoint, insecure=insecure, timeout=timeout,
+                        compression=grpc_compression(os.environ))
     # _client, _headers, _timeout and _retryable_error_codes are private to the SDK versions in
     # requirements/constraints.txt; another version keeps the SDK's own export (and retries)
     if not all(hasattr(exporter, name) for name in ("_client", "_headers", "_timeout",

@@ -100,7 +100,7 @@ def test_precedence_flag_env_file_default(tmp_path):
     assert s["poll_interval_ms"] == 30                # env beats file
     assert s["log_level"] == "warning"                # file beats default
     assert s["buffer"] == "auto"                      # default
-    assert s.source["capture_bytes"] == "flag for capture_bytes"
+    assert s.source["capture_bytes"] == "flag --capture-bytes"
     assert s.source["poll_interval_ms"] == "environment SPANPROBE_POLL_INTERVAL_MS"
     assert s.source["log_level"] == f"file {f}"
     assert s.source["buffer"] == "default"
@@ -125,7 +125,8 @@ def test_otel_endpoint_and_protocol_variables(tmp_path):
     s = resolve({}, env, f)
     assert s["export.otlp_endpoint"] == "http://generic:4318"
     assert s["export.otlp_protocol"] == "http/protobuf"
-    assert s.source["export.otlp_endpoint"] == "environment OTEL_EXPORTER_OTLP_*"
+    assert s.source["export.otlp_endpoint"] == "environment OTEL_EXPORTER_OTLP_ENDPOINT"
+    assert s.source["export.otlp_protocol"] == "environment OTEL_EXPORTER_OTLP_PROTOCOL"
 
 
 def test_otel_traces_variables_beat_generic_ones():
@@ -179,7 +180,7 @@ def test_environment_text_coercion():
         "SPANPROBE_EXPORT_TIMEOUT_S": "2.5",
         "SPANPROBE_STATS_INTERVAL_S": "60",
         "SPANPROBE_RING_BUFFER_PAGES": "256",
-        "SPANPROBE_RESOURCE_ATTRIBUTES": "env=prod, team = web,ignored",
+        "SPANPROBE_RESOURCE_ATTRIBUTES": "env=prod, team = web,note=a%2Cb=c,",
         "SPANPROBE_ROUTES": "/users/{id},/items/{id}",
     }
     s = resolve({}, env, None)
@@ -190,7 +191,7 @@ def test_environment_text_coercion():
     assert s["export.timeout_s"] == 2.5
     assert s["stats_interval_s"] == 60.0 and isinstance(s["stats_interval_s"], float)
     assert s["ring_buffer_pages"] == 256
-    assert s["resource_attributes"] == {"env": "prod", "team": "web"}
+    assert s["resource_attributes"] == {"env": "prod", "team": "web", "note": "a,b=c"}
     assert s["routes"] == ["/users/{id}", "/items/{id}"]
 
 
@@ -321,7 +322,7 @@ def test_value_with_newline_stays_on_one_line(tmp_path):
 def test_bad_flag_value():
     err = config_error(flags={"select.ports": [80, 65536]}, env={}, file=None)
     assert str(err).startswith("config error: select.ports: 65536 is not a TCP port")
-    assert "(flag for select.ports)" in str(err)
+    assert "(flag --port)" in str(err)
 
 
 def test_config_error_is_spanprobe_error():
@@ -349,3 +350,150 @@ def test_describe_keys_lists_every_key():
     for key, line in zip(SCHEMA, lines):
         assert line.startswith(key.path)
         assert key.env in line
+
+
+# ---------------------------------------------------------------- inputs that used to get through
+
+def test_a_config_file_that_is_not_utf8(tmp_path):
+    f = tmp_path / "latin1.yaml"
+    f.write_bytes("select:\n  exe: caf\xe9\n".encode("latin-1"))
+    msg = str(config_error(flags={}, env={}, file=f))
+    assert msg == f"config error: {f} line 2: byte 0xe9 is not UTF-8; save the file as UTF-8"
+
+
+def test_a_config_file_that_is_a_directory(tmp_path):
+    msg = str(config_error(flags={}, env={}, file=tmp_path))
+    assert f"cannot read {tmp_path}" in msg
+
+
+@pytest.mark.parametrize("pid", [-1, 0, 4294967296, config.PID_MAX_LIMIT + 1])
+def test_pids_outside_the_kernels_range(pid):
+    msg = str(config_error(flags={"select.pids": [pid]}, env={}, file=None))
+    assert msg.startswith(f"config error: select.pids: {pid} is not a process id (1..{config.pid_max()}")
+    assert "(flag --pid)" in msg
+
+
+def test_pids_at_the_edges_of_the_range():
+    assert resolve({"select.pids": [1, config.pid_max()]}, {}, None)["select.pids"] == [1, config.pid_max()]
+    msg = str(config_error(flags={}, env={"SPANPROBE_SELECT_PIDS": "12,-3"}, file=None))
+    assert "-3 is not a process id" in msg and "(environment SPANPROBE_SELECT_PIDS)" in msg
+
+
+def test_pid_max_is_the_kernels():
+    with open("/proc/sys/kernel/pid_max") as f:
+        assert config.pid_max() == int(f.read())
+
+
+@pytest.mark.parametrize("url, words", [
+    ("http://h:99999", "Port out of range"),
+    ("http://h:0", "port 0 is not a TCP port"),
+    ("http://h:port", "Port could not be cast"),
+    ("grpc://h:4317", "http:// or https:// scheme"),
+    ("http://:4317", "a host"),
+    ("http://h:4318/v1/traces?x=1", "query or fragment"),
+    ("http://h :4318", "contains a space"),
+])
+def test_endpoint_urls_are_checked_with_their_ports(url, words):
+    for env in ({"OTEL_EXPORTER_OTLP_ENDPOINT": url}, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": url},
+                {"SPANPROBE_EXPORT_OTLP_ENDPOINT": url}):
+        (var,) = env
+        msg = str(config_error(flags={}, env=env, file=None))
+        assert msg.startswith("config error: export.otlp_endpoint: ") and words in msg, msg
+        assert f"(environment {var})" in msg
+        assert "http://127.0.0.1:4318" in msg                         # the fix: what a URL looks like
+    msg = str(config_error(flags={"export.otlp_endpoint": url}, env={}, file=None))
+    assert "(flag --otlp-endpoint)" in msg
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:4317", "https://collector.example:443/v1/traces",
+                                 "http://[::1]:4318", "http://collector"])
+def test_good_endpoints(url):
+    assert resolve({}, {"OTEL_EXPORTER_OTLP_ENDPOINT": url}, None)["export.otlp_endpoint"] == url
+
+
+@pytest.mark.parametrize("var", ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"])
+def test_a_bad_protocol_names_the_exact_variable(var):
+    msg = str(config_error(flags={}, env={var: "http/json"}, file=None))
+    assert f"(environment {var})" in msg and "OTLP_*" not in msg
+
+
+def test_the_traces_variable_is_named_when_both_are_set():
+    env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "thrift"}
+    assert "(environment OTEL_EXPORTER_OTLP_TRACES_PROTOCOL)" in str(config_error(flags={}, env=env, file=None))
+
+
+@pytest.mark.parametrize("text, words", [
+    ("team", "'team' is not key=value"),
+    ("a=1,team", "'team' is not key=value"),
+    ("=x", "'=x' is not key=value"),
+    ("a=%FF", "not percent-encoded UTF-8"),
+])
+def test_resource_attributes_without_a_pair(text, words):
+    msg = str(config_error(flags={}, env={"OTEL_RESOURCE_ATTRIBUTES": text}, file=None))
+    assert msg.startswith("config error: environment OTEL_RESOURCE_ATTRIBUTES: ") and words in msg
+    assert "key1=value1,key2=value2" in msg
+    msg = str(config_error(flags={}, env={"SPANPROBE_RESOURCE_ATTRIBUTES": text}, file=None))
+    assert msg.startswith("config error: resource_attributes: ") and words in msg
+    assert "(environment SPANPROBE_RESOURCE_ATTRIBUTES)" in msg
+
+
+def test_otel_resource_attributes_follow_the_sdks_rules():
+    text = " deployment.environment.name = ci ,team=obs%2Cweb,eq=a=b,empty=,"
+    want = {"deployment.environment.name": "ci", "team": "obs,web", "eq": "a=b", "empty": ""}
+    assert config.otel_resource_attributes({"OTEL_RESOURCE_ATTRIBUTES": text}) == want
+    assert config.otel_resource_attributes({}) == {}
+    resolve({}, {"OTEL_RESOURCE_ATTRIBUTES": text}, None)      # accepted by resolve too
+
+
+def test_otel_resource_attributes_agree_with_the_sdk(monkeypatch):
+    from opentelemetry.sdk.resources import OTELResourceDetector
+
+    text = "a=1,b=x%20y,c= spaced ,d=%E2%9C%93"
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", text)
+    assert config.otel_resource_attributes({"OTEL_RESOURCE_ATTRIBUTES": text}) == \
+        dict(OTELResourceDetector().detect().attributes)
+
+
+@pytest.mark.parametrize("yaml_text, words", [
+    ("resource_attributes:\n  team: {nested: 1}\n", "'team': dict is not a string"),
+    ("resource_attributes:\n  team: [a, {b: 1}]\n", "a list value may hold only"),
+    ("resource_attributes:\n  '': x\n", "attribute name '' must be a non-empty string"),
+    ("resource_attributes:\n  1: x\n", "attribute name 1 must be"),
+])
+def test_resource_attributes_in_a_file(tmp_path, yaml_text, words):
+    f = write(tmp_path, yaml_text)
+    msg = str(config_error(flags={}, env={}, file=f))
+    assert msg.startswith("config error: resource_attributes: ") and words in msg
+
+
+def test_undecodable_bytes_in_a_variable_or_argument():
+    text = b"gunicorn\xff".decode("utf-8", "surrogateescape")
+    msg = str(config_error(flags={}, env={"SPANPROBE_SELECT_EXE": text}, file=None))
+    assert "is not valid UTF-8 text" in msg and "(environment SPANPROBE_SELECT_EXE)" in msg
+    msg = str(config_error(flags={"select.exe": [text]}, env={}, file=None))
+    assert "is not valid UTF-8 text" in msg and "(flag --exe)" in msg
+
+
+@pytest.mark.parametrize("var, text, protocol", [
+    ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd", "grpc"),
+    ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "deflate", "grpc"),
+    ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "brotli", "http/protobuf"),
+    ("OTEL_EXPORTER_OTLP_TIMEOUT", "ten", "grpc"),
+    ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "-1", "http/protobuf"),
+])
+def test_sdk_variables_that_would_crash_the_exporter(var, text, protocol):
+    env = {var: text, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+           "OTEL_EXPORTER_OTLP_PROTOCOL": protocol}
+    msg = str(config_error(flags={}, env=env, file=None))
+    assert msg.startswith(f"config error: environment {var}: {text!r}")
+    # without an endpoint no exporter reads them
+    resolve({}, {var: text}, None)
+
+
+def test_every_flag_named_in_the_schema_is_a_real_flag():
+    from spanprobe.cli import build_parser
+
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    flags = {s for a in run._actions for s in a.option_strings}
+    named = {k.flag for k in SCHEMA if k.flag}
+    assert named and named <= flags

@@ -20,7 +20,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
-from spanprobe.otlp_senders import grpc_exporter, http_exporter
+from spanprobe.otlp_senders import grpc_compression, grpc_exporter, http_exporter
 
 SPANS = [ReadableSpan(name="GET /x", context=SpanContext(0x1, 0x2, False, TraceFlags(1)),
                       resource=Resource({"service.name": "s"}), attributes={}, kind=SpanKind.SERVER,
@@ -193,3 +193,14 @@ def test_grpc_to_a_real_grpc_receiver_gives_no_protocol_hint(grpc_answers, caplo
     with caplog.at_level(logging.WARNING, logger="spanprobe.export"):
         exporter.attempt(SPANS)
     assert "--otlp-protocol" not in caplog.text
+
+
+@pytest.mark.parametrize("env, want", [
+    ({}, grpc.Compression.NoCompression),
+    ({"OTEL_EXPORTER_OTLP_COMPRESSION": "none"}, grpc.Compression.NoCompression),
+    ({"OTEL_EXPORTER_OTLP_COMPRESSION": " GZIP "}, grpc.Compression.Gzip),
+    ({"OTEL_EXPORTER_OTLP_COMPRESSION": "gzip", "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "none"},
+     grpc.Compression.NoCompression),
+])
+def test_grpc_compression_accepts_none_which_the_sdk_rejects(env, want):
+    assert grpc_compression(env) == want
