@@ -30,6 +30,8 @@
 #define SP_EINPROGRESS 115
 #define SP_TCP_ESTABLISHED 1
 #define SP_TCP_SYN_SENT 2
+#define SP_TCP_SYN_RECV 3
+#define SP_TCP_CLOSE 7
 #define SP_IPPROTO_TCP 6
 
 enum sp_op {
@@ -80,6 +82,23 @@ struct sp_sk_owner {
 
 struct sp_comm { char name[16]; };
 
+/* An accepted TCP connection's peer, as accept() and getpeername() give it. */
+struct sp_peer_key {
+    __u16 family;
+    __u16 port;        /* host byte order */
+    __u32 pad;
+    __u8 addr[16];     /* IPv4 in the first 4 bytes */
+};
+
+/* The local end of the accepted connections of one peer. */
+struct sp_accepted {
+    __u8 addr[16];
+    __u16 port;
+    __u8 shared;       /* two were open at once: which is which is unknown */
+    __u8 pad;
+    __s32 open;        /* established and not yet closed */
+};
+
 /* CPython layout of one traced process, from spanprobe/pyruntime.py's calibration. */
 struct sp_pyrt {
     __u64 runtime;     /* address of _PyRuntime in this process */
@@ -107,6 +126,12 @@ BPF_HASH(ports, __u16, __u8, 256);
 BPF_TABLE("lru_hash", struct sp_conn_key, struct sp_conn_state, conns, 65536);
 BPF_HASH(active, __u64, struct sp_active, 16384);
 BPF_TABLE("lru_hash", __u64, struct sp_sk_owner, connecting, 4096);
+#if SP_WITH_PORTS
+/* A socket of a wildcard listener (0.0.0.0, ::) does not say which local address it
+ * has; same-host linking needs it. Not LRU: an entry evicted while open would let a
+ * later connection of the same peer answer for it. */
+BPF_HASH(accepted, struct sp_peer_key, struct sp_accepted, 16384);
+#endif
 BPF_PERCPU_ARRAY(scratch, struct sp_data_event, 1);
 /* asyncio linking: which server connection each task context works for */
 BPF_HASH(pyrt, __u32, struct sp_pyrt, 4096);
@@ -464,6 +489,23 @@ static __always_inline int sp_on_enter(void *ctx, __u32 op, __u64 a0, __u64 a1, 
     return 0;
 }
 
+/* The local address of the connection accept() or getpeername() just reported the
+ * peer of, when exactly one open connection has that peer. */
+static __always_inline void local_of_accepted(struct sp_conn_event *ev)
+{
+#if SP_WITH_PORTS
+    if (ev->family != SP_AF_INET && ev->family != SP_AF_INET6)
+        return;
+    struct sp_peer_key k = {.family = ev->family, .port = ev->peer_port};
+    __builtin_memcpy(k.addr, ev->peer_addr, 16);
+    struct sp_accepted *v = accepted.lookup(&k);
+    if (!v || v->shared)
+        return;
+    __builtin_memcpy(ev->local_addr, v->addr, 16);
+    ev->local_port = v->port;
+#endif
+}
+
 static __always_inline void open_conn(void *ctx, __u64 pid_tgid, struct sp_active *a,
                                       __s32 fd, __u8 role, __u64 conn_id, __u64 ts)
 {
@@ -475,8 +517,11 @@ static __always_inline void open_conn(void *ctx, __u64 pid_tgid, struct sp_activ
     fill_header(&ev.h, SP_EV_CONN_OPEN, ts, pid_tgid, fd, conn_id);
     ev.role = role;
     ev.listen_fd = role == SP_ROLE_SERVER ? a->fd : -1;
-    if (a->ptr)
+    if (a->ptr) {
         read_sockaddr(a->ptr, &ev, 1);
+        if (role == SP_ROLE_SERVER)
+            local_of_accepted(&ev);
+    }
     output(ctx, &ev, sizeof(ev));
 }
 
@@ -510,6 +555,8 @@ static __always_inline int sp_on_exit(void *ctx, __s64 ret)
         ev.listen_fd = -1;
         ev.role = a.role;
         read_sockaddr(a.ptr, &ev, a.op == OP_GETPEERNAME);
+        if (a.op == OP_GETPEERNAME && a.role == SP_ROLE_SERVER)
+            local_of_accepted(&ev);
         output(ctx, &ev, sizeof(ev));
         return 0;
     }
@@ -618,6 +665,48 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 }
 
 #if SP_WITH_PORTS
+/* Passive open done (the handshake's last ACK, before accept() can return it).
+ * Key and local end as the tracepoint gives them: v4-mapped addresses for IPv4
+ * peers of an IPv6 socket, as accept() gives them too. */
+static __always_inline void note_accepted(struct sp_peer_key *k, struct sp_accepted *v)
+{
+    v->open = 1;
+    struct sp_accepted *old = accepted.lookup(k);
+    if (old) {
+        old->shared = 1;
+        __sync_fetch_and_add(&old->open, 1);
+    } else if (accepted.insert(k, v) != 0) {
+        old = accepted.lookup(k);       /* another CPU inserted it first */
+        if (old) {
+            old->shared = 1;
+            __sync_fetch_and_add(&old->open, 1);
+        } else {
+            count(SP_CNT_ACCEPTED_FULL);
+        }
+    }
+}
+
+/* Any TCP socket closed: if it was an accepted one, one fewer with its peer. A
+ * client socket closing has the server as peer, found here only when its local
+ * end differs from the entry's (checked for an entry not shared). */
+static __always_inline void forget_accepted(struct sp_peer_key *k, struct sp_accepted *v)
+{
+    struct sp_accepted *old = accepted.lookup(k);
+    if (!old)
+        return;
+    if (!old->shared) {
+        if (old->port != v->port)
+            return;
+#pragma unroll
+        for (int i = 0; i < 16; i++)
+            if (old->addr[i] != v->addr[i])
+                return;
+    }
+    __sync_fetch_and_add(&old->open, -1);   /* its result: an atomic older LLVMs refuse */
+    if (old->open <= 0)
+        accepted.delete(k);
+}
+
 /* A client's own port is chosen inside connect(), after SYN_SENT: remember which
  * socket the connecting thread owns, and report its ports once ESTABLISHED. */
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
@@ -625,6 +714,24 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     if (args->protocol != SP_IPPROTO_TCP)
         return 0;
     __u64 sk = (__u64)args->skaddr;
+    int opened = args->oldstate == SP_TCP_SYN_RECV && args->newstate == SP_TCP_ESTABLISHED;
+    if (opened || (args->newstate == SP_TCP_CLOSE && args->oldstate != SP_TCP_SYN_SENT
+                   && args->oldstate != SP_TCP_SYN_RECV)) {
+        struct sp_peer_key k = {.family = args->family, .port = args->dport};
+        struct sp_accepted v = {.port = args->sport};
+        if (args->family == SP_AF_INET6) {
+            __builtin_memcpy(k.addr, args->daddr_v6, 16);
+            __builtin_memcpy(v.addr, args->saddr_v6, 16);
+        } else {
+            __builtin_memcpy(k.addr, args->daddr, 4);
+            __builtin_memcpy(v.addr, args->saddr, 4);
+        }
+        if (opened)
+            note_accepted(&k, &v);
+        else
+            forget_accepted(&k, &v);
+        return 0;
+    }
     if (args->newstate == SP_TCP_SYN_SENT) {
         __u64 pid_tgid = bpf_get_current_pid_tgid();
         struct sp_active *a = active.lookup(&pid_tgid);

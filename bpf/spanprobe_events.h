@@ -62,6 +62,7 @@ enum sp_counter {
     SP_CNT_IOV_TRUNCATED = 4,    /* vectored call with more than SP_MAX_IOV buffers */
     SP_CNT_NON_HTTP = 5,         /* connections classified as not HTTP */
     SP_CNT_WAKEUP_TICK = 6,      /* events output, for batched wake-ups (not a loss) */
+    SP_CNT_ACCEPTED_FULL = 7,    /* accepted-connection address map full: no local address */
     SP_CNT_MAX = 8,
 };
 

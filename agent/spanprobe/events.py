@@ -42,6 +42,7 @@ COUNTERS = {
     3: "conn_map_full",
     4: "iov_truncated",
     5: "non_http_connections",
+    7: "accepted_map_full",
 }
 COUNTER_SLOTS = 8
 MAX_CAPTURE = 4096

@@ -62,6 +62,7 @@ COUNTER_ENUM = {
     "conn_map_full": "SP_CNT_CONN_FULL",
     "iov_truncated": "SP_CNT_IOV_TRUNCATED",
     "non_http_connections": "SP_CNT_NON_HTTP",
+    "accepted_map_full": "SP_CNT_ACCEPTED_FULL",
 }
 
 
