@@ -6,7 +6,12 @@ must never do this (it would run the target's code with its privileges); tests m
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from pathlib import Path
+
+from spanprobe.elf import ElfFile
+from spanprobe.pyruntime import parse_maps
 
 # Runs inside the interpreter under test: standard library only, prints one JSON line.
 CALIBRATION = r'''
@@ -63,3 +68,16 @@ def calibrate(argv: list[str], timeout: float = 30.0) -> dict:
     out = subprocess.run([*argv, "-I", "-S", "-c", CALIBRATION], capture_output=True, text=True,
                          timeout=timeout, env={"PATH": "/usr/bin:/bin"}, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def running_interpreter() -> tuple[str, int]:
+    """(path, size) of the file holding _PyRuntime in this very process."""
+    for m in parse_maps(Path("/proc/self/maps").read_text()):
+        if m.offset == 0 and os.path.basename(m.path).startswith(("python", "libpython")):
+            fd = os.open(m.path, os.O_RDONLY)
+            try:
+                if "_PyRuntime" in ElfFile(fd, os.fstat(fd).st_size).symbols({"_PyRuntime"}):
+                    return m.path, os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+    raise RuntimeError("this interpreter maps no file defining _PyRuntime")

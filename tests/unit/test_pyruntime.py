@@ -17,22 +17,10 @@ from spanprobe import cpython_layouts as cl
 from spanprobe.elf import ElfFile
 from spanprobe.procfs import SysRoot
 from spanprobe.pyruntime import Calibrations, parse_maps, read_interpreter
+from tests.support.pyruntime_oracle import running_interpreter
 
 PID, TID = 4242, 4243
 HEAP = 0x2000_0000          # where the fake interpreter and thread states live
-
-
-def running_interpreter() -> tuple[str, int]:
-    """(path, size) of the file holding _PyRuntime in this very process."""
-    for m in parse_maps(Path("/proc/self/maps").read_text()):
-        if m.offset == 0 and os.path.basename(m.path).startswith(("python", "libpython")):
-            fd = os.open(m.path, os.O_RDONLY)
-            try:
-                if "_PyRuntime" in ElfFile(fd, os.fstat(fd).st_size).symbols({"_PyRuntime"}):
-                    return m.path, os.fstat(fd).st_size
-            finally:
-                os.close(fd)
-    pytest.fail("this interpreter maps no file defining _PyRuntime")
 
 
 class FakeProcess:
