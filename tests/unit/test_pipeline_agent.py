@@ -334,3 +334,27 @@ def test_a_request_the_session_refuses_is_counted_not_fatal(root, caplog):
     agent.shutdown()
     assert final_counters(caplog)["event_errors_apply"] == 1
     assert len(exporter.spans) == 1
+
+
+def test_trace_all_excludes_by_executable_and_perf_records_are_put_in_time_order(root, tmp_path, caplog):
+    caplog.set_level(logging.INFO, "spanprobe")
+    agent, session, exporter = make_agent(root, {"select.ports": [], "select.exclude_exe": ["worker"]},
+                                          FakeSession(transport="perf"))
+    agent.start()
+    assert session.traced == {OTHER: {"excluded": True, "capture": 0}}
+    fake_proc(tmp_path, 300, ["/usr/bin/worker"], "/usr/bin/worker")
+    real = agent.router.handlers[ev.EV_PROC_FORK]
+    agent.router.handlers[ev.EV_PROC_FORK] = lambda e: (_ for _ in ()).throw(RuntimeError("odd fork"))
+    opened = conn(ev.EV_CONN_OPEN, 1_000, APP, 5, 7, ev.ROLE_SERVER, CLIENT, None, listen_fd=3)
+    later = [data(1_010, APP, 5, 7, ev.DIR_INGRESS, REQ), data(1_020, APP, 5, 7, ev.DIR_EGRESS, RESP)]
+    session.inject(*reversed(later), opened,              # per-CPU buffers: out of order
+                   proc(ev.EV_PROC_EXEC, 900, 300, comm="worker", filename="/usr/bin/worker"),
+                   proc(ev.EV_PROC_FORK, 950, 301, ppid=300))
+    step(agent)
+    agent.router.handlers[ev.EV_PROC_FORK] = real
+    agent.shutdown()
+    assert session.traced[300] == {"excluded": True, "capture": 0}
+    (span,) = exporter.spans
+    assert span.attributes["server.port"] == 8000        # the listening socket's, from /proc
+    c = final_counters(caplog)
+    assert c["event_errors_process"] == 1 and c["event_errors_assemble"] == 0
