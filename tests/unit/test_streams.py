@@ -492,6 +492,87 @@ def test_ports_for_an_older_connection_on_the_same_fd_wait_for_their_open():
     assert sim.asm.client_by_tuple == {(CLI_LOCAL, SRV_ADDR): [new]}
 
 
+
+def _server_reads(sim: Sim, *, peer, local, tgid=SRV_TGID, fd=4):
+    sim.open(11, ev.ROLE_SERVER, tgid=tgid, fd=fd, conn_id=40, peer=peer, local=local)
+    sim.read(12, req(), tgid=tgid, fd=fd, conn_id=40)
+    return sim.asm.conns[(tgid, fd)].inflight[-1]
+
+
+@pytest.mark.parametrize("peer,local", [
+    (("10.1.2.3", CLI_LOCAL[1]), SRV_ADDR),        # a remote client on the same ports
+    (CLI_LOCAL, ("10.0.0.5", SRV_ADDR[1])),        # reached on another local address
+    (("::1", CLI_LOCAL[1]), ("::1", SRV_ADDR[1])),  # same ports over IPv6
+])
+def test_a_server_end_with_other_addresses_on_the_same_ports_stays_unlinked(peer, local):
+    sim = Sim()
+    cx = _client_sends(sim)
+    sx = _server_reads(sim, peer=peer, local=local)
+    assert sx.parent_span_id is None and sx.trace_id != cx.trace_id
+    assert cx.linked_downstream is False
+
+
+@pytest.mark.parametrize("local", [None, ("0.0.0.0", 8000), ("::", 8000), ("::ffff:0.0.0.0", 8000),
+                                   ("127.0.0.1", 0)])
+def test_an_unknown_or_wildcard_local_end_never_links(local):
+    sim = Sim()
+    cx = _client_sends(sim)
+    sx = _server_reads(sim, peer=CLI_LOCAL, local=local)
+    assert sx.parent_span_id is None
+    assert cx.linked_downstream is False
+
+
+def test_a_wildcard_client_end_is_not_indexed():
+    sim = Sim()
+    sim.open(1, ev.ROLE_CLIENT, tgid=CLI_TGID, fd=7, conn_id=70, peer=("0.0.0.0", 8000))
+    assert sim.asm.client_by_tuple == {}
+    sim.ports(2, local=CLI_LOCAL, peer=("0.0.0.0", 8000), tgid=CLI_TGID, fd=7, conn_id=70)
+    assert sim.asm.client_by_tuple == {}
+
+
+def test_ipv4_mapped_ipv6_ends_link_to_an_ipv4_client():
+    sim = Sim()
+    cx = _client_sends(sim)
+    mapped = lambda ep: ("::ffff:" + ep[0], ep[1])      # noqa: E731 - a dual-stack server's view
+    sx = _server_reads(sim, peer=mapped(CLI_LOCAL), local=mapped(SRV_ADDR))
+    assert (sx.trace_id, sx.parent_span_id) == (cx.trace_id, cx.span_id)
+
+
+def test_ipv6_loopback_links():
+    sim = Sim()
+    cli, srv = ("::1", 41000), ("::1", 8000)
+    sim.open(1, ev.ROLE_CLIENT, tgid=CLI_TGID, fd=7, conn_id=70, peer=srv)
+    sim.ports(2, local=cli, peer=srv, tgid=CLI_TGID, fd=7, conn_id=70)
+    sim.write(10, req(), tgid=CLI_TGID, fd=7, conn_id=70)
+    [cx] = sim.asm.conns[(CLI_TGID, 7)].inflight
+    sx = _server_reads(sim, peer=cli, local=srv)
+    assert (sx.trace_id, sx.parent_span_id) == (cx.trace_id, cx.span_id)
+
+
+def test_a_wildcard_listener_address_is_replaced_by_the_reported_one():
+    sim = Sim(resolve_listen=lambda pid, fd: ("0.0.0.0", 8000))
+    cx = _client_sends(sim)
+    conn = sim.open(11, ev.ROLE_SERVER, tgid=SRV_TGID, fd=4, conn_id=40, peer=CLI_LOCAL, listen_fd=3)
+    assert conn.local == ("0.0.0.0", 8000)
+    sim.asm.address(ev.ConnEvent(Sim.h(ev.EV_CONN_ADDR, 11, SRV_TGID, 4, 40), -1, ev.AF_INET,
+                                 ev.ROLE_SERVER, 0, None, SRV_ADDR))
+    assert conn.local == SRV_ADDR
+    sim.read(12, req(), tgid=SRV_TGID, fd=4, conn_id=40)
+    [sx] = conn.inflight
+    assert (sx.trace_id, sx.parent_span_id) == (cx.trace_id, cx.span_id)
+
+
+def test_two_traced_clients_with_the_same_four_tuple_are_not_told_apart():
+    sim = Sim()
+    cx = _client_sends(sim)
+    peer = ("127.0.0.1", 8000)      # another network namespace: the same addresses
+    sim.open(1, ev.ROLE_CLIENT, tgid=CLI_TGID + 1, fd=7, conn_id=71, peer=peer)
+    sim.ports(2, local=CLI_LOCAL, peer=peer, tgid=CLI_TGID + 1, fd=7, conn_id=71)
+    sim.write(10, req(), tgid=CLI_TGID + 1, fd=7, conn_id=71)
+    sx = _server_reads(sim, peer=CLI_LOCAL, local=SRV_ADDR)
+    assert sx.parent_span_id is None
+    assert cx.linked_downstream is False
+
 # ---- partial and vectored writes ----
 
 def test_partial_write_resent_remainder_is_not_parsed_twice():
