@@ -1,0 +1,250 @@
+"""Fuzz targets: one function per target, taking the fuzzer's bytes.
+
+Each target turns the bytes into calls of the agent's public entry points and checks,
+after every call, what must hold for any input: no exception escapes (the fuzzer
+reports one as a crash), buffers stay within their caps, counters and sizes stay
+sane. That every call returns is the runner's per-input timeout (run.py).
+
+Input layouts (the seeds in corpus/ are written by seeds.py with the encoders here):
+
+* http: byte 0 flags (bit 0: requests, else responses; bit 1: keep bodies), bytes 1-4
+  a seed for the way the rest, the byte stream, is cut into segments: sizes, holes
+  (bytes transferred but not captured), and gaps reported on their own.
+* jsonprefix: a document; the first byte also picks where a prefix of it is cut.
+* assembler: byte 0 flags (bit 0: keep bodies), then operations (see `Ops`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+from spanprobe import events as ev
+from spanprobe import httpparse
+from spanprobe.httpparse import HEAD_LIMIT, MessageParser
+from spanprobe.jsonprefix import UNSET, extract, parse_prefix
+from spanprobe.streams import Assembler
+
+KEEP_BODY = 4096
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE")
+
+
+# ---------------------------------------------------------------- http
+
+def encode_http(stream: bytes, *, requests: bool, keep_body: bool = False, seed: int = 0) -> bytes:
+    return bytes([int(requests) | int(keep_body) << 1]) + seed.to_bytes(4, "little") + stream
+
+
+def check_parser(p: MessageParser) -> None:
+    assert len(p.buf) <= HEAD_LIMIT, len(p.buf)
+    assert p.parse_errors >= 0 and p.lost_bytes >= 0
+    if p.state in (httpparse.BODY, httpparse.CHUNK_DATA):
+        assert p.remaining >= 1, (p.state, p.remaining)
+    msg = p.msg
+    if msg is not None and msg.body is not None:
+        assert len(msg.body) <= p.keep_body
+    assert (msg is None) == (p.state in (httpparse.IDLE, httpparse.RESYNC)), p.state
+
+
+def check_message(m) -> None:
+    assert m.body_size >= 0 and m.head_size >= 0
+    assert m.status is None or 100 <= m.status <= 599
+    assert m.declared_length is None or 0 <= m.declared_length < 2 ** 63
+    assert m.body is None or len(m.body) <= KEEP_BODY
+
+
+def http(data: bytes) -> None:
+    if len(data) < 5:
+        return
+    flags, seed, stream = data[0], int.from_bytes(data[1:5], "little"), data[5:]
+    rng = random.Random(seed)
+    done = []
+    p = MessageParser(bool(flags & 1), done.append, done.append)
+    if flags & 2:
+        p.keep_body = KEEP_BODY
+    if not p.is_request:
+        p.pending_methods.extend(rng.choice(METHODS) for _ in range(rng.randint(0, 8)))
+    pos, ts = 0, 0
+    while pos < len(stream):
+        ts += 1
+        size = rng.choice((1, 2, 3, 7, 16, 64, 256, 4096, 1 << 16))
+        whole = stream[pos:pos + size]
+        pos += len(whole)
+        kind = rng.random()
+        if kind < 0.15:       # captured a prefix only: the rest is a hole
+            cap = rng.randint(0, len(whole))
+            p.feed(ts, 1, whole[:cap], len(whole) + rng.choice((0, 0, 1, 5000)), whole[-8:])
+        elif kind < 0.2:      # a gap on its own (a vectored write's uncopied buffers)
+            p.feed(ts, 1, b"", rng.randint(1, 9000))
+        else:
+            p.feed(ts, 1, whole, len(whole), b"")
+        check_parser(p)
+    p.close(ts + 1)
+    check_parser(p)
+    for m in done:
+        check_message(m)
+
+
+# ---------------------------------------------------------------- jsonprefix
+
+def _no_duplicate_keys(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate keys")   # a prefix may hold a value a later key overrides
+    return dict(pairs)
+
+
+def _no_constant(name):
+    raise ValueError(name)
+
+
+def jsonprefix(data: bytes) -> None:
+    try:
+        doc, complete = parse_prefix(data)
+    except ValueError:
+        doc, complete = UNSET, False
+    for path in (("a",), (0,), ("a", 0, "b"), ()):
+        extract(data, path)
+    if not complete or not data:
+        return
+    # the oracle: a whole document read by json itself; every top-level member of a
+    # prefix of it is absent or exactly that member's value in the whole
+    try:
+        whole = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys,
+                           parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return
+    assert doc == whole
+    cut = data[:data[0] * len(data) // 256]
+    if isinstance(whole, dict):
+        members = [((k,), v) for k, v in whole.items()]
+    elif isinstance(whole, list):
+        members = [((i,), v) for i, v in enumerate(whole)]
+    else:
+        members = []
+    for path, value in members:
+        got = extract(cut, path)
+        assert got is UNSET or got == value, (path, got, value)
+
+
+# ---------------------------------------------------------------- assembler
+
+class Ops:
+    """The assembler target's operations: an opcode byte, then its arguments.
+
+    Connections live in four slots (tgid 100 for slots 0-1, 200 for 2-3, fd 5 + slot);
+    the conn_id byte lets events name a connection that is no longer the open one."""
+
+    OPEN, ADOPT, READ, WRITE, WRITE_RESULT, CLOSE, EXIT, PORTS, DRAIN = range(9)
+    COUNT = 9
+
+
+def encode_ops(ops: list[tuple], *, keep_body: bool = False) -> bytes:
+    """Seeds: (op, slot, ...) tuples as the target reads them."""
+    out = bytearray([int(keep_body)])
+    for op, *args in ops:
+        out.append(op)
+        if op in (Ops.OPEN, Ops.ADOPT):             # slot, conn_id, role
+            out += bytes(args)
+        elif op in (Ops.READ, Ops.WRITE):           # slot, conn_id, data, hole
+            slot, conn_id, payload, hole = args
+            out += bytes([slot, conn_id]) + len(payload).to_bytes(2, "little") + payload
+            out += hole.to_bytes(2, "little")
+        elif op == Ops.WRITE_RESULT:                # slot, conn_id, asked, ret (signed)
+            slot, conn_id, asked, ret = args
+            out += bytes([slot, conn_id]) + asked.to_bytes(2, "little")
+            out += ret.to_bytes(2, "little", signed=True)
+        elif op in (Ops.CLOSE, Ops.PORTS):          # slot, conn_id
+            out += bytes(args)
+        elif op == Ops.EXIT:                        # slot (its tgid)
+            out += bytes(args)
+    return bytes(out)
+
+
+class _Reader:
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def take(self, n: int) -> bytes:
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def byte(self) -> int:
+        b = self.take(1)
+        return b[0] if b else 0
+
+    def u16(self) -> int:
+        return int.from_bytes(self.take(2).ljust(2, b"\0"), "little")
+
+
+def _slot(slot: int) -> tuple[int, int]:
+    slot &= 3
+    return (100 if slot < 2 else 200), 5 + slot
+
+
+def assembler(data: bytes) -> None:
+    if not data:
+        return
+    keep = data[0] & 1
+    out = []
+    asm = Assembler(out.append, body_needs=lambda conn: (KEEP_BODY, KEEP_BODY) if keep else (0, 0))
+    r = _Reader(data)
+    r.pos = 1
+    ts = 0
+    while r.pos < len(data):
+        ts += 1
+        op = r.byte() % Ops.COUNT
+        if op in (Ops.OPEN, Ops.ADOPT):
+            tgid, fd = _slot(r.byte())
+            conn_id, role = r.byte(), r.byte() % 3
+            local, peer = ("127.0.0.1", 40000 + fd), ("127.0.0.1", 8000 + (conn_id & 1))
+            if op == Ops.OPEN:
+                asm.open(ev.ConnEvent(ev.Header(ts, ev.EV_CONN_OPEN, tgid, tgid, fd, conn_id), -1,
+                                      ev.AF_INET, role, 0, peer, local))
+            else:
+                asm.adopt(tgid, fd, conn_id, role, local, peer, ts)
+        elif op in (Ops.READ, Ops.WRITE):
+            tgid, fd = _slot(r.byte())
+            conn_id = r.byte()
+            payload = r.take(r.u16())
+            hole = r.u16()
+            length = len(payload) + hole
+            asm.data(ev.DataEvent(ev.Header(ts, ev.EV_DATA, tgid, tgid + (conn_id & 1), fd, conn_id),
+                                  length, payload, ev.DIR_INGRESS if op == Ops.READ else ev.DIR_EGRESS,
+                                  0, 0, payload[-8:] if hole else b"", fd if conn_id & 2 else -1))
+        elif op == Ops.WRITE_RESULT:
+            tgid, fd = _slot(r.byte())
+            conn_id, asked = r.byte(), r.u16()
+            ret = int.from_bytes(r.take(2).ljust(2, b"\0"), "little", signed=True)
+            asm.write_result(ev.WriteResult(ev.Header(ts, ev.EV_WRITE_RESULT, tgid, tgid, fd, conn_id),
+                                            ret, asked))
+        elif op == Ops.CLOSE:
+            tgid, fd = _slot(r.byte())
+            asm.close(ev.ConnEvent(ev.Header(ts, ev.EV_CONN_CLOSE, tgid, tgid, fd, r.byte()), -1,
+                                   ev.AF_INET, 0, 0, None, None))
+        elif op == Ops.PORTS:
+            tgid, fd = _slot(r.byte())
+            conn_id = r.byte()
+            asm.ports(ev.ConnEvent(ev.Header(ts, ev.EV_CONN_PORTS, tgid, tgid, fd, conn_id), -1,
+                                   ev.AF_INET, ev.ROLE_CLIENT, 0, ("127.0.0.1", 8000),
+                                   ("127.0.0.1", 40000 + fd)))
+        elif op == Ops.EXIT:
+            asm.process_exit(_slot(r.byte())[0], ts)
+        else:
+            asm.drain()
+        for conn in asm.conns.values():
+            check_parser(conn.requests)
+            check_parser(conn.responses)
+        assert all(v >= 0 for v in asm.counts.values()), asm.counts
+    for tgid in (100, 200):
+        asm.process_exit(tgid, ts + 1)
+    asm.drain()
+    assert not asm.conns
+    for x in out:
+        check_message(x.request)
+        if x.response is not None:
+            check_message(x.response)
+
+
+TARGETS = {"http": http, "jsonprefix": jsonprefix, "assembler": assembler}

@@ -1,0 +1,71 @@
+"""The fuzz tier: coverage-guided fuzzing (atheris) of what reads hostile bytes.
+
+Targets (targets.py): the HTTP parser fed request and response streams cut into random
+segments with holes, the JSON-prefix reader, and the assembler fed whole event sequences.
+Each runs for SPANPROBE_FUZZ_SECONDS (default 30) in a process of its own (run.py),
+seeded from tests/fuzz/corpus/<target>/; new inputs go to a temporary directory, never
+into the repository. A crash, a per-input timeout or the memory limit fails the test
+with the reproducer's path; it then becomes a unit test in
+tests/unit/test_hostile_regressions.py, with the input inline.
+
+    SPANPROBE_FUZZ_SECONDS=300 python -m pytest tests/fuzz -q -s
+    python tests/fuzz/run.py http path/to/crash-...     # replay one input
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fuzz.seeds import CORPUS, SEEDS
+from tests.fuzz.targets import TARGETS
+
+HERE = Path(__file__).resolve().parent
+SECONDS = int(os.environ.get("SPANPROBE_FUZZ_SECONDS", "30"))
+PER_INPUT_TIMEOUT_S = 10        # an input that takes longer is a hang
+RSS_LIMIT_MB = 1024
+MAX_LEN = {"http": 8192, "jsonprefix": 4096, "assembler": 8192}
+DICT = {"http": HERE / "http.dict", "jsonprefix": HERE / "json.dict", "assembler": HERE / "http.dict"}
+ARTIFACTS = ("crash-", "timeout-", "oom-", "leak-", "slow-unit-")
+
+
+def test_committed_corpus_is_what_seeds_py_writes():
+    for target, seeds in SEEDS.items():
+        for name, data in seeds.items():
+            path = CORPUS / target / name
+            assert path.is_file(), f"{path} missing: run python tests/fuzz/seeds.py"
+            assert path.read_bytes() == data, f"{path} is stale: run python tests/fuzz/seeds.py"
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_corpus_replays_cleanly(target):
+    files = sorted((CORPUS / target).iterdir())
+    assert files
+    for path in files:
+        TARGETS[target](path.read_bytes())
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_fuzz(target, tmp_path):
+    new = tmp_path / "new-inputs"
+    new.mkdir()
+    cmd = [sys.executable, str(HERE / "run.py"), target,
+           f"-max_total_time={SECONDS}", f"-timeout={PER_INPUT_TIMEOUT_S}",
+           f"-rss_limit_mb={RSS_LIMIT_MB}", f"-max_len={MAX_LEN[target]}",
+           f"-dict={DICT[target]}", f"-artifact_prefix={tmp_path}/", "-print_final_stats=1",
+           str(new), str(CORPUS / target)]
+    run = subprocess.run(cmd, capture_output=True, text=True, errors="replace",
+                         timeout=SECONDS + 120)
+    found = sorted(str(p) for p in tmp_path.iterdir() if p.name.startswith(ARTIFACTS))
+    report = run.stderr[-6000:]
+    assert run.returncode == 0 and not found, (
+        f"fuzz target {target} failed (exit {run.returncode}); reproducers: {found}\n"
+        f"replay: {sys.executable} {HERE / 'run.py'} {target} <reproducer>\n{report}")
+    stats = [line for line in run.stderr.splitlines() if line.startswith("stat::number_of_executed_units")]
+    assert stats and int(stats[-1].split(":")[-1]) > 0, report
+    print(f"\n{target}: {stats[-1].split(':')[-1].strip()} inputs in {SECONDS} s, "
+          f"{len(list(new.iterdir()))} new")
