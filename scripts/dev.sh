@@ -3,7 +3,7 @@
 #   scripts/dev.sh setup        install everything the agent and the tests need (idempotent)
 #   scripts/dev.sh demo [s]     setup, then trace two demo services for s seconds (default 15)
 #   scripts/dev.sh test         setup (+ QEMU tools, wrk, Packer, Vagrant, ansible tier tools),
-#                               then every test tier (unit, integration, frameworks, bench-smoke,
+#                               then every test tier (unit, fuzz, integration, frameworks, bench-smoke,
 #                               kernels, image, ansible), with a timing summary
 #   scripts/dev.sh test-image   setup, then the image tier alone (two builds, UEFI and BIOS
 #                               boots, reproducibility report, vagrant up; ~20 min)
@@ -197,6 +197,7 @@ case "$cmd" in
     cd "$ROOT"
     run_tier unit tests/unit -q
     if [ "$cmd" = test ]; then
+      run_tier fuzz tests/fuzz -q -s
       run_tier integration tests/integration -q
       run_tier frameworks tests/frameworks -q -s
       run_tier bench-smoke tests/bench -q
