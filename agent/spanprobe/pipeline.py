@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Sequence
 
 from .attributes import Extractor, compile_rules
 from .clock import MonotonicToWall
-from .config import Settings
+from .config import Settings, otel_resource_attributes
 from .discovery import ProcessRegistry, Selection, scan
 from .export import ExportQueue, make_exporters
 from .faults import Faults
@@ -48,14 +48,10 @@ STOP_DRAIN_S = 0.5      # at stop, time left to handle what the buffer still hol
 
 
 def agent_resource_attributes(settings: Settings, env: dict[str, str]) -> dict[str, object]:
-    """OTEL_RESOURCE_ATTRIBUTES of the agent, then the config's resource_attributes."""
-    from urllib.parse import unquote
-
-    attrs: dict[str, object] = {}
-    for item in env.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
-        k, sep, v = item.partition("=")
-        if sep and k.strip() and k.strip() != "service.name":
-            attrs[unquote(k.strip())] = unquote(v.strip())
+    """OTEL_RESOURCE_ATTRIBUTES of the agent (parsed by config's strict SDK rules; its
+    service.name names the agent, not the traced processes), then resource_attributes."""
+    attrs: dict[str, object] = {k: v for k, v in otel_resource_attributes(env).items()
+                                if k != "service.name"}
     attrs.update({str(k): v for k, v in settings["resource_attributes"].items()})
     return attrs
 
