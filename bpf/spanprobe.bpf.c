@@ -57,7 +57,9 @@ struct sp_conn_state {
     __u64 conn_id;
     __u8 role;
     __u8 proto;        /* enum sp_proto, decided on the first bytes */
-    __u8 pad[6];
+    __u8 pad[2];
+    __u32 lost;        /* its data this side failed to send: carried in every data event,
+                          so the agent sees a gap where the value changes (see conn_lost) */
 };
 
 /* A syscall between its entry and its exit, keyed by pid_tgid. */
@@ -152,7 +154,8 @@ static __always_inline void count(__u32 which)
         *v += 1;   /* per-CPU slot: no atomics needed */
 }
 
-static __always_inline void output(void *ctx, void *data, __u64 size)
+/* 0 when the record was queued. */
+static __always_inline int output(void *ctx, void *data, __u64 size)
 {
 #if SP_USE_RINGBUF
     /* Batched wake-ups: the agent drains the buffer on a timer, so a wake-up per
@@ -164,12 +167,28 @@ static __always_inline void output(void *ctx, void *data, __u64 size)
     __u64 flags = BPF_RB_NO_WAKEUP;
     if (tick && ++(*tick) % SP_WAKEUP_EVERY == 0)
         flags = BPF_RB_FORCE_WAKEUP;
-    if (events.ringbuf_output(data, size, flags) != 0)
+    if (events.ringbuf_output(data, size, flags) != 0) {
         count(SP_CNT_EVENTS_LOST);
+        return -1;
+    }
 #else
-    if (events.perf_submit(ctx, data, (__u32)size) != 0)
+    if (events.perf_submit(ctx, data, (__u32)size) != 0) {
         count(SP_CNT_EVENTS_LOST);
+        return -1;
+    }
 #endif
+    return 0;
+}
+
+/* Bytes of this connection that will never reach the agent. A loss count rather than a
+ * sequence number: it costs the hot path one load (the entry is already looked up), and
+ * it has no false gaps where a sequence would: two threads on one socket (a reader and
+ * a writer, as Go's server has) reserve ring-buffer slots in another order than they
+ * took numbers, and 5.10 has no atomic fetch-add to take them with. The add's result is
+ * unused, which every supported kernel and LLVM accept. */
+static __always_inline void conn_lost(struct sp_conn_state *cs)
+{
+    __sync_fetch_and_add(&cs->lost, 1);
 }
 
 static __always_inline int selected(__u32 tgid, __u32 *capture)
@@ -306,9 +325,10 @@ static __always_inline void note_server(__u64 pid_tgid, __s32 fd)
     last_server.update(&pid_tgid, &e);
 }
 
-static __always_inline void emit_data(void *ctx, __u64 pid_tgid, __s32 fd, __u64 conn_id,
-                                      __u64 ts, __u8 dir, __u8 flags, __u16 iov_index,
-                                      __u64 ubuf, __u64 len, __u32 capture, __s32 owner)
+static __always_inline void emit_data(void *ctx, struct sp_conn_state *cs, __u64 pid_tgid,
+                                      __s32 fd, __u64 conn_id, __u64 ts, __u8 dir, __u8 flags,
+                                      __u16 iov_index, __u64 ubuf, __u64 len, __u32 capture,
+                                      __s32 owner)
 {
     __u32 zero = 0;
     struct sp_data_event *ev = scratch.lookup(&zero);
@@ -320,6 +340,7 @@ static __always_inline void emit_data(void *ctx, __u64 pid_tgid, __s32 fd, __u64
     ev->flags = flags;
     ev->iov_index = iov_index;
     ev->owner_fd = owner;
+    ev->lost = cs->lost;
     __u64 n = len < capture ? len : capture;
     /* Verifier: the mask is what proves n fits buf; capture <= SP_MAX_CAPTURE
      * already, so it never changes the value. */
@@ -333,12 +354,13 @@ static __always_inline void emit_data(void *ctx, __u64 pid_tgid, __s32 fd, __u64
     *(__u64 *)ev->tail = 0;
     if (len > n && len >= SP_TAIL_BYTES)
         bpf_probe_read_user(ev->tail, SP_TAIL_BYTES, (void *)(ubuf + len - SP_TAIL_BYTES));
-    output(ctx, ev, offsetof(struct sp_data_event, buf) + (n & SP_BUF_MASK));
+    if (output(ctx, ev, offsetof(struct sp_data_event, buf) + (n & SP_BUF_MASK)) != 0)
+        conn_lost(cs);
 }
 
-static __always_inline void emit_iovecs(void *ctx, __u64 pid_tgid, struct sp_active *a,
-                                        __u8 dir, __u64 iov, __u64 iovcnt, __s64 budget,
-                                        __u64 ts, __s32 owner)
+static __always_inline void emit_iovecs(void *ctx, struct sp_conn_state *cs, __u64 pid_tgid,
+                                        struct sp_active *a, __u8 dir, __u64 iov, __u64 iovcnt,
+                                        __s64 budget, __u64 ts, __s32 owner)
 {
     if (iovcnt > SP_MAX_IOV)
         count(SP_CNT_IOV_TRUNCATED);
@@ -347,13 +369,16 @@ static __always_inline void emit_iovecs(void *ctx, __u64 pid_tgid, struct sp_act
         if (i >= iovcnt || budget <= 0)
             break;
         struct sp_iovec v = {};
-        if (bpf_probe_read_user(&v, sizeof(v), (void *)(iov + i * sizeof(v))) != 0)
+        if (bpf_probe_read_user(&v, sizeof(v), (void *)(iov + i * sizeof(v))) != 0) {
+            count(SP_CNT_READ_FAULTS);
+            conn_lost(cs);      /* the bytes of this and later iovecs are unknown */
             break;
+        }
         __u64 take = v.len;
         if (dir == SP_DIR_INGRESS && take > (__u64)budget)
             take = budget;   /* a read fills the iovecs in order up to ret */
         budget -= take;
-        emit_data(ctx, pid_tgid, a->fd, a->conn_id, ts, dir,
+        emit_data(ctx, cs, pid_tgid, a->fd, a->conn_id, ts, dir,
                   SP_DATA_VECTOR | (dir == SP_DIR_EGRESS ? SP_DATA_AT_ENTRY : 0),
                   i, v.base, take, a->capture, owner);
         a->asked += take;
@@ -456,8 +481,11 @@ static __always_inline int sp_on_enter(void *ctx, __u32 op, __u64 a0, __u64 a1, 
 
     if (op == OP_SENDMSG || op == OP_RECVMSG) {
         struct sp_msghdr m = {};
-        if (bpf_probe_read_user(&m, sizeof(m), (void *)a1) != 0)
+        if (bpf_probe_read_user(&m, sizeof(m), (void *)a1) != 0) {
+            count(SP_CNT_READ_FAULTS);
+            conn_lost(cs);
             return 0;
+        }
         a1 = m.iov;
         a2 = m.iovlen;
         op = (op == OP_SENDMSG) ? OP_WRITEV : OP_READV;
@@ -473,7 +501,7 @@ static __always_inline int sp_on_enter(void *ctx, __u32 op, __u64 a0, __u64 a1, 
         if (!wanted(cs, a1, a2))
             return 0;
         __s32 owner = task_owner(pid_tgid);
-        emit_data(ctx, pid_tgid, fd, a.conn_id, ts, SP_DIR_EGRESS, SP_DATA_AT_ENTRY, 0,
+        emit_data(ctx, cs, pid_tgid, fd, a.conn_id, ts, SP_DIR_EGRESS, SP_DATA_AT_ENTRY, 0,
                   a1, a2, capture, owner);
         a.asked = a2;
     } else if (op == OP_WRITEV) {
@@ -482,10 +510,13 @@ static __always_inline int sp_on_enter(void *ctx, __u32 op, __u64 a0, __u64 a1, 
         if (!wanted(cs, first.base, first.len))
             return 0;
         __s32 owner = task_owner(pid_tgid);
-        emit_iovecs(ctx, pid_tgid, &a, SP_DIR_EGRESS, a1, a2, 0x7fffffffffffffffLL, ts, owner);
+        emit_iovecs(ctx, cs, pid_tgid, &a, SP_DIR_EGRESS, a1, a2, 0x7fffffffffffffffLL, ts, owner);
     }
-    if (active.update(&pid_tgid, &a) != 0)
+    if (active.update(&pid_tgid, &a) != 0) {
         count(SP_CNT_ACTIVE_FULL);
+        if (op == OP_READ || op == OP_READV)
+            conn_lost(cs);      /* its exit will not find what to report */
+    }
     return 0;
 }
 
@@ -580,14 +611,14 @@ static __always_inline int sp_on_exit(void *ctx, __s64 ret)
     if (a.op == OP_READ) {
         if (!wanted(cs, a.ptr, ret))
             return 0;
-        emit_data(ctx, pid_tgid, a.fd, a.conn_id, ts, SP_DIR_INGRESS, 0, 0, a.ptr, ret,
+        emit_data(ctx, cs, pid_tgid, a.fd, a.conn_id, ts, SP_DIR_INGRESS, 0, 0, a.ptr, ret,
                   a.capture, -1);
     } else if (a.op == OP_READV) {
         struct sp_iovec first = {};
         bpf_probe_read_user(&first, sizeof(first), (void *)a.ptr);
         if (!wanted(cs, first.base, first.len < (__u64)ret ? first.len : (__u64)ret))
             return 0;
-        emit_iovecs(ctx, pid_tgid, &a, SP_DIR_INGRESS, a.ptr, a.len, ret, ts, -1);
+        emit_iovecs(ctx, cs, pid_tgid, &a, SP_DIR_INGRESS, a.ptr, a.len, ret, ts, -1);
     }
     if (cs->role == SP_ROLE_SERVER)
         note_server(pid_tgid, a.fd);

@@ -84,7 +84,9 @@ struct sp_data_event {
     __u16 iov_index;
     __s32 owner_fd;    /* Python asyncio: the server connection whose task made this
                           call (-1 unknown); see spanprobe/pyruntime.py */
-    __u32 pad;
+    __u32 lost;        /* data of this connection the kernel side failed to send so far
+                          (buffer full, unreadable iovec or msghdr, in-flight map full):
+                          a value that changed since the connection's last event is a gap */
     __u8 tail[SP_TAIL_BYTES]; /* last bytes of the buffer when not all was captured */
     __u8 buf[SP_BUF_SIZE];    /* only `captured` bytes are sent */
 };

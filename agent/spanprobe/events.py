@@ -90,6 +90,8 @@ class DataEvent:
     iov_index: int
     tail: bytes          # last bytes when not all were captured, else b""
     owner_fd: int = -1   # asyncio: server connection whose task made the call
+    lost: int = 0        # the connection's data the kernel failed to send so far: a
+                         # change since its previous event is a gap in the stream
 
 
 @dataclass(slots=True)
@@ -144,12 +146,12 @@ def decode(raw: bytes):
     kind = h.kind
     off = HEADER.size
     if kind == EV_DATA:
-        length, captured, direction, flags, iov_index, owner_fd, _pad, tail = DATA.unpack_from(raw, off)
+        length, captured, direction, flags, iov_index, owner_fd, lost, tail = DATA.unpack_from(raw, off)
         data = raw[DATA_BUF_OFFSET:DATA_BUF_OFFSET + captured]
         if len(data) != captured:
             raise DecodeError(f"data record truncated: {len(data)} of {captured} bytes")
         return DataEvent(h, length, data, direction, flags, iov_index,
-                         tail if length > captured else b"", owner_fd)
+                         tail if length > captured else b"", owner_fd, lost)
     if kind == EV_WRITE_RESULT:
         ret, asked = WRITE_RESULT.unpack_from(raw, off)
         return WriteResult(h, ret, asked)

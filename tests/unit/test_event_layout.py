@@ -22,7 +22,7 @@ HEADER_H = Path(__file__).resolve().parents[2] / "bpf" / "spanprobe_events.h"
 RECORDS = [
     ("sp_header", ev.HEADER, 0, ["ts_ns", "kind", "tgid", "tid", "fd", "conn_id"]),
     ("sp_data_event", ev.DATA, ev.HEADER.size,
-     ["len", "captured", "direction", "flags", "iov_index", "owner_fd", "pad", "tail"]),
+     ["len", "captured", "direction", "flags", "iov_index", "owner_fd", "lost", "tail"]),
     ("sp_write_result_event", ev.WRITE_RESULT, ev.HEADER.size, ["ret", "asked"]),
     ("sp_conn_event", ev.CONN, ev.HEADER.size,
      ["listen_fd", "family", "role", "flags", "peer_port", "local_port", "pad",
@@ -186,9 +186,9 @@ def header(kind: int, ts=123456789, tgid=100, tid=101, fd=7, conn_id=0xDEADBEEF0
 
 
 def data_record(payload: bytes, length: int, tail: bytes = b"\0" * 8, direction=ev.DIR_EGRESS,
-                flags=0, iov=0, **hk) -> bytes:
+                flags=0, iov=0, lost=0, **hk) -> bytes:
     return (header(ev.EV_DATA, **hk)
-            + ev.DATA.pack(length, len(payload), direction, flags, iov, -1, 0, tail) + payload)
+            + ev.DATA.pack(length, len(payload), direction, flags, iov, -1, lost, tail) + payload)
 
 
 def test_decode_data_fully_captured():
@@ -208,6 +208,12 @@ def test_decode_data_with_gap_keeps_tail():
     assert (e.length, len(e.data), e.direction, e.flags, e.iov_index) == \
         (100000, 64, ev.DIR_INGRESS, 3, 3)
     assert e.tail == b"0\r\n\r\n\0\0\0"
+
+
+def test_decode_data_loss_count():
+    # unsigned 32 bits in the C header: the full range round-trips
+    for lost in (0, 1, 2**32 - 1):
+        assert ev.decode(data_record(b"GET ", 4, lost=lost)).lost == lost
 
 
 def test_decode_data_ignores_bytes_after_captured():
