@@ -458,6 +458,17 @@ class MessageParser:
         else:   # UNTIL_CLOSE, OPEN, CHUNK_LOST
             self.msg.body_size += gap
 
+    def lose_sync(self) -> None:
+        """Bytes of this direction went missing (the kernel could not send them): what was
+        in progress and what was expected of it is forgotten (the caller counts what
+        that drops), and parsing starts again at the next segment that opens with a
+        start line, as after a parse error."""
+        self.msg = None
+        self.buf.clear()
+        self.remaining = 0
+        self.pending_methods.clear()
+        self.state = RESYNC
+
     def close(self, ts: int) -> Message | None:
         """The connection closed: finish or abort what is in progress."""
         if self.msg is None:

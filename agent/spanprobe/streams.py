@@ -133,6 +133,9 @@ class Connection:
     link_key: tuple | None = None     # clients: key in Assembler.client_by_tuple
     refused: int = 0              # requests refused at the in-flight cap, responses still due
     buffered: int = 0             # bytes its parsers hold in head/line buffers
+    lost: int = 0                 # the kernel's loss count for it, as last seen
+    resync: bool = False          # a gap since the last request head: responses now
+                                  # can't be paired (see Assembler.gap)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -172,7 +175,11 @@ class Assembler:
                        "connections_evicted": 0, "connections_dropped": 0,
                        "exchanges_dropped": 0, "inflight_refused": 0,
                        "pending_ports_evicted": 0, "serving_unlisted": 0,
-                       "task_trust_refused": 0, "buffers_cut": 0, "buffered_bytes_cut": 0}
+                       "task_trust_refused": 0, "buffers_cut": 0, "buffered_bytes_cut": 0,
+                       # gaps in a connection's stream, by cause; what they cost: requests
+                       # in flight at the gap, responses after it with no request to answer
+                       "gaps_lost_events": 0, "gaps_read_faults": 0, "gaps_missed_start": 0,
+                       "exchanges_dropped_gap": 0, "responses_dropped_gap": 0}
         self.task_trust: dict[int, int] = {}   # tgid -> verified owners, -1 = distrusted
 
     # ---- connections ----
@@ -196,11 +203,13 @@ class Assembler:
         return conn
 
     def adopt(self, tgid: int, fd: int, conn_id: int, role: int, local, peer, ts: int) -> Connection:
-        """A connection that existed before tracing started."""
+        """A connection that existed before tracing started: joined mid-stream, so traced
+        from its next request head."""
         conn = Connection(tgid, fd, conn_id, role, ts, peer, local)
         self._wire(conn)
         self._track(conn)
         self._index_client(conn)
+        self.gap(conn, "gaps_missed_start")
         return conn
 
     def _track(self, conn: Connection) -> None:
@@ -335,6 +344,11 @@ class Assembler:
         if conn.ignored:
             return
         self.conns.move_to_end(key)
+        if e.lost != conn.lost:
+            conn.lost = e.lost
+            self.gap(conn, "gaps_lost_events")
+        elif e.flags & ev.DATA_FAULT:
+            self.gap(conn, "gaps_read_faults")
         if e.direction == ev.DIR_INGRESS:
             conn.ingress.feed(h.ts_ns, h.tid, e.data, e.length, e.tail)
             self._account(conn, h.ts_ns)
@@ -352,6 +366,25 @@ class Assembler:
                 return
         conn.egress.feed(h.ts_ns, h.tid, data, length, e.tail)
         self._account(conn, h.ts_ns)
+
+    def gap(self, conn: Connection, cause: str) -> None:
+        """Some of the connection's bytes will never arrive (`cause` is the counter). Which
+        direction, and how many requests or responses they held, is unknown, so pairing
+        across the gap could give a request another one's response, and every later one
+        too on a keep-alive connection. Instead: the exchanges in flight are dropped
+        (counted), both parsers wait for the next start line, and responses that come
+        before the next request head are dropped (counted) rather than paired."""
+        self.counts[cause] += 1
+        self.counts["exchanges_dropped_gap"] += len(conn.inflight)
+        for x in conn.inflight:
+            self._unserve(x)
+        conn.inflight.clear()
+        conn.refused = 0
+        conn.resync = True
+        conn.requests.lose_sync()
+        conn.responses.lose_sync()
+        if conn.buffered:
+            self._unbuffer(conn)
 
     def _account(self, conn: Connection, ts: int) -> None:
         """Keep the bytes parsers buffer under the global budget: over it, cut the
@@ -398,6 +431,7 @@ class Assembler:
 
     # ---- exchanges ----
     def _request_head(self, conn: Connection, msg: Message) -> None:
+        conn.resync = False        # every response from here on answers a request seen
         if conn.refused or len(conn.inflight) >= self.limits.inflight_per_connection:
             # pipelined past the cap: refused in order (and so are their responses,
             # see _response_done), so that every pairing that is made stays right
@@ -463,6 +497,8 @@ class Assembler:
         else:
             if conn.refused:
                 conn.refused -= 1     # the response of a refused request
+            elif conn.resync:
+                self.counts["responses_dropped_gap"] += 1   # its request was before a gap
             else:
                 self.counts["unpaired_responses"] += 1
             return
