@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import io
 import logging
 import os
@@ -25,6 +26,7 @@ log = logging.getLogger("spanprobe.loader")
 
 SLOW_WRITE_NS = 100_000
 WAKEUP_EVERY = 64
+BPF_NOEXIST = 1                 # bpf_update_elem flag: only if the key is absent
 KRETPROBE_MAXACTIVE = 4096      # the kernel's upper limit (KRETPROBE_MAXACTIVE_MAX)
 QUIET = ["-Wno-duplicate-decl-specifier", "-Wno-address-of-packed-member",
          "-Wno-ignored-attributes", "-Wno-unknown-warning-option", "-Wno-macro-redefined"]
@@ -129,9 +131,20 @@ class BpfSession:
             except Exception as exc:      # not attached (a partial attach), or already gone
                 log.debug("detach %s %s pid %d: %s", binary, sym.decode(), pid, exc)
 
-    def adopt_connection(self, pid: int, fd: int, conn_id: int, role: int) -> None:
+    def adopt_connection(self, pid: int, fd: int, conn_id: int, role: int) -> bool:
+        """Add the connection unless the kernel side has it already (it saw it open after
+        attaching: its entry and the open event it sent stay authoritative)."""
+        import ctypes as ct
+
+        from bcc.libbcc import lib
         t = self.table("conns")
-        t[t.Key(tgid=pid, fd=fd)] = t.Leaf(conn_id=conn_id, role=role, proto=0)
+        key, leaf = t.Key(tgid=pid, fd=fd), t.Leaf(conn_id=conn_id, role=role, proto=0)
+        if lib.bpf_update_elem(t.map_fd, ct.byref(key), ct.byref(leaf), BPF_NOEXIST) == 0:
+            return True
+        err = ct.get_errno()
+        if err == errno.EEXIST:
+            return False
+        raise OSError(err, f"conns map: {os.strerror(err)}")
 
     def counters(self) -> dict[str, int]:
         t = self.table("counters")

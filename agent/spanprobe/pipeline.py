@@ -25,12 +25,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
+from .adoption import adopt_established
 from .attributes import Extractor, compile_rules
 from .clock import MonotonicToWall
 from .config import Settings, otel_resource_attributes
 from .discovery import ProcessRegistry, Selection, scan
 from .export import ExportQueue, make_exporters
 from .faults import Faults
+from .losses import LossReport
 from .notify import Watchdog, sd_notify
 from .privacy import Redactor
 from .procfs import SysRoot
@@ -127,11 +129,12 @@ class Agent:
         self.exporter: ExportQueue | None = None
         self.passed_over: list[tuple[str, str]] = []
         self._kernel_counters: dict[str, int] = {}
+        self.losses = LossReport()
 
     # ---- set-up ----
     def start(self) -> None:
         self_pid = os.getpid()
-        selected, existing = scan(self.root, self.selection, self_pid)
+        selected, _ = scan(self.root, self.selection, self_pid)
         self.session, self.passed_over = self.open_session(self.settings, self.root, self_pid,
                                                            self.selection.trace_all)
         s = self.session
@@ -147,11 +150,9 @@ class Agent:
                 info = self.registry.get(pid)
                 if info is not None and self.selection.excluded(info):
                     s.select_pid(pid, excluded=True)
-        now = time.monotonic_ns()
-        for i, c in enumerate(existing):
-            conn_id = now + i
-            s.adopt_connection(c.pid, c.fd, conn_id, c.role)
-            self.assembler.adopt(c.pid, c.fd, conn_id, c.role, c.local, c.peer, now)
+        # now, not at launch: what opened while the probes were compiled is in /proc too
+        adoption = adopt_established(self.root, self.selection, self_pid, s, self.assembler, set(selected))
+        selected = adoption.selected
         for pid in selected:           # after adoption: a pid with client connections links now
             self.router.python_candidate(pid)
         self.apply(self.router.take_requests())
@@ -162,7 +163,7 @@ class Agent:
                                     max_retry_delay=self.settings["export.max_retry_delay_s"])
         log.info("ready strategy=%s transport=%s compile=%.1fs selected=%s adopted=%d hooks=%s",
                  s.plan.strategy, s.plan.transport, s.compile_s,
-                 "all" if self.selection.trace_all else len(selected), len(existing), ",".join(s.attached))
+                 "all" if self.selection.trace_all else len(selected), adoption.adopted, ",".join(s.attached))
         for name, why in s.plan.skipped:
             log.info("probe %s skipped: %s", name, why)
         for name, why in self.passed_over:
@@ -190,6 +191,7 @@ class Agent:
                 self.watchdog.tick()
                 self.session.poll(interval)
                 self.process_batch(self._checkpoint)
+                self.losses.poll(self.counters)
                 now = time.monotonic()
                 if now >= next_stats:
                     self.log_stats("stats")

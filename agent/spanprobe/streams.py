@@ -179,7 +179,9 @@ class Assembler:
                        # gaps in a connection's stream, by cause; what they cost: requests
                        # in flight at the gap, responses after it with no request to answer
                        "gaps_lost_events": 0, "gaps_read_faults": 0, "gaps_missed_start": 0,
-                       "exchanges_dropped_gap": 0, "responses_dropped_gap": 0}
+                       "exchanges_dropped_gap": 0, "responses_dropped_gap": 0,
+                       # connections joined after they opened (adoption.py), refused ones
+                       "connections_adopted": 0, "adoptions_refused": 0}
         self.task_trust: dict[int, int] = {}   # tgid -> verified owners, -1 = distrusted
 
     # ---- connections ----
@@ -210,6 +212,7 @@ class Assembler:
         self._track(conn)
         self._index_client(conn)
         self.gap(conn, "gaps_missed_start")
+        self.counts["connections_adopted"] += 1
         return conn
 
     def _track(self, conn: Connection) -> None:

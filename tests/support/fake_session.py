@@ -69,8 +69,11 @@ class FakeSession:
     def unset_python(self, pid: int) -> None:
         self.python.pop(pid, None)
 
-    def adopt_connection(self, pid: int, fd: int, conn_id: int, role: int) -> None:
+    def adopt_connection(self, pid: int, fd: int, conn_id: int, role: int) -> bool:
+        if (pid, fd) in self.adopted:
+            return False
         self.adopted[(pid, fd)] = (conn_id, role)
+        return True
 
     def counters(self) -> dict[str, int]:
         return dict(self.kernel_counters)
