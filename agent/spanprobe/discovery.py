@@ -107,13 +107,19 @@ class ProcessRegistry:
                 return ProcessInfo(pid, p.exe, p.cmdline, p.comm, p.env_service_name, None)
         return None
 
-    def on_exec(self, pid: int, comm: str, filename: str) -> ProcessInfo | None:
+    def on_exec(self, pid: int, comm: str, filename: str, read: bool = True) -> ProcessInfo | None:
+        """A new program image: what was known goes; read /proc now (`read`) while the
+        process is surely there, or later, when a connection needs its identity."""
         self.procs.pop(pid, None)
         self.parents.pop(pid, None)
         if len(self.seen_exec) > 20000:
             self.seen_exec.clear()
         self.seen_exec[pid] = (comm, filename)
-        return self.get(pid)
+        return self.get(pid) if read else None
+
+    def size(self) -> int:
+        """Entries held, for the stats: bounded by the processes traced."""
+        return len(self.procs) + len(self.seen_exec) + len(self.parents)
 
     def on_fork(self, child: int, parent: int) -> None:
         if len(self.parents) > 20000:

@@ -133,6 +133,9 @@ class Router:
                                    scopes.body_needs)
         self.python_checked: set[int] = set()      # PythonCheckRequest recorded
         self.python_called_out: set[int] = set()   # PythonLinkRequest recorded
+        # pids the kernel traces besides what Selection matches (selected at start, by a
+        # bound port, a fork): their exits are reported, so this is bounded by what is traced
+        self.traced: set[int] = set()
         self.exited: list[int] = []                # forgotten once their last spans are built
         self.decode_errors = 0
         self.abandoned = 0                         # records left unhandled at stop
@@ -193,6 +196,7 @@ class Router:
     def _opened(self, e: ev.ConnEvent) -> None:
         self.assembler.open(e)
         pid = e.h.tgid
+        self.traced.add(pid)      # the kernel reports connections of traced processes only
         self.registry.get(pid)    # read /proc while the process is there
         if e.role == ev.ROLE_SERVER:
             if pid not in self.python_checked:
@@ -202,25 +206,40 @@ class Router:
             self.requests.append(PythonLinkRequest(pid))
 
     def _exec(self, e: ev.ProcEvent) -> None:
+        """Every exec on the host is reported (the kernel can't match paths or scripts), but
+        the kernel reports exits of traced processes only: whatever is kept here for a process
+        that is not traced would never go, so nothing is, and /proc is read only when the
+        answer decides something."""
         pid = e.h.tgid
-        info = self.registry.on_exec(pid, e.comm, e.filename)
         self.builder.forget(pid)
         self.scopes.forget(pid)
         self.python_checked.discard(pid)
         self.python_called_out.discard(pid)
-        if info is None:
+        sel = self.selection
+        if sel.trace_all and not sel.exclude_exe:
+            self.registry.on_exec(pid, e.comm, e.filename, read=False)   # its exit is reported
             return
-        if self.selection.trace_all:
-            if self.selection.excluded(info):
+        ours = pid in self.traced or pid in self.registry.parents
+        if not sel.trace_all and not sel.exe and not ours:
+            self.registry.forget(pid)       # selected by port or pid only: none of ours
+            return
+        info = self.registry.on_exec(pid, e.comm, e.filename)
+        if sel.trace_all:
+            if info is not None and sel.excluded(info):
                 self.requests.append(SelectRequest(pid, excluded=True))
-        elif self.selection.matches(info):
+                self.registry.forget(pid)   # excluded: its exit will not be reported
+        elif info is not None and sel.matches(info):
+            self.traced.add(pid)
             self.requests.append(SelectRequest(pid))
+        elif not ours:
+            self.registry.forget(pid)
 
     def _fork(self, e: ev.ProcEvent) -> None:
         self.registry.on_fork(e.h.tgid, e.ppid)
 
     def _exit(self, e: ev.ProcEvent) -> None:
         pid = e.h.tgid
+        self.traced.discard(pid)
         self.assembler.process_exit(pid, e.h.ts_ns)
         self.python_checked.discard(pid)
         self.python_called_out.discard(pid)
