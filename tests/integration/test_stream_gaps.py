@@ -161,9 +161,9 @@ def test_connections_opened_while_the_agent_starts_are_traced(tmp, receiver):
     for path, s in traced.items():
         assert s["attributes"]["http.response.status_code"] == expected_status(path), path
     final = agent.final_counters()
-    assert final["connections_adopted"] >= 10
     missing = len(paths) - len(traced)
-    counted = (final["exchanges_dropped_gap"] + final["responses_dropped_gap"] + final["adoptions_refused"]
-               + final["unknown_connection_data"] + final["kernel_events_lost"])
+    counted = sum(final.get(k, 0) for k in ("exchanges_dropped_gap", "responses_dropped_gap",
+                                            "adoptions_refused", "unknown_connection_data",
+                                            "kernel_events_lost"))
     assert missing <= counted, f"{missing} of {len(paths)} requests neither traced nor counted: {final}"
-    assert len(traced) == len(paths) or counted > 0
+    assert final["connections_adopted"] >= 10
