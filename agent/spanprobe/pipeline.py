@@ -147,12 +147,13 @@ class Agent:
                 s.select_pid(pid)
         elif self.selection.exclude_exe:
             for pid in self.root.pids():
-                info = self.registry.get(pid)
+                info = self.registry.read(pid)      # not kept: an excluded exit is not reported
                 if info is not None and self.selection.excluded(info):
                     s.select_pid(pid, excluded=True)
         # now, not at launch: what opened while the probes were compiled is in /proc too
         adoption = adopt_established(self.root, self.selection, self_pid, s, self.assembler, set(selected))
         selected = adoption.selected
+        self.router.traced.update(selected)
         for pid in selected:           # after adoption: a pid with client connections links now
             self.router.python_candidate(pid)
         self.apply(self.router.take_requests())
@@ -279,6 +280,7 @@ class Agent:
             "span_build_errors": self.faults.counts["build"],
             "perf_events_lost": self.stats.perf_lost,
             "events_abandoned_at_stop": self.router.abandoned,
+            "processes_known": self.registry.size(),
         }
         out.update(self.faults.counters())
         kernel = self.session.counters() if self.session is not None else self._kernel_counters

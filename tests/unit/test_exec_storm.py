@@ -69,8 +69,21 @@ def test_trace_all_keeps_entries_only_until_the_reported_exit(root):
 def test_a_traced_process_that_execs_is_read_again_and_kept(root):
     agent, session, _ = make_agent(root)            # APP was selected at start (port 8000)
     agent.start()
-    agent.router.traced.add(APP)
     session.inject(proc(ev.EV_PROC_EXEC, 10, APP, comm="python3", filename="/usr/bin/python3.11"))
     step(agent)
     assert APP in agent.registry.procs
     agent.shutdown()
+
+
+def test_the_stats_show_how_many_process_entries_are_held(root, caplog):
+    import json
+    import logging
+    caplog.set_level(logging.INFO, "spanprobe")
+    agent, session, _ = make_agent(root)
+    agent.start()
+    session.inject(*(proc(ev.EV_PROC_EXEC, 10 + i, pid, comm="true", filename="/bin/true")
+                     for i, pid in enumerate(STORM)))
+    step(agent)
+    agent.shutdown()
+    final = [r.getMessage() for r in caplog.records if r.getMessage().startswith("final {")]
+    assert json.loads(final[0][len("final "):])["processes_known"] == agent.registry.size() < 10
