@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import events as ev
-from .httpparse import CHUNK_LOST, CHUNK_SIZE, CHUNK_TRAILER, HEAD, Message, MessageParser
+from .httpparse import Message, MessageParser
 
 import logging
 _debug = logging.getLogger("spanprobe.streams")
@@ -404,12 +404,13 @@ class Assembler:
         self.buffering.move_to_end(conn.key)
         while self.buffered_bytes > self.limits.buffered_bytes:
             _, victim = self.buffering.popitem(last=False)
-            self.counts["buffers_cut"] += 1
             self.counts["buffered_bytes_cut"] += victim.buffered
             self.buffered_bytes -= victim.buffered
             victim.buffered = 0
-            for parser in (victim.ingress, victim.egress):
-                _cut_buffer(parser, ts)
+            # The cut bytes are a gap in what the agent sees (counted as buffers_cut). Parsing
+            # the cut head instead would keep its header values alive in a request that may
+            # never be answered: the budget would bound buffers, not memory.
+            self.gap(victim, "buffers_cut")
 
     def _unbuffer(self, conn: Connection) -> None:
         if conn.buffered:
@@ -598,14 +599,3 @@ class Assembler:
             if not x.linked_downstream:
                 return x
         return None
-
-
-def _cut_buffer(parser: MessageParser, ts: int) -> None:
-    """Give up what a parser buffers, as it does itself at its limits: a head is cut
-    where it stands (a truncated message), a chunk line or trailer leaves the body's
-    end to be found from the stream's tail."""
-    if parser.state == HEAD:
-        parser._truncated_head(ts)
-    elif parser.state in (CHUNK_SIZE, CHUNK_TRAILER):
-        parser.state = CHUNK_LOST
-    parser.buf.clear()
