@@ -113,8 +113,9 @@ def test_frozen_agent_never_exports_a_wrong_status(tmp, receiver):
     assert not wrong, f"{len(wrong)} of {len(spans)} spans carry another request's status: {wrong[:5]}"
     final = agent.final_counters()
     assert final["kernel_events_lost"] > 0, "the freeze lost nothing: the test proves nothing"
-    assert final["gaps_lost_events"] > 0
-    assert final["exchanges_dropped_gap"] > 0
+    assert final["gaps_lost_events"] > 0          # connections resynchronised after the loss
+    # exchanges_dropped_gap counts requests in flight at a gap; it may stay 0 when the lost
+    # events held whole exchanges (those are in kernel_events_lost, and missing below)
     assert len(spans) < len(sent)                 # what was lost is missing, not invented
     assert "kernel side lost data since the last report" in agent.stderr
     assert "kernel_events_lost=+" in agent.stderr
