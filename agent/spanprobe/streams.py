@@ -76,7 +76,7 @@ class AssemblerLimits:
     pending_ports: int = 10_000     # ports reported before their open; beyond, oldest evicted
     serving_per_process: int = 4_096     # server exchanges one process is known to serve
     processes: int = 65_536         # processes whose asyncio task owners are tracked
-    buffered_bytes: int = 64 << 20  # head and line bytes parsers hold, all connections
+    buffered_bytes: int = 16 << 20  # head and line bytes parsers hold, all connections
 
 
 _WILDCARDS = frozenset({"", "0.0.0.0", "::"})

@@ -42,11 +42,13 @@ FLOOD_SECONDS = 45.0              # bound on the flood's own time on a slow mach
 FLOOD_PAUSE_S = 0.01              # per MiB: ~16 reads of 64 KiB, ~1,600 events a second
 FLOOD_READ = 64 * 1024
 # The agent's growth while it holds 20,000 half-open connections. Measured here, each
-# tracked connection costs ~3.4 KiB of bookkeeping (10,000 with 100-byte heads: +33 MiB),
-# so 20,000 cost ~67 MiB whatever their heads. On top, a capped agent holds at most its
-# buffered-bytes budget (AssemblerLimits.buffered_bytes, 64 MiB): ~131 MiB in all. One
-# that keeps every head (up to its 64 KiB per-head limit) holds all 160 MiB of them:
-# ~227 MiB. The bound sits between the two, ~45 MiB from each.
+# tracked connection costs ~3.4-4.4 KiB of bookkeeping, so 20,000 cost ~67-86 MiB whatever
+# their heads. On top, a capped agent holds at most its buffered-bytes budget
+# (AssemblerLimits.buffered_bytes, 16 MiB): ~85-105 MiB in all (an in-process replay of
+# these heads through the assembler: +104 MiB). One that keeps every head (up to its 64 KiB
+# per-head limit) holds all 160 MiB of them: ~227-250 MiB; so did one whose cut buffers
+# left glibc heap holes too small to reuse (+240 MiB in the same replay). The bound sits
+# between the two.
 RSS_GROWTH_BOUND = 180 << 20
 # What a cap that was reached must show: a counter with one of these in its name above 0.
 CAP_COUNTER = re.compile(r"evict|limit|dropped|cut|refused")
