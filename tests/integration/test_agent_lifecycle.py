@@ -15,7 +15,7 @@ import time
 import pytest
 import requests
 
-from tests.support.procs import REPO, Agent, App, _env, free_port, wait_port
+from tests.support.procs import REPO, Agent, App, _env, bpf_ids, free_port, wait_port
 
 
 def loaded_program_ids() -> set[int]:
@@ -24,18 +24,7 @@ def loaded_program_ids() -> set[int]:
 
 
 def programs_of(pid: int) -> set[int]:
-    """BPF programs a process holds, from its fds' fdinfo (other agents or tests on the
-    machine may hold programs of the same names: only these ids are ours)."""
-    ids = set()
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        try:
-            text = open(f"/proc/{pid}/fdinfo/{fd}").read()
-        except OSError:
-            continue
-        m = re.search(r"^prog_id:\s*(\d+)", text, re.M)
-        if m:
-            ids.add(int(m.group(1)))
-    return ids
+    return set(bpf_ids(pid, "prog"))
 
 
 def tracefs_probe_lines() -> list[str]:

@@ -10,21 +10,11 @@ import signal
 
 import pytest
 
-from tests.support.procs import Agent
+from tests.support.procs import Agent, bpf_ids
 
 
 def map_fds(pid: int) -> list[int]:
-    """The map ids behind a process's fds (from fdinfo), one entry per fd."""
-    ids = []
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        try:
-            text = open(f"/proc/{pid}/fdinfo/{fd}").read()
-        except OSError:
-            continue
-        m = re.search(r"^map_id:\s*(\d+)", text, re.M)
-        if m:
-            ids.append(int(m.group(1)))
-    return ids
+    return bpf_ids(pid, "map")
 
 
 def test_a_refused_strategy_releases_its_maps(tmp):

@@ -182,3 +182,19 @@ class Agent:
     def stats(self) -> dict:
         m = re.findall(r" (?:stats|final) (\{.*\})", self.stderr)
         return json.loads(m[-1]) if m else {}
+
+
+def bpf_ids(pid: int, kind: str) -> list[int]:
+    """The ids of the BPF objects (`kind`: "map" or "prog") behind a process's fds, one per
+    fd, from fdinfo: other agents or tests on the machine may hold objects of the same
+    names, so only these ids are the process's own."""
+    ids = []
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            text = open(f"/proc/{pid}/fdinfo/{fd}").read()
+        except OSError:
+            continue
+        m = re.search(rf"^{kind}_id:\s*(\d+)", text, re.M)
+        if m:
+            ids.append(int(m.group(1)))
+    return ids
