@@ -155,30 +155,40 @@ run_tier() {  # name, then pytest arguments
   return 0
 }
 
-summary() {
+summary() {  # the per-tier table from the JUnit files; a test marked `reused` is not counted as run
   python - "${TIER_TIMES[@]}" <<'PY'
 import sys, xml.etree.ElementTree as ET
-rows, tot = [], {"passed": 0, "failed": 0, "skipped": 0}
-args = sys.argv[1:]
-for item in args:
+rows, tot, reused_from = [], {"passed": 0, "failed": 0, "skipped": 0, "reused": 0}, []
+for item in sys.argv[1:]:
     name, secs, rc, xml = item.split(" ", 3)
-    p = f = s = 0
+    n = {"passed": 0, "failed": 0, "skipped": 0, "reused": 0}
     try:
-        for suite in ET.parse(xml).getroot().iter("testsuite"):
-            t, fl, er, sk = (int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped"))
-            p += t - fl - er - sk; f += fl + er; s += sk
+        for case in ET.parse(xml).getroot().iter("testcase"):
+            if case.find("failure") is not None or case.find("error") is not None:
+                n["failed"] += 1
+            elif case.find("skipped") is not None:
+                n["skipped"] += 1
+            else:
+                reused = [p.get("value") for p in case.iter("property") if p.get("name") == "reused"]
+                n["reused" if reused else "passed"] += 1
+                reused_from += [f"{name}: {case.get('name')} reused from {r}" for r in reused]
     except (OSError, ET.ParseError):
-        f += 1 if rc != "0" else 0
-    if rc not in ("0",) and f == 0:
-        f = 1
-    rows.append((name, int(secs), p, f, s))
-    tot["passed"] += p; tot["failed"] += f; tot["skipped"] += s
+        pass
+    if rc != "0" and n["failed"] == 0:
+        n["failed"] = 1
+    rows.append((name, int(secs), n))
+    for k in tot:
+        tot[k] += n[k]
 print("\ntiming summary")
-print(f"{'tier':<14}{'seconds':>8}{'passed':>8}{'failed':>8}{'skipped':>9}")
-for r in rows:
-    print(f"{r[0]:<14}{r[1]:>8}{r[2]:>8}{r[3]:>8}{r[4]:>9}")
-print(f"{'total':<14}{sum(r[1] for r in rows):>8}{tot['passed']:>8}{tot['failed']:>8}{tot['skipped']:>9}")
-print(f"{tot['passed']} passed, {tot['failed']} failed, {tot['skipped']} skipped")
+print(f"{'tier':<14}{'seconds':>8}{'passed':>8}{'failed':>8}{'skipped':>9}{'reused':>8}")
+for name, secs, n in rows:
+    print(f"{name:<14}{secs:>8}{n['passed']:>8}{n['failed']:>8}{n['skipped']:>9}{n['reused']:>8}")
+print(f"{'total':<14}{sum(r[1] for r in rows):>8}{tot['passed']:>8}{tot['failed']:>8}{tot['skipped']:>9}"
+      f"{tot['reused']:>8}")
+for line in reused_from:
+    print(f"  {line}")
+print(f"{tot['passed']} passed, {tot['failed']} failed, {tot['skipped']} skipped, "
+      f"{tot['reused']} reused from earlier runs (not run now)")
 sys.exit(1 if tot["failed"] else 0)
 PY
 }

@@ -162,11 +162,11 @@ def select(kernels: list[dict], want: str | None) -> list[dict]:
 def inputs_key(manifest: dict, accel: str, modes: list[str]) -> str:
     """Everything a guest's result depends on: the image (pinned kernels, user space,
     Python packages), the accelerator, QEMU, and the code that runs inside (the agent,
-    its kernel side, the guest harness, the receiver)."""
+    its kernel side, the guest harness, the receiver, and this runner, which decides the cells)."""
     h = hashlib.sha256()
     qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout
     h.update(json.dumps([manifest["key"], accel, qemu, MEMORY, modes]).encode())
-    files = sorted([*(REPO / "agent").rglob("*.py"), *(REPO / "bpf").rglob("*"),
+    files = sorted([*(REPO / "agent").rglob("*.py"), *(REPO / "bpf").rglob("*"), Path(__file__).resolve(),
                     HERE / "guest_init.sh", HERE / "guest_run.py", REPO / "tests/support/receiver.py"])
     for f in files:
         if f.is_file() and "__pycache__" not in f.parts:
@@ -186,7 +186,7 @@ def cached_guest(kernel: dict, key: str, outdir: Path) -> dict | None:
     if outdir.exists():
         shutil.rmtree(outdir)
     shutil.copytree(saved / "logs", outdir)
-    row["cached"] = True
+    row["reused"] = {"key": key, "measured": row.pop("measured", None)}
     row["logs"] = str(outdir)
     return row
 
@@ -199,7 +199,8 @@ def keep_guest(row: dict, key: str, outdir: Path) -> None:
         shutil.rmtree(saved)
     saved.mkdir(parents=True)
     shutil.copytree(outdir, saved / "logs")
-    (saved / "row.json").write_text(json.dumps(row, indent=2) + "\n")
+    (saved / "row.json").write_text(json.dumps({**row, "measured": time.strftime("%FT%TZ", time.gmtime())},
+                                               indent=2) + "\n")
 
 
 def run_guest(kernel: dict, manifest: dict, accel: str, modes: list[str], outdir: Path) -> dict:
@@ -294,7 +295,8 @@ def render(rows: list[dict], times: dict) -> str:
            "| kernel | suite | bcc | " + " | ".join(MODES) + " | guest s |",
            "|---|---|---|" + "---|" * len(MODES) + "---|"]
     for r in rows:
-        mark = (" (cached)" if r.get("cached") else "") + (" (booted twice: TCG stall)" if r.get("retried") else "")
+        mark = f" (reused: {r['reused']['measured']}, key {r['reused']['key']})" if r.get("reused") else ""
+        mark += " (booted twice: TCG stall)" if r.get("retried") else ""
         out.append(f"| {r['release']}{mark} | {r['suite']} | {r.get('bcc') or '-'} | "
                    + " | ".join(cell_text(r["cells"].get(m)) for m in MODES)
                    + f" | {r.get('boot_s', '-')} |")
@@ -356,7 +358,7 @@ def main(argv=None) -> int:
         rows.append(row)
         gt = row.get("times", {})
         cells = row["cells"]
-        times[f"guest {k['name']}" + (" (cached result)" if row.get("cached") else "")] = (
+        times[f"guest {k['name']}" + (" (reused result)" if row.get("reused") else "")] = (
             f"{row['boot_s']} (check {gt.get('check_s')}, agents started together {gt.get('start_s')}, then "
             + ", ".join(f"{m} {cells[m].get('exercise_s', '-')}" for m in modes)
             + "; compile " + ", ".join(f"{m} {cells[m].get('compile_s', '-')}" for m in modes) + ")")

@@ -1,6 +1,11 @@
 """Kernel tier: Debian kernels booted under QEMU, the agent run in each of them once per
-attach strategy (tests/kernels/matrix.py). Every cell must pass or be an explained
-"unsupported" (the kernel or bcc cannot offer that strategy, and the cell says why).
+attach strategy (tests/kernels/matrix.py), then each kernel's row held to what
+kernels.json says it must give: "pass", or "unsupported" with the expected reason. An
+unexpected "unsupported" fails as surely as a failed cell.
+
+A row reused from an earlier run with the same inputs (matrix.py's key) is checked the
+same way, and its test carries the JUnit property `reused` (when, and the key): the tier
+summary counts it as reused, not as a test that ran.
 
 Boots QEMU guests for ~15 minutes cold, so it runs only when asked:
 `make test-kernels`, `make test-kernel KERNEL=6.1 MODE=kprobe`, or
@@ -19,39 +24,67 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+PINS = json.loads((HERE / "kernels.json").read_text())
+EXPECT = {k: v for k, v in PINS["expect"].items() if k != "comment"}
+KERNEL, MODE = os.environ.get("SPANPROBE_KERNEL"), os.environ.get("SPANPROBE_MODE")
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("SPANPROBE_KERNEL_MATRIX") != "1",
     reason="kernel tier: run it with `make test-kernels` (boots QEMU guests, minutes)")
 
 
-@pytest.mark.timeout(3600)
-def test_kernel_matrix():
+@pytest.fixture(scope="module")
+def matrix() -> dict:
+    """matrix.py run once for the module: {kernel name: row}."""
     if os.geteuid() != 0:
         pytest.fail("the kernel matrix needs root (mmdebstrap, chroot, QEMU guests)")
     args = [sys.executable, str(HERE / "matrix.py")]
-    kernel, mode = os.environ.get("SPANPROBE_KERNEL"), os.environ.get("SPANPROBE_MODE")
-    if kernel:
-        args += ["--kernel", kernel]
-    if mode:
-        args += ["--mode", mode]
-    results = REPO / "results"
+    if KERNEL:
+        args += ["--kernel", KERNEL]
+    if MODE:
+        args += ["--mode", MODE]
+    results = Path(os.environ.get("SPANPROBE_RESULTS", REPO / "results"))
     doc_path = results / "kernel-matrix.json"
     doc_path.unlink(missing_ok=True)
     proc = subprocess.run(args + ["--results", str(results)], timeout=3500)
     assert doc_path.exists(), f"matrix.py wrote no results (exit {proc.returncode})"
-    doc = json.loads(doc_path.read_text())
-    rows = doc["rows"]
-    assert rows, "no kernel was run"
-    if not kernel:
-        assert len([r for r in rows if r["name"] != "host"]) >= 4, [r["name"] for r in rows]
-    problems = []
-    for row in rows:
-        for m, cell in row["cells"].items():
-            if cell["status"] == "pass":
-                continue
-            if cell["status"] == "unsupported" and cell.get("reason"):
-                continue
-            problems.append(f"{row['release']} / {m}: {cell['status']}: {cell.get('reason')}")
-    assert not problems, "kernel matrix cells failed (see results/kernel-matrix.md):\n" + "\n".join(problems)
-    assert proc.returncode == 0
+    return {r["name"]: r for r in json.loads(doc_path.read_text())["rows"]}
+
+
+def expected_cell(want: str, cell: dict | None) -> str | None:
+    """Why `cell` is not what `want` ("pass" or "unsupported: <reason>") says; None if it is."""
+    if cell is None:
+        return "not run"
+    status, _, reason = want.partition(": ")
+    if cell["status"] != status:
+        return f"{cell['status']} ({cell.get('reason')}), expected {want}"
+    if reason and reason not in (cell.get("reason") or ""):
+        return f"unsupported for another reason: {cell.get('reason')!r}, expected {reason!r}"
+    return None
+
+
+def selected() -> list[str]:
+    """The kernels SPANPROBE_KERNEL names (as matrix.py selects them), or all and the host."""
+    if KERNEL:
+        return [k["name"] for k in PINS["kernels"] if KERNEL in (k["name"], k["suite"], k["release"])
+                or k["release"].startswith(KERNEL + ".") or k["name"].endswith("-" + KERNEL)] or [KERNEL]
+    return [k["name"] for k in PINS["kernels"]] + ["host"]
+
+
+def test_every_kernel_has_expectations():
+    missing = [n for n in [k["name"] for k in PINS["kernels"]] + ["host"] if n not in EXPECT]
+    assert not missing, f"kernels.json has no \"expect\" entry for {missing}"
+
+
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize("name", selected())
+def test_kernel(matrix, name, record_property):
+    row = matrix.get(name)
+    assert row is not None, f"matrix.py gave no row for {name} (rows: {sorted(matrix)})"
+    if row.get("reused"):
+        record_property("reused", f"{row['reused']['measured']}, key {row['reused']['key']}")
+    want = EXPECT[name]
+    modes = MODE.split(",") if MODE else list(want)
+    problems = {m: why for m in modes if (why := expected_cell(want[m], row["cells"].get(m)))}
+    assert not problems, (f"{row['release']}: " + "; ".join(f"{m}: {why}" for m, why in problems.items())
+                          + " (see results/kernel-matrix.md)")
