@@ -172,6 +172,8 @@ for item in sys.argv[1:]:
                 reused = [p.get("value") for p in case.iter("property") if p.get("name") == "reused"]
                 n["reused" if reused else "passed"] += 1
                 reused_from += [f"{name}: {case.get('name')} reused from {r}" for r in reused]
+            reused_from += [f"{name}: {case.get('name')} shows a value reused from an earlier run: {p.get('value')}"
+                            for p in case.iter("property") if p.get("name") == "reused_input"]
     except (OSError, ET.ParseError):
         pass
     if rc != "0" and n["failed"] == 0:

@@ -48,6 +48,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                       f"strategy {g.get('strategy', '?')}")
     for name, v in SUMMARY["times"].items():
         tr.write_line(f"  {name:<28} {v}")
+    for name, v in SUMMARY["reused"].items():
+        tr.write_line(f"  {name:<28} {'reused: ' + v if v else 'measured in this run'}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "summary.json").write_text(json.dumps(SUMMARY, indent=2) + "\n")
 
@@ -71,9 +73,10 @@ def fleet():
         for n, m in manifests.items():
             SUMMARY["guests"][n] = {"suite": m["suite"], "kernel": m["kernel"], "boot_s": boots[n]}
         t = time.monotonic()
-        for n, (idx, cached) in parallel(lambda n: lynis_before(vms[n], manifests[n]),
+        for n, (idx, reused) in parallel(lambda n: lynis_before(vms[n], manifests[n]),
                                          LYNIS_GUESTS).items():
-            SUMMARY["guests"][n]["lynis_before"] = f"{idx} (cached with the image)" if cached else idx
+            SUMMARY["guests"][n]["lynis_before"] = f"{idx} (reused: {reused})" if reused else idx
+            SUMMARY["reused"][f"lynis before {n}"] = f"{idx}, measured {reused}" if reused else None
         SUMMARY["times"]["lynis before (s)"] = round(time.monotonic() - t, 1)
 
         inventory = write_inventory(RESULTS / "inventory.yml", vms,

@@ -29,7 +29,8 @@ GUESTS = [g for g in os.environ.get("SPANPROBE_ANSIBLE_GUESTS", " ".join(images.
 # SPANPROBE_LYNIS_GUESTS="debian13 debian12" measures both.
 LYNIS_GUESTS = [g for g in os.environ.get("SPANPROBE_LYNIS_GUESTS", "debian13").split() if g in GUESTS]
 BIN = Path(sys.executable).parent
-SUMMARY: dict = {"guests": {}, "times": {}}
+# "reused": a value this run took from an earlier one (what, when, key), None if measured now
+SUMMARY: dict = {"guests": {}, "times": {}, "reused": {}}
 
 # What the test fleet is told, on top of the roles' defaults (inventory group vars).
 TEST_VARS = {
@@ -145,8 +146,9 @@ def lynis_index(vm: VM) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def lynis_before(vm: VM, manifest: dict) -> tuple[int | None, bool]:
-    """The index of the stock image, before any role ran: (index, taken from the cache).
+def lynis_before(vm: VM, manifest: dict) -> tuple[int | None, str | None]:
+    """The index of the stock image, before any role ran: (index, where it was reused from,
+    None when measured now).
 
     It depends only on the image (its key names every input) and on the skip list, so it is
     measured once per image and kept next to it: a lynis run costs 10-25 minutes under TCG,
@@ -154,7 +156,8 @@ def lynis_before(vm: VM, manifest: dict) -> tuple[int | None, bool]:
     skip = hashlib.sha256(" ".join(LYNIS_SKIP).encode()).hexdigest()[:12]
     path = Path(manifest["ssh_key"]).parent / f"lynis-before-{skip}.json"
     try:
-        return json.loads(path.read_text())["hardening_index"], True
+        saved = json.loads(path.read_text())
+        return saved["hardening_index"], f"{saved.get('measured', '?')}, key {path.parent.name}/{skip}"
     except (OSError, ValueError, KeyError):
         pass
     idx = lynis_index(vm)
@@ -163,7 +166,7 @@ def lynis_before(vm: VM, manifest: dict) -> tuple[int | None, bool]:
         tmp.write_text(json.dumps({"hardening_index": idx, "skipped": LYNIS_SKIP,
                                    "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
         tmp.replace(path)
-    return idx, False
+    return idx, None
 
 
 def agent_pid(vm: VM) -> int:

@@ -283,7 +283,10 @@ def test_bad_variable_stops_the_run_before_any_change(fleet, bad, variable):
 
 
 # ---------------------------------------------------------------- lynis, last
-def test_lynis_hardening_index(fleet):
+def test_lynis_hardening_index(fleet, record_property):
+    for what, reused in SUMMARY["reused"].items():
+        if reused:      # the "before" index is shown, not asserted: the property says where it came from
+            record_property("reused_input", f"{what}: {reused}")
     if not LYNIS_GUESTS:
         pytest.skip("no guest of SPANPROBE_LYNIS_GUESTS is booted")
     t = time.monotonic()
