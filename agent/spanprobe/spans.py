@@ -148,8 +148,11 @@ class SpanBuilder:
                                  req, resp, path, raw_query, attrs)
         start = req.start_ts
         end = resp.end_ts if resp is not None and resp.end_ts else (req.end_ts or start)
-        context = SpanContext(x.trace_id, x.span_id, False, _SAMPLED)
-        parent = (SpanContext(x.trace_id, x.parent_span_id, x.parent_remote, _SAMPLED)
+        # the trace flags come with the trace: an incoming traceparent's (sampled or not,
+        # W3C trace-context), else the agent's own choice for a trace it starts (sampled)
+        flags = _SAMPLED if x.trace_flags == TraceFlags.SAMPLED else TraceFlags(x.trace_flags)
+        context = SpanContext(x.trace_id, x.span_id, False, flags)
+        parent = (SpanContext(x.trace_id, x.parent_span_id, x.parent_remote, flags)
                   if x.parent_span_id else None)
         wall = self.clock.wall
         return ReadableSpan(

@@ -453,7 +453,7 @@ class Assembler:
             else:
                 up = self._upstream_client(conn)
                 if up is not None:
-                    trace_id, parent = up.trace_id, up.span_id
+                    trace_id, parent, flags = up.trace_id, up.span_id, up.trace_flags
                     up.linked_downstream = True
                 else:
                     trace_id = new_trace_id()
@@ -464,7 +464,7 @@ class Assembler:
             else:
                 srv = self._task_parent(conn) or self._serving_parent(conn.tgid, msg.tid)
                 if srv is not None:
-                    trace_id, parent = srv.trace_id, srv.span_id
+                    trace_id, parent, flags = srv.trace_id, srv.span_id, srv.trace_flags
                 else:
                     trace_id = new_trace_id()
         x = Exchange(conn, msg, trace_id, new_span_id(), parent, remote, flags)

@@ -9,9 +9,16 @@ and close.
 from __future__ import annotations
 
 import pytest
+from opentelemetry.trace import TraceFlags
 
 from spanprobe import events as ev
 from spanprobe import streams
+from spanprobe.clock import MonotonicToWall
+from spanprobe.discovery import ProcessRegistry
+from spanprobe.privacy import Redactor
+from spanprobe.procfs import SysRoot
+from spanprobe.routes import RouteMatcher
+from spanprobe.spans import SpanBuilder
 from spanprobe.streams import Assembler, Exchange, new_span_id, new_trace_id, parse_traceparent
 
 SRV_TGID = 100
@@ -231,13 +238,61 @@ def test_incoming_traceparent_is_honoured():
     assert x.span_id not in (0, TP_PARENT)
 
 
-def test_unsampled_traceparent_flags_are_kept():
+def exported(exchanges: list[Exchange], tmp_path) -> list:
+    """The spans the agent hands its exporters for these exchanges (spans.SpanBuilder)."""
+    redactor = Redactor([], [])
+    builder = SpanBuilder(ProcessRegistry(SysRoot(tmp_path), redactor), RouteMatcher([]),
+                          redactor, MonotonicToWall(), "host", {})
+    return [builder.build(x) for x in exchanges]
+
+
+@pytest.mark.parametrize("flags, sampled", [("00", False), ("01", True), ("02", False)])
+def test_unsampled_traceparent_flags_are_kept(tmp_path, flags, sampled):
+    # W3C trace-flags ride with the trace: the exported span and its remote parent carry
+    # the incoming byte as it came (sampled bit 0 stays 0), not the agent's own default
     sim = Sim()
     server(sim)
-    sim.read(10, req(headers={"traceparent": TRACEPARENT[:-2] + "00"}))
+    sim.read(10, req(headers={"traceparent": TRACEPARENT[:-2] + flags}))
     sim.write(20, resp())
-    [x] = sim.drain()
-    assert (x.trace_id, x.parent_span_id, x.trace_flags) == (TP_TRACE, TP_PARENT, 0)
+    [span] = exported(sim.drain(), tmp_path)
+    assert (span.context.trace_id, span.parent.span_id, span.parent.is_remote) == (
+        TP_TRACE, TP_PARENT, True)
+    assert span.context.trace_flags == span.parent.trace_flags == TraceFlags(int(flags, 16))
+    assert span.context.trace_flags.sampled is sampled
+
+
+def test_a_trace_the_agent_starts_is_exported_sampled(tmp_path):
+    sim = Sim()
+    server(sim)
+    sim.read(10, req())
+    sim.write(20, resp())
+    [span] = exported(sim.drain(), tmp_path)
+    assert span.parent is None
+    assert span.context.trace_flags == TraceFlags(TraceFlags.SAMPLED)
+
+
+def test_unsampled_flags_follow_the_trace_into_linked_children(tmp_path):
+    # CLI_TGID serves an unsampled request and calls SRV_TGID on this host meanwhile: its
+    # CLIENT span (in-process child) and SRV's SERVER span (linked by the connection's
+    # ends) are in the same trace, so they carry the same flags
+    sim = Sim()
+    server(sim, tgid=CLI_TGID)
+    sim.read(10, req(headers={"traceparent": TRACEPARENT[:-2] + "00"}), tgid=CLI_TGID)
+    cx = _client_sends(sim)
+    sim.open(11, ev.ROLE_SERVER, tgid=SRV_TGID, fd=4, conn_id=40, peer=CLI_LOCAL, local=SRV_ADDR)
+    sim.read(12, req("GET", "/api/items"), tgid=SRV_TGID, fd=4, conn_id=40)
+    sim.write(13, resp(200, b"[]"), tgid=SRV_TGID, fd=4, conn_id=40)
+    sim.read(14, resp(200, b"[]"), tgid=CLI_TGID, fd=7, conn_id=70)
+    sim.write(15, resp(), tgid=CLI_TGID)
+    done = {(x.conn.tgid, x.conn.role): x for x in sim.drain()}
+    up, down = done[(CLI_TGID, ev.ROLE_SERVER)], done[(SRV_TGID, ev.ROLE_SERVER)]
+    client = done[(CLI_TGID, ev.ROLE_CLIENT)]
+    assert client is cx and down.parent_span_id == cx.span_id
+    assert cx.parent_span_id == up.span_id and up.parent_span_id == TP_PARENT
+    spans = exported([up, client, down], tmp_path)
+    assert {s.context.trace_id for s in spans} == {TP_TRACE}
+    assert [s.context.trace_flags for s in spans] == [0, 0, 0]
+    assert [s.parent.trace_flags for s in spans] == [0, 0, 0]
 
 
 def test_invalid_traceparent_starts_a_new_trace():
