@@ -1,5 +1,10 @@
 """The capability check that replaced `euid == 0` (agent/spanprobe/caps.py)."""
 
+import io
+import os
+import re
+import resource
+
 import pytest
 
 from spanprobe import caps
@@ -53,10 +58,61 @@ def test_message_is_one_line_naming_the_capability_and_the_fix():
     assert "AmbientCapabilities=" in msg and "CapabilityBoundingSet=" in msg
 
 
+TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+
+def cap_sets(status_text: str) -> dict[str, int]:
+    """The Cap* masks of a /proc/<pid>/status text, parsed apart from caps.effective."""
+    sets = {}
+    for line in status_text.splitlines():
+        key, _, value = line.partition(":")
+        if key.startswith("Cap"):
+            sets[key] = int(value.strip(), 16)
+    return sets
+
+
+def host_inputs(tracefs_dirs=TRACEFS) -> tuple[int, tuple[int, int], bool, bool]:
+    """What caps.check() reads besides CapEff, read here on its own."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last_cap = int(f.read())
+    kernel = tuple(int(n) for n in re.match(r"(\d+)\.(\d+)", os.uname().release).groups())
+    memlock_unlimited = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0] == resource.RLIM_INFINITY
+    tracefs = any(os.access(os.path.join(d, "events"), os.R_OK | os.X_OK) for d in tracefs_dirs)
+    return last_cap, kernel, memlock_unlimited, tracefs
+
+
 def test_this_process():
-    # root with every capability (the host tiers) passes; the check never raises
+    # the verdict on this process follows from its own /proc/self/status
+    with open("/proc/self/status") as f:
+        text = f.read()
+    sets = cap_sets(text)
+    eff = sets["CapEff"]
+    assert caps.effective(text) == eff
+    held = {name for name, bit in caps.CAPS.items() if eff >> bit & 1}
+    last_cap, kernel, memlock_unlimited, tracefs = host_inputs()
+    expected = caps.missing(eff, last_cap, kernel, memlock_unlimited, tracefs)
+    assert not set(expected) & held                 # only what CapEff lacks is ever named
     problem = caps.check()
-    assert problem is None or problem.startswith("missing")
+    assert problem == (caps.problem(expected) if expected else None)
+    if held >= set(NEEDED) and kernel >= (5, 11):   # e.g. root with every capability
+        assert problem is None
+
+
+def test_this_process_without_sys_ptrace(monkeypatch):
+    # the same status with CAP_SYS_PTRACE taken out of CapEff: check() must name it
+    with open("/proc/self/status") as f:
+        text = f.read()
+    eff = cap_sets(text)["CapEff"] & ~(1 << caps.CAPS["CAP_SYS_PTRACE"])
+    text = re.sub(r"^CapEff:.*$", f"CapEff:\t{eff:016x}", text, flags=re.M)
+    real_open = open
+
+    def status_open(path, *args, **kw):
+        return io.StringIO(text) if path == "/proc/self/status" else real_open(path, *args, **kw)
+
+    monkeypatch.setattr(caps, "open", status_open, raising=False)
+    expected = caps.missing(eff, *host_inputs())
+    assert "CAP_SYS_PTRACE" in expected
+    assert caps.check() == caps.problem(expected)
 
 
 PERFMON_ONLY = 1 << caps.CAPS["CAP_PERFMON"] | 1 << caps.CAPS["CAP_BPF"]
