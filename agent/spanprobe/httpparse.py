@@ -347,8 +347,10 @@ class MessageParser:
                 if self._head_done(raw, False):
                     self._framing()
                 return pos + i + 4 - old
-        if len(buf) > HEAD_LIMIT:
-            # over the limit: parse what is kept; the rest of this segment is head too
+        if len(buf) > HEAD_LIMIT + 3:
+            # over the limit: parse what is kept; the rest of this segment is head too.
+            # (Up to 3 bytes past it may be the start of a blank line that the next
+            # segment completes: a head at the limit split there is whole.)
             del buf[HEAD_LIMIT:]
             self._truncated_head(ts)
         return end
@@ -415,7 +417,7 @@ class MessageParser:
         if i >= 0:
             self._finish(ts)
             return pos + i + 4 - old
-        if len(buf) > HEAD_LIMIT:
+        if len(buf) > HEAD_LIMIT + 3:      # (as for a head: a split blank line waits)
             # the body itself was whole; trailers without end are an error, and what
             # follows is read again from the next start line
             self.parse_errors += 1
@@ -425,7 +427,7 @@ class MessageParser:
         return end
 
     def _truncated_head(self, ts: int) -> None:
-        raw = bytes(self.buf)
+        raw = bytes(self.buf[:HEAD_LIMIT])
         self._release_buf()
         if not self._head_done(raw, True):
             return

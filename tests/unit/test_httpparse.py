@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 
-from spanprobe import httpparse
 from spanprobe.httpparse import (
     CHUNK_LOST, CHUNK_SIZE, HEAD_LIMIT, IDLE, OPEN, RESYNC, UNTIL_CLOSE,
     Message, MessageParser, ParseError, looks_like_start, parse_head,
@@ -661,6 +660,53 @@ def test_close_when_idle_does_nothing():
     assert len(r.done) == 1
 
 
-def test_module_constants():
-    assert httpparse.HEAD_LIMIT == 64 * 1024
-    assert "PATCH" in httpparse.METHODS and "BREW" not in httpparse.METHODS
+@pytest.mark.parametrize("line", [b"GET /", b"POST /", b"PUT /", b"DELETE /", b"HEAD /",
+                                  b"OPTIONS *", b"PATCH /", b"CONNECT h:443", b"TRACE /"])
+def test_every_standard_method_starts_a_request(line):
+    # RFC 9110's methods and PATCH (RFC 5789) parse; others are errors (BREW, above)
+    r = Rec(True)
+    r.feed(1, line + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+    [m] = r.done
+    assert (m.method, m.target) == tuple(line.decode().split(" "))
+    assert r.p.parse_errors == 0
+
+
+@pytest.mark.parametrize("split", ["whole", "every 1000", "every 7", "blank+1", "blank+2",
+                                   "blank+3"])
+@pytest.mark.parametrize("over", [0, 1])
+def test_a_head_at_the_limit_is_whole_and_one_byte_over_is_cut(over, split):
+    # HEAD_LIMIT bounds the head bytes kept, the blank line excluded, however the
+    # segments fall (blank+n: the blank line split after its n-th byte)
+    start = b"GET /edge HTTP/1.1\r\nX-Pad: "
+    head = start + b"p" * (HEAD_LIMIT + over - len(start))
+    raw = head + b"\r\n\r\n"
+    if split.startswith("every"):
+        cuts = list(range(0, len(raw), int(split.split()[1])))
+    else:
+        cuts = [0] if split == "whole" else [0, len(head) + int(split[-1])]
+    r = Rec(True)
+    for a, b in zip(cuts, cuts[1:] + [len(raw)]):
+        r.feed(1 + a, raw[a:b])
+    [m] = r.done
+    assert r.p.parse_errors == 0 and r.p.state == IDLE
+    if over:
+        assert m.truncated and m.head_size == HEAD_LIMIT
+    else:
+        assert not m.truncated and m.head_size == HEAD_LIMIT + 4
+        assert m.headers["x-pad"] == head[len(start):].decode()
+
+
+@pytest.mark.parametrize("split", ["whole", "blank+1", "blank+2", "blank+3"])
+@pytest.mark.parametrize("over", [0, 1])
+def test_a_trailer_section_at_the_limit_ends_the_message_and_one_byte_over_is_counted(over, split):
+    # bounded like a head: HEAD_LIMIT bytes kept, the last chunk's CRLF included
+    before = chunked_head() + chunk(b"abc") + b"0\r\nT: " + b"t" * (HEAD_LIMIT - 5 + over)
+    raw = before + b"\r\n\r\n"
+    cuts = [0] if split == "whole" else [0, len(before) + int(split[-1])]
+    r = Rec(False, ("GET",))
+    for a, b in zip(cuts, cuts[1:] + [len(raw)]):
+        r.feed(1 + a, raw[a:b])
+    [m] = r.done
+    assert (m.status, m.body_size, m.complete) == (200, 3, True)
+    assert r.p.parse_errors == over
+    assert r.p.state == (RESYNC if over else IDLE)
