@@ -111,9 +111,6 @@ class SysRoot:
         """Start time in clock ticks since boot (field 22 of stat): pid + this is unique."""
         return self._stat_field(pid, 19)
 
-    def ppid(self, pid: int) -> int | None:
-        return self._stat_field(pid, 1)
-
     def fd_links(self, pid: int) -> dict[int, str]:
         fddir = self.path("proc", str(pid), "fd")
         links = {}
@@ -157,13 +154,3 @@ class SysRoot:
     def boot_id(self) -> str:
         text = self.read_text("proc/sys/kernel/random/boot_id")
         return text.strip() if text else "unknown"
-
-    def boot_time_ns(self) -> int | None:
-        text = self.read_text("proc/stat") or ""
-        for line in text.splitlines():
-            if line.startswith("btime "):
-                return int(line.split()[1]) * 1_000_000_000
-        return None
-
-    def clock_ticks(self) -> int:
-        return os.sysconf("SC_CLK_TCK") if self.root == Path("/") else 100
