@@ -196,10 +196,6 @@ class ExistingConnection:
     peer: tuple[str, int]
 
 
-def listening_ports(root: SysRoot, pid: int | str = "self") -> set[int]:
-    return {s.local_port for s in root.tcp_sockets(pid) if s.state == TCP_LISTEN}
-
-
 def scan(root: SysRoot, selection: Selection, self_pid: int) -> tuple[list[int], list[ExistingConnection]]:
     """Processes selected now, and the TCP connections they already hold.
 

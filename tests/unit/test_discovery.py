@@ -11,8 +11,7 @@ import pytest
 
 from spanprobe import events as ev
 from spanprobe.discovery import (
-    ExistingConnection, ProcessInfo, ProcessRegistry, Selection, listen_address,
-    listening_ports, scan,
+    ExistingConnection, ProcessInfo, ProcessRegistry, Selection, listen_address, scan,
 )
 from spanprobe.privacy import Redactor
 from spanprobe.procfs import SysRoot
@@ -208,12 +207,11 @@ def test_scan_survives_a_process_that_vanished(root, tmp_path):
     assert scan(root, Selection(), SELF)[0] == [APP, WORKER]
 
 
-def test_listen_address_and_ports(root):
+def test_listen_address(root):
     assert listen_address(root, APP, 3) == ("0.0.0.0", 8000)
     assert listen_address(root, APP, 5) == ("10.0.0.5", 45678)   # any socket by inode
     assert listen_address(root, APP, 0) is None                   # not a socket
     assert listen_address(root, APP, 7) is None                   # not TCP
-    assert listening_ports(root, APP) == {8000}
 
 
 # ---- ProcessRegistry ----
