@@ -218,10 +218,6 @@ class Settings:
     def __getitem__(self, path: str) -> Any:
         return self.values[path]
 
-    @property
-    def trace_all(self) -> bool:
-        return not (self["select.ports"] or self["select.pids"] or self["select.exe"])
-
 
 def _not_utf8(value: Any) -> bool:
     """Undecodable bytes of a variable or argument reach Python as lone surrogates."""

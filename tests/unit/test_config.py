@@ -34,7 +34,6 @@ def test_defaults_with_nothing_given():
         assert s[key.path] == key.default, key.path
         assert s.source[key.path] == "default"
     assert s.file is None
-    assert s.trace_all is True
     assert s["capture_bytes"] == 2048
     assert s["export.otlp_protocol"] == "grpc"
     assert s["export.otlp_endpoint"] is None
@@ -77,7 +76,6 @@ resource_attributes:
     assert s.source["capture_bytes"] == f"file {f}"
     assert s.source["log_level"] == "default"
     assert s.file == f
-    assert s.trace_all is False
 
 
 def test_dotted_keys_at_top_level_of_file(tmp_path):
