@@ -62,10 +62,6 @@ class Plan:
     uprobes: list[Probe] = field(default_factory=list)     # attached per binary, later
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (probe, reason)
 
-    @property
-    def probes(self) -> list[Probe]:
-        return self.syscalls + self.tracepoints
-
 
 def strategy_available(feats: KernelFeatures, strategy: str) -> tuple[bool, str]:
     if strategy == "tracepoint":
