@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 import statistics
 import threading
+import time
+from dataclasses import dataclass
 
 import requests
 
@@ -41,31 +43,33 @@ def parallel(n: int, fn) -> list:
     return out
 
 
-# A span's duration against the app's own clock: the median request within 0.5 ms and at
-# least 15 of 20 within 1 ms. The rest are the app being preempted between its clock read
-# and the syscall (the start/end offsets show it), which a 2-core machine running the
-# app, its client, the receiver and the agent does now and then.
+# A span against the app's own clock, over 20 requests on one keep-alive connection:
+# - every span starts before the app's clock does (the request's first read comes before
+#   any framework code sees the request), give or take the clock alignment;
+# - the median |span duration - app duration| is under 0.5 ms.
+# Both hold however often the 2-core machine preempts the app between its clock read and
+# its syscall (that stretches single requests, never the order, and moves the median of 20
+# only when more than half are hit); a span that ended at the next request, at close, or
+# started at the connection's accept would fail them.
 DURATION_MEDIAN_MS = 0.5
-DURATION_WITHIN_1MS = 15
+CLOCK_ALIGNMENT_NS = 200_000     # the agent's monotonic-to-wall offset against time.time_ns()
 
 
-def duration_agrees(app, receiver, service: str) -> tuple[bool, float, float, int]:
-    """The criterion above, measured again once if a burst of preemption spoiled the first
-    20 requests (the machine's other work is not the agent's error). Returns
-    (ok, median, max, within) of the better measurement."""
-    best = None
-    for _ in range(2):
-        median, worst, within = duration_agreement(app, receiver, service)
-        ok = median < DURATION_MEDIAN_MS and within >= DURATION_WITHIN_1MS
-        if best is None or (ok, within) > (best[0], best[3]):
-            best = (ok, median, worst, within)
-        if ok:
-            break
-    return best
+@dataclass
+class DurationAgreement:
+    median_ms: float            # median |span duration - app duration|
+    worst_ms: float
+    late_starts: int            # spans that start after the app's clock, beyond the alignment
+
+    @property
+    def ok(self) -> bool:
+        return self.median_ms < DURATION_MEDIAN_MS and self.late_starts == 0
+
+    def __str__(self) -> str:
+        return f"median {self.median_ms:.2f} ms, max {self.worst_ms:.2f} ms, {self.late_starts} late starts"
 
 
-def duration_agreement(app, receiver, service: str, n: int = 20) -> tuple[float, float, int]:
-    """(median |span - app| ms, max ms, how many within 1 ms) over n requests."""
+def duration_agreement(app, receiver, service: str, n: int = 20) -> DurationAgreement:
     ids = {}
     with requests.Session() as session:
         for _ in range(n):
@@ -75,15 +79,17 @@ def duration_agreement(app, receiver, service: str, n: int = 20) -> tuple[float,
     spans = {s["attributes"]["url.path"]: s for s in receiver.wait_for(
         lambda s: s["kind"] == "SERVER" and s["attributes"].get("url.path") in ids.values()
         and s["resource"].get("service.name") == service, n)}
-    import time
     deadline = time.monotonic() + 5
     timings = app.timings()
     while len([r for r in ids if r in timings]) < n and time.monotonic() < deadline:
         time.sleep(0.1)
         timings = app.timings()
+    missing = [r for r in ids if r not in timings]
+    assert not missing, f"the app recorded no timing for {len(missing)} of {n} requests"
     diffs = sorted(abs((spans[p]["end"] - spans[p]["start"]) - (timings[r][1] - timings[r][0])) / 1e6
                    for r, p in ids.items())
-    return statistics.median(diffs), diffs[-1], sum(d < 1.0 for d in diffs)
+    late = sum(spans[p]["start"] > timings[r][0] + CLOCK_ALIGNMENT_NS for r, p in ids.items())
+    return DurationAgreement(statistics.median(diffs), diffs[-1], late)
 
 
 def stream_span(app, receiver, service: str) -> tuple[float, dict]:
