@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "tests" / "ansible"))
 sys.path.insert(0, str(REPO / "packer"))
 sys.path.insert(0, str(REPO))
 from tests.support.gate import gate  # noqa: E402
-from image_helpers import RESULTS, SUMMARY, TARGET, Build, build_image  # noqa: E402
+from image_helpers import FRESH, IMAGES, RESULTS, SUMMARY, TARGET, Build  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -51,12 +51,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 @pytest.fixture(scope="session")
 def rebuild(request):
-    """The second build for the reproducibility report (always fresh, into RESULTS/rebuild),
-    started with the first when that test is selected; None otherwise."""
+    """The second build for the reproducibility report, an independent build into its own
+    folder, started with the first when that test is selected; None otherwise."""
     if not any(i.name == REPRODUCIBILITY_TEST for i in request.session.items):
         yield None
         return
-    b = Build(RESULTS / "rebuild", "--fresh")
+    b = Build(IMAGES / "rebuild", *(["--fresh"] if FRESH else []))
     try:
         yield b
     finally:
@@ -65,10 +65,12 @@ def rebuild(request):
 
 @pytest.fixture(scope="session")
 def image(rebuild) -> dict:
-    """The image's output folder and build metadata (reused when built from the same inputs)."""
-    out = build_image(Path(os.environ.get("SPANPROBE_IMAGE_OUT", REPO / "build" / "image")))
+    """The image's output folder and build metadata; `reused` says when and from which key
+    it was built if an earlier run built it from the same inputs (None: built by this run)."""
+    b = Build(Path(os.environ.get("SPANPROBE_IMAGE_OUT", IMAGES / "image")), *(["--fresh"] if FRESH else []))
+    out = b.wait()
     meta = json.loads((out / "build.json").read_text())
-    return {"dir": out, "meta": meta, "raw": out / f"spanprobe-{TARGET}.raw",
+    return {"dir": out, "meta": meta, "raw": out / f"spanprobe-{TARGET}.raw", "reused": b.reused,
             "qcow2": out / f"spanprobe-{TARGET}.qcow2", "box": out / f"spanprobe-{TARGET}-libvirt.box"}
 
 

@@ -14,6 +14,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 RESULTS = Path(os.environ.get("SPANPROBE_RESULTS", REPO / "results")) / "image"
+# The two builds (the image, and the second build for the reproducibility report) are kept
+# here, each reused by later runs while its inputs key (packer/build.py) is the same, and
+# shown as reused (when, key). SPANPROBE_IMAGE_FRESH=1 builds both anew.
+IMAGES = Path(os.environ.get("SPANPROBE_CACHE", "/var/cache/spanprobe")) / "images"
+FRESH = os.environ.get("SPANPROBE_IMAGE_FRESH") == "1"
 TARGET = os.environ.get("SPANPROBE_IMAGE_TARGET", "debian-13-amd64")
 BIN = Path(sys.executable).parent
 # What the tier's end-of-run summary prints (conftest.pytest_terminal_summary): stage -> seconds
@@ -30,6 +35,7 @@ class Build:
     def __init__(self, out_root: Path, *extra: str):
         RESULTS.mkdir(parents=True, exist_ok=True)
         self.out_root = out_root
+        self.reused: str | None = None      # "built <when>, key <key>" when an earlier run's build is reused
         self.log = RESULTS / f"build-{out_root.name}.log"
         self.t0 = time.monotonic()
         env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
@@ -42,7 +48,9 @@ class Build:
         rc = self.proc.wait()
         text = self.log.read_text(errors="replace")
         if "is already built from these inputs" in text:
-            took = "reused (same inputs)"
+            meta = json.loads((self.out_root / TARGET / "build.json").read_text())
+            self.reused = f"built {meta['built']}, key {meta['inputs_key']}"
+            took = f"reused ({self.reused})"
         else:       # the build's own total: a rebuild may have ended long before it is waited for
             try:
                 took = json.loads((self.out_root / TARGET / "build.json").read_text())["times"]["total_s"]
@@ -62,10 +70,6 @@ class Build:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-
-
-def build_image(out_root: Path, *extra: str) -> Path:
-    return Build(out_root, *extra).wait()
 
 
 def make_seed(into: Path, config_yaml: str) -> tuple[Path, Path]:

@@ -27,7 +27,9 @@ RECEIVER = "10.0.2.100:4318"        # inside QEMU's user-mode network only: gues
 
 
 # ---------------------------------------------------------------- outputs
-def test_outputs_and_checksums(image):
+def test_outputs_and_checksums(image, record_property):
+    if image["reused"]:     # the checks below run now, on an image an earlier run built
+        record_property("reused_input", f"image {image['reused']}")
     d = image["dir"]
     for f in (image["raw"], image["qcow2"], image["box"], d / "packages.json", d / "build.json"):
         assert f.is_file() and f.stat().st_size > 0, f
@@ -114,28 +116,43 @@ resource_attributes: {{deployment.environment.name: image-test}}
 """
 
 
+@pytest.fixture(scope="module")
+def appliances(image, vagrant_up, tmp_path_factory):
+    """The raw image booted twice at once, with UEFI and with BIOS, each from a throw-away
+    overlay, seeded, with its own receiver on the host: the two first boots (and the
+    `vagrant up` that `vagrant_up` starts in the background) overlap instead of queueing.
+    {firmware: (VM, receiver)}; each is stopped by `booted` after its checks."""
+    vms = {}
+    for fw in ("uefi", "bios"):
+        iso, key = make_seed(tmp_path_factory.mktemp(f"seed-{fw}"), AGENT_CONFIG)
+        receiver = Receiver()
+        receiver.start_http()
+        manifest = {"name": f"appliance-{fw}", "disk": str(image["raw"]), "disk_format": "raw",
+                    "ssh_key": str(key), "user": "admin"}
+        vm = VM(manifest, RESULTS / fw, firmware=fw, drives=(iso,), guestfwd={RECEIVER: receiver.http_port})
+        vm.start()
+        vms[fw] = (vm, receiver)
+    try:
+        yield vms
+    finally:
+        for vm, receiver in vms.values():
+            vm.stop()
+            receiver.stop()
+
+
 @pytest.fixture(scope="module", params=["uefi", "bios"])
-def booted(request, image, vagrant_up, tmp_path_factory):
-    """The raw image booted from a throw-away overlay, seeded, with a receiver on the host
-    (`vagrant_up` is asked for only to start it now, in the background)."""
+def booted(request, appliances):
+    """One of the two appliances, once it answers SSH: (firmware, VM, testinfra host, receiver)."""
     import testinfra
 
     fw = request.param
-    work = RESULTS / fw
-    iso, key = make_seed(tmp_path_factory.mktemp(f"seed-{fw}"), AGENT_CONFIG)
-    receiver = Receiver()
-    receiver.start_http()
-    manifest = {"name": f"appliance-{fw}", "disk": str(image["raw"]), "disk_format": "raw",
-                "ssh_key": str(key), "user": "admin"}
-    vm = VM(manifest, work, firmware=fw, drives=(iso,), guestfwd={RECEIVER: receiver.http_port})
-    vm.start()
+    vm, receiver = appliances[fw]
     try:
         SUMMARY[f"{fw}: boot to SSH (s)"] = round(vm.wait_ssh(timeout=900), 1)
         host = testinfra.get_host(f"ssh://{vm.name}", ssh_config=str(vm.ssh_config), sudo=True)
         yield fw, vm, host, receiver
     finally:
         vm.stop()
-        receiver.stop()
         SUMMARY[f"{fw}: boot and checks (s)"] = round(time.monotonic() - vm.t0, 1)
 
 

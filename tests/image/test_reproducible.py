@@ -1,5 +1,7 @@
 """Reproducibility: a second build from the same inputs (started with the first, see
-conftest.rebuild), the two raw images' file trees compared by packer/compare.py. The report
+conftest.rebuild), the two raw images' file trees compared by packer/compare.py. When both
+builds are an earlier run's (same inputs key), the test says so (JUnit property `reused`)
+and the summary counts it as reused, not as run. The report
 (every difference, the allow-list's, whether the raw images are bit-identical) is printed
 and kept in RESULTS/image/reproducibility.json."""
 
@@ -16,15 +18,17 @@ import compare  # noqa: E402  (packer/compare.py)
 pytestmark = pytest.mark.timeout(5400)
 
 
-def test_reproducible_file_trees(image, rebuild):
+def test_reproducible_file_trees(image, rebuild, record_property):
     again = rebuild.wait()
     assert json.loads((again / "build.json").read_text())["inputs_key"] == image["meta"]["inputs_key"], \
         "the two builds were not made from the same inputs"
-    try:
-        report = compare.compare(image["raw"], again / f"spanprobe-{TARGET}.raw")
-    finally:        # the rebuild's disks (5 GB) are not kept: its build.json and SHA256SUMS are
-        for disk in again.glob("spanprobe-*"):
-            disk.unlink()
+    if image["reused"] and rebuild.reused:      # the same two builds as an earlier run: its verdict again
+        record_property("reused", f"image {image['reused']}; second build {rebuild.reused}")
+    else:
+        for what, reused in (("image", image["reused"]), ("second build", rebuild.reused)):
+            if reused:
+                record_property("reused_input", f"{what}: {reused}")
+    report = compare.compare(image["raw"], again / f"spanprobe-{TARGET}.raw")
     (RESULTS / "reproducibility.json").write_text(json.dumps(report, indent=2) + "\n")
     SUMMARY["reproducibility"] = (f"{report['entries']} entries, {len(report['differences'])} differences, "
                                   f"{len(report['allowed'])} allowed, bit-identical "
