@@ -8,7 +8,8 @@
 #   scripts/dev.sh test-image   setup, then the image tier alone (two builds, UEFI and BIOS
 #                               boots, reproducibility report, vagrant up; ~20 min)
 #   scripts/dev.sh test-ansible setup, then the ansible tier alone (Debian 12/13 VMs, ~35-40 min)
-#   scripts/dev.sh test-quick   setup, then the unit tier only (no root needed for the tests)
+#   scripts/dev.sh test-quick   the unit tier only: no root, apt or network once the venv
+#                               exists (the first run does the setup, as root)
 #   scripts/dev.sh check        setup, then `spanprobe check`
 #   scripts/dev.sh image [TARGET]  setup + Packer, then the appliance image (packer/README.md)
 #   scripts/dev.sh bench [--smoke] [ARGS]  setup + wrk + the bench venv, then the benchmark
@@ -201,8 +202,13 @@ case "$cmd" in
   check) setup; exec python -m spanprobe check ;;
   demo) setup; exec python -m spanprobe demo --duration "${2:-15}" ;;
   test|test-quick)
-    setup
-    if [ "$cmd" = test ]; then setup_kernel_matrix; setup_bench; setup_image; setup_ansible_tier; fi
+    if [ "$cmd" = test ]; then
+      setup; setup_kernel_matrix; setup_bench; setup_image; setup_ansible_tier
+    elif [ -e "$(venv_dir)/.complete" ]; then
+      setup_venv        # the inner loop: no root, apt or network once the venv exists
+    else
+      setup
+    fi
     RESULTS=${SPANPROBE_RESULTS:-$ROOT/results}
     mkdir -p "$RESULTS"
     TIER_TIMES=()
