@@ -150,7 +150,8 @@ run_tier() {  # name, then pytest arguments
   local name=$1; shift
   local xml="$RESULTS/junit-$name.xml" t0=$SECONDS rc=0
   say "tier $name"
-  python -m pytest -p no:cacheprovider --junitxml="$xml" "$@" || rc=$?
+  # xunit1: the JUnit flavour that holds per-test properties (`reused`, `reused_input`)
+  python -m pytest -p no:cacheprovider -o junit_family=xunit1 --junitxml="$xml" "$@" || rc=$?
   [ $rc = 5 ] && say "tier $name collected no test: that is a failure, not a pass"
   TIER_TIMES+=("$name $((SECONDS - t0)) $rc $xml")
   return 0
