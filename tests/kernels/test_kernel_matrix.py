@@ -24,6 +24,9 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+import matrix as matrix_runner  # noqa: E402  (tests/kernels/matrix.py)
+
 PINS = json.loads((HERE / "kernels.json").read_text())
 EXPECT = {k: v for k, v in PINS["expect"].items() if k != "comment"}
 KERNEL, MODE = os.environ.get("SPANPROBE_KERNEL"), os.environ.get("SPANPROBE_MODE")
@@ -64,10 +67,9 @@ def expected_cell(want: str, cell: dict | None) -> str | None:
 
 
 def selected() -> list[str]:
-    """The kernels SPANPROBE_KERNEL names (as matrix.py selects them), or all and the host."""
+    """The kernels SPANPROBE_KERNEL names (matrix.py's own selection), or all and the host."""
     if KERNEL:
-        return [k["name"] for k in PINS["kernels"] if KERNEL in (k["name"], k["suite"], k["release"])
-                or k["release"].startswith(KERNEL + ".") or k["name"].endswith("-" + KERNEL)] or [KERNEL]
+        return [k["name"] for k in matrix_runner.select(PINS["kernels"], KERNEL)]
     return [k["name"] for k in PINS["kernels"]] + ["host"]
 
 
