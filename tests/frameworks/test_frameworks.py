@@ -83,6 +83,9 @@ class Results:
 
 
 RESULTS = Results()
+# counters that grow in a healthy run; every other non-zero counter is shown with a failure
+HEALTHY_COUNTERS = {"events_received", "exchanges", "export_calls", "processes_known", "spans_built",
+                    "spans_exported", "spans_queued", "task_links"}
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +97,9 @@ def stack(tmp_path_factory, receiver):
         for cell in CELLS:
             apps[cell.id] = App(cell.kind, tmp, service=cell.service, downstream=down.url)
         ports = [a for app in apps.values() for a in ("--port", str(app.port))]
-        agent = Agent([*ports, "--otlp-endpoint", f"http://127.0.0.1:{receiver.grpc_port}"], tmp)
+        # counters logged every second, so a failed check can show what the agent counted by then
+        agent = Agent([*ports, "--otlp-endpoint", f"http://127.0.0.1:{receiver.grpc_port}"], tmp,
+                      env={"SPANPROBE_STATS_INTERVAL_S": "1"})
         yield apps, agent
         assert agent.stop() == 0, agent.stderr[-2000:]
         print("\nagent counters:", json.dumps(agent.final_counters(), sort_keys=True))
@@ -139,7 +144,7 @@ def run(cell: Cell, check: str, fn) -> None:
 
 @pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.id)
 def test_framework(stack, receiver, cell):
-    apps, _agent = stack
+    apps, agent = stack
     app = apps[cell.id]
     svc = cell.service
     failures = []
@@ -149,6 +154,9 @@ def test_framework(stack, receiver, cell):
             run(cell, name, fn)
         except AssertionError as exc:
             failures.append(f"{name}: {exc}")
+            # what the agent counted by then: a missing span is either counted there or a bug
+            counted = {k: v for k, v in agent.stats().items() if v and k not in HEALTHY_COUNTERS}
+            failures.append(f"agent counters after {name!r}: {counted}")
 
     def span_and_route():
         n = uid()
