@@ -1,21 +1,29 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-for p in (REPO / "agent", REPO):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
-from tests.support.gate import bpf_missing  # noqa: E402
+from tests.support.gate import bpf_missing
 
 # Tiers that run the real agent on this kernel.
 KERNEL_TIERS = ("integration", "frameworks")
+# The markers of each tier (a directory of tests/), declared in pyproject.toml.
+TIER_MARKERS = {"unit": ("unit",), "fuzz": ("slow",), "integration": ("root",), "frameworks": ("root",),
+                "bench": ("root", "slow"), "kernels": ("vm", "slow"), "image": ("vm", "slow"),
+                "ansible": ("vm", "slow")}
+
+
+def tier_of(item) -> str:
+    return Path(str(item.fspath)).resolve().relative_to(Path(__file__).resolve().parent).parts[0]
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if tier_of(item) not in TIER_MARKERS:
+            raise pytest.UsageError(f"tests/{tier_of(item)}/ is not a tier of tests/conftest.py's TIER_MARKERS: "
+                                    "add it there with its markers")
+        for name in TIER_MARKERS[tier_of(item)]:
+            item.add_marker(name)
     kernel_items = [i for i in items if Path(str(i.fspath)).parent.name in KERNEL_TIERS]
     if not kernel_items:
         return

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parents[1]))
-sys.path.insert(0, str(HERE.parents[1] / "ansible"))
-import wheelhouse  # noqa: E402  (ansible/wheelhouse.py)
+import wheelhouse  # ansible/wheelhouse.py (pyproject.toml's pythonpath)
 from fleet_helpers import (BIN, GUESTS, LYNIS_GUESTS, RESULTS, SUMMARY, VM, Fleet, agent_pid, build_images,  # noqa: E402
                            lynis_before, parallel, run_playbook, write_inventory)
 from tests.support.gate import gate  # noqa: E402

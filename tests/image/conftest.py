@@ -20,10 +20,9 @@ import pytest
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 ENABLED = os.environ.get("SPANPROBE_IMAGE") == "1"
-sys.path.insert(0, str(HERE))
+# the fleet tier's VM helper and tests (tests/ansible), Packer's build and comparison (packer/)
 sys.path.insert(0, str(REPO / "tests" / "ansible"))
 sys.path.insert(0, str(REPO / "packer"))
-sys.path.insert(0, str(REPO))
 from tests.support.gate import gate  # noqa: E402
 from image_helpers import FRESH, IMAGES, RESULTS, SUMMARY, TARGET, Build  # noqa: E402
 

@@ -8,16 +8,13 @@ import json
 import re
 import shlex
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from image_helpers import RESULTS, SUMMARY, TARGET, make_seed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.support.receiver import Receiver  # noqa: E402
+from tests.support.receiver import Receiver
 
 import compare  # noqa: E402  (packer/compare.py)
 from vm import VM  # noqa: E402  (tests/ansible/vm.py)

@@ -24,8 +24,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-import matrix as matrix_runner  # noqa: E402  (tests/kernels/matrix.py)
+import matrix as matrix_runner  # tests/kernels/matrix.py, beside this file
 
 PINS = json.loads((HERE / "kernels.json").read_text())
 EXPECT = {k: v for k, v in PINS["expect"].items() if k != "comment"}

@@ -5,13 +5,10 @@ guest whose two vCPUs stopped under multi-threaded TCG (tests/kernels/data/)."""
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import matrix  # noqa: E402
+import matrix  # tests/kernels/matrix.py, beside this file
 
 STALLED = (HERE / "data" / "console-5.10-tcg-stall.txt").read_text()
 
