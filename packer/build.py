@@ -28,6 +28,7 @@ sys.path.insert(0, str(HERE / "base"))
 sys.path.insert(0, str(REPO / "ansible"))
 import disk  # noqa: E402  (packer/base/disk.py)
 from compare import sha256  # noqa: E402  (packer/compare.py)
+from controller import mitogen_env  # noqa: E402  (ansible/controller.py)
 import wheelhouse  # noqa: E402  (ansible/wheelhouse.py)
 
 DEFAULT_OUT = Path(os.environ.get("SPANPROBE_IMAGE_OUT", REPO / "build" / "image"))
@@ -67,6 +68,7 @@ def inputs_key(target: str) -> str:
         files += sorted(p for p in (REPO / top).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     files += sorted(HERE.glob("*.pkr.hcl")) + [HERE / f"{target}.pkrvars.hcl", REPO / "ansible" / "appliance.yml",
                                                REPO / "ansible" / "ansible.cfg", Path(__file__)]
+    files += sorted((REPO / "ansible").glob("*.py"))      # the wheelhouse, how Ansible reaches the VM
     for f in files:
         h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]
@@ -120,11 +122,15 @@ def build(target: str, out_root: Path, accelerator: str, fresh: bool = False) ->
     }
     cmd = ["packer", "build", "-color=false", "-timestamp-ui", f"-var-file={HERE / f'{target}.pkrvars.hcl'}",
            *[a for k, v in variables.items() for a in ("-var", f"{k}={v}")], str(HERE)]
-    log(f"{target}: packer build ({packer_version()}, {accelerator}); console in {pk_out}-console.log")
+    # Packer's ansible provisioner runs ansible-playbook with Packer's environment, so the
+    # play takes Mitogen's strategy from here when it is installed (ansible/controller.py)
+    strategy = mitogen_env()
+    log(f"{target}: packer build ({packer_version()}, {accelerator}, Ansible strategy "
+        f"{strategy.get('ANSIBLE_STRATEGY', 'linear (plain)')}); console in {pk_out}-console.log")
     t = time.monotonic()
     env = dict(os.environ, PACKER_NO_COLOR="1", SOURCE_DATE_EPOCH=str(epoch),
                PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-               PACKER_CACHE_DIR=str(disk.CACHE.parent / "packer_cache"), CHECKPOINT_DISABLE="1")
+               PACKER_CACHE_DIR=str(disk.CACHE.parent / "packer_cache"), CHECKPOINT_DISABLE="1", **strategy)
     r = subprocess.run(cmd, cwd=HERE, env=env)
     times["packer_s"] = round(time.monotonic() - t, 1)
     if r.returncode != 0:
@@ -158,6 +164,7 @@ def build(target: str, out_root: Path, accelerator: str, fresh: bool = False) ->
         "agent_wheel": {"name": wheel.name, "sha256": sha256(wheel)},
         "wheelhouse": {"name": house.name, "sha256": sha256(house)},
         "git_commit": commit, "git_dirty": dirty, "packer": packer_version(), "accelerator": accelerator,
+        "ansible_strategy": strategy.get("ANSIBLE_STRATEGY", "linear"),
         "built": time.strftime("%F %T %Z"), "times": times,
         "packages": {"debian": len(packages["debian"]), "python": len(packages["python"])},
     }

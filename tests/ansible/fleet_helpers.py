@@ -18,9 +18,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 ANSIBLE = REPO / "ansible"
 RESULTS = Path(os.environ.get("SPANPROBE_RESULTS", REPO / "results")) / "ansible"
-sys.path.insert(0, str(HERE))
-import images  # noqa: E402
-from vm import VM  # noqa: E402
+import images  # tests/ansible/images.py
+from controller import mitogen_env  # ansible/controller.py (pyproject.toml's pythonpath)
+from vm import VM  # tests/ansible/vm.py
 
 GUESTS = [g for g in os.environ.get("SPANPROBE_ANSIBLE_GUESTS", " ".join(images.GUESTS)).split()
           if g in images.GUESTS]
@@ -105,22 +105,6 @@ def write_inventory(path: Path, vms: dict[str, VM], host_vars: dict[str, dict]) 
     hosts = {n: {**vm.inventory_vars(), **host_vars.get(n, {})} for n, vm in vms.items()}
     path.write_text(yaml.safe_dump({"spanprobe": {"hosts": hosts, "vars": TEST_VARS}}, sort_keys=True))
     return path
-
-
-def mitogen_env() -> dict[str, str]:
-    """The test plays run under Mitogen's linear strategy: one Python interpreter per guest
-    for the whole play instead of one per module call, which under TCG costs seconds each
-    (measured on a Debian 13 guest: site.yml's first run, 114 tasks, 515 s with Mitogen; the
-    plain strategy had done 54 tasks of the second run in 620 s). The roles are the same;
-    only how Ansible reaches the guest changes. SPANPROBE_ANSIBLE_MITOGEN=0 runs plain.
-    Mitogen reads host-key checking from Ansible's setting, not from the SSH arguments of
-    the inventory (which already accept the throw-away guests' new keys)."""
-    if os.environ.get("SPANPROBE_ANSIBLE_MITOGEN", "1") == "0":
-        return {}
-    import ansible_mitogen
-
-    return {"ANSIBLE_STRATEGY_PLUGINS": str(Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"),
-            "ANSIBLE_STRATEGY": "mitogen_linear", "ANSIBLE_HOST_KEY_CHECKING": "False"}
 
 
 def run_playbook(name: str, inventory: Path, *args: str, playbook: str = "site.yml") -> Run:
