@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -150,14 +151,16 @@ def lynis_before(vm: VM, manifest: dict) -> tuple[int | None, str | None]:
     """The index of the stock image, before any role ran: (index, where it was reused from,
     None when measured now).
 
-    It depends only on the image (its key names every input) and on the skip list, so it is
-    measured once per image and kept next to it: a lynis run costs 10-25 minutes under TCG,
+    It depends only on the image (its key names every input, lynis's package included) and
+    on how lynis is run (the skip list and lynis_index's code, which hold the command), so it
+    is measured once per image and kept next to it: a lynis run costs 10-25 minutes under TCG,
     and the tier's budget has room for the run that matters, the one after the roles."""
-    skip = hashlib.sha256(" ".join(LYNIS_SKIP).encode()).hexdigest()[:12]
-    path = Path(manifest["ssh_key"]).parent / f"lynis-before-{skip}.json"
+    how = hashlib.sha256(" ".join(LYNIS_SKIP).encode() + b"\0" + inspect.getsource(lynis_index).encode())
+    key = how.hexdigest()[:12]
+    path = Path(manifest["ssh_key"]).parent / f"lynis-before-{key}.json"
     try:
         saved = json.loads(path.read_text())
-        return saved["hardening_index"], f"{saved.get('measured', '?')}, key {path.parent.name}/{skip}"
+        return saved["hardening_index"], f"{saved.get('measured', '?')}, key {path.parent.name}/{key}"
     except (OSError, ValueError, KeyError):
         pass
     idx = lynis_index(vm)
