@@ -8,6 +8,7 @@
 #   spanprobe.modes=tracepoint,kprobe,fentry   strategies to run (default: all three)
 #   spanprobe.load_check=1                     let `spanprobe check` compile and load too
 #   spanprobe.probe=1                          only say SPANPROBE-PROBE-OK and power off
+#   spanprobe.idle=1                           say SPANPROBE-IDLE and wait (the stall test)
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 
@@ -23,10 +24,15 @@ mountpoint -q /proc || mount -t proc proc /proc
 mountpoint -q /sys || mount -t sysfs sysfs /sys
 mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
 echo "SPANPROBE-GUEST-START $(uname -r) $(date +%s)"
+# The heartbeat (ttyS1, the host's heartbeat.log): a line every 2 s while the guest runs;
+# matrix.py looks at the vCPUs when it stops (a guest frozen by the emulator is rebooted in
+# seconds, not after minutes of soft-lockup reports).
+( while :; do cut -d' ' -f1 /proc/uptime; sleep 2; done > /dev/ttyS1 2>/dev/null ) &
 
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         spanprobe.probe=1) echo "SPANPROBE-PROBE-OK"; off ;;
+        spanprobe.idle=1) echo "SPANPROBE-IDLE"; while :; do sleep 60; done ;;
         spanprobe.modes=*) MODES=${arg#spanprobe.modes=} ;;
         spanprobe.load_check=1) LOAD_CHECK=--load-check ;;
     esac

@@ -20,8 +20,10 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,12 +49,15 @@ def build() -> tuple[dict, float]:
 
 
 def qemu_cmd(kernel: dict, disk: str, accel: str, results: Path, append: str, console: Path,
-             tcg_thread: str = "multi") -> list[str]:
+             monitor_sock: Path, tcg_thread: str = "multi") -> list[str]:
     cpu = ["-cpu", "host"] if accel == "kvm" else ["-cpu", "max"]
     accel_opt = "kvm" if accel == "kvm" else f"tcg,thread={tcg_thread}"
+    # ttyS0 the console, ttyS1 the guest's heartbeat (guest_init.sh); the human monitor on a
+    # socket, for the vCPUs' registers when the heartbeat stops (frozen_vcpus)
     return ["qemu-system-x86_64", "-accel", accel_opt, *cpu, "-smp", "2", "-m", MEMORY,
-            "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
-            "-serial", f"file:{console}", "-no-reboot", "-nic", "none",
+            "-nodefaults", "-no-user-config", "-display", "none",
+            "-monitor", f"unix:{monitor_sock},server=on,wait=off",
+            "-serial", f"file:{console}", "-serial", f"file:{results / HEARTBEAT}", "-no-reboot", "-nic", "none",
             "-kernel", kernel["vmlinuz"], "-initrd", kernel["initrd"],
             "-append", f"console=ttyS0 root=/dev/vda rw init=/usr/local/sbin/spanprobe-init panic=-1 {append}",
             # -snapshot semantics for this disk only: the cached image is never written
@@ -89,20 +94,94 @@ def tcg_stall(console_text: str) -> str | None:
             "in a row at the same address)")
 
 
+HEARTBEAT = "heartbeat.log"
+# The guest writes a line to ttyS1 every 2 s from its first shell on; silence this long
+# makes the vCPUs' registers looked at. A guest compiling BPF on both vCPUs under TCG still
+# beats within a few seconds (CFS runs the loop); a frozen one does not beat at all.
+HEARTBEAT_SILENCE_S = 12.0
+REGISTER_SAMPLES, REGISTER_GAP_S = 3, 1.0
+_RIP = re.compile(r"^CPU#(\d+)\n(?:(?!CPU#).*\n)*?RIP=([0-9a-f]+)", re.M)
+
+
+def monitor(sock: Path, command: str, timeout: float = 10.0) -> str:
+    """One command on QEMU's human monitor (a unix socket); its output without the prompt."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(sock))
+        buf = b""
+        while not buf.endswith(b"(qemu) "):
+            chunk = s.recv(65536)
+            if not chunk:
+                raise OSError("monitor closed")
+            buf += chunk
+        s.sendall(command.encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"(qemu) "):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    text = buf.decode(errors="replace").replace("\r", "")
+    return text[:-len("(qemu) ")] if text.endswith("(qemu) ") else text
+
+
+def vcpu_rips(registers: str) -> dict[str, str]:
+    """{vCPU number: RIP} from `info registers -a`."""
+    return dict(_RIP.findall(registers))
+
+
+def frozen_vcpus(samples: list[dict[str, str]]) -> str | None:
+    """The vCPUs frozen by the emulator, from register samples taken while the guest's
+    heartbeat was silent: every vCPU at the same RIP in every sample. A guest that loops in
+    its kernel (which the agent could cause: a failure, never a retry) moves between samples;
+    a guest merely slow keeps beating. Returns what was seen, or None."""
+    if len(samples) < REGISTER_SAMPLES or not samples[0]:
+        return None
+    if any(s.keys() != samples[0].keys() for s in samples):
+        return None
+    still = {cpu: rip for cpu, rip in samples[0].items() if all(s[cpu] == rip for s in samples)}
+    if still.keys() != samples[0].keys():
+        return None
+    where = ", ".join(f"CPU#{cpu} at RIP {rip}" for cpu, rip in sorted(still.items()))
+    return (f"vCPUs frozen by TCG (no heartbeat for {HEARTBEAT_SILENCE_S:.0f} s; {where}, unchanged over "
+            f"{len(samples)} register samples {REGISTER_GAP_S:.0f} s apart)")
+
+
+def heartbeat_stall(monitor_sock: Path) -> str | None:
+    """Sample the vCPUs' registers through the monitor and judge them (frozen_vcpus)."""
+    samples = []
+    for i in range(REGISTER_SAMPLES):
+        if i:
+            time.sleep(REGISTER_GAP_S)
+        try:
+            samples.append(vcpu_rips(monitor(monitor_sock, "info registers -a")))
+        except OSError:
+            return None
+    return frozen_vcpus(samples)
+
+
 def boot(kernel: dict, disk: str, accel: str, results: Path, append: str, timeout: float,
          marker: str | None = None, tcg_thread: str = "multi") -> tuple[int | None, float, Path, str | None]:
     """Run one guest to its poweroff (QEMU exits 0), the timeout, or a TCG stall (then it is
-    stopped at once rather than at the timeout). Returns (rc, seconds, console, stall)."""
+    stopped at once rather than at the timeout). Returns (rc, seconds, console, stall).
+
+    A stall is seen two ways: in seconds, by the guest's heartbeat going silent while every
+    vCPU stays at one address (frozen_vcpus); and as a fallback, by the kernel's own
+    soft-lockup reports naming one address three times (tcg_stall, ~90 s)."""
     if results.exists():
         shutil.rmtree(results)
     results.mkdir(parents=True)
     console = results / "console.log"
-    cmd = qemu_cmd(kernel, disk, accel, results, append, console, tcg_thread)
+    # a short path: a unix socket's name must fit 108 bytes, wherever the results are
+    sock_dir = Path(tempfile.mkdtemp(prefix="spanprobe-qemu-"))
+    monitor_sock = sock_dir / "monitor"
+    cmd = qemu_cmd(kernel, disk, accel, results, append, console, monitor_sock, tcg_thread)
     (results / "qemu-cmd.txt").write_text(" ".join(cmd) + "\n")
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(results / "qemu.log", "w"),
                             stderr=subprocess.STDOUT)
     rc, stall, looked = None, None, t0
+    beats, last_beat = 0, t0
     while time.monotonic() - t0 < timeout:
         rc = proc.poll()
         if rc is not None:
@@ -111,6 +190,15 @@ def boot(kernel: dict, disk: str, accel: str, results: Path, append: str, timeou
             time.sleep(1)
             rc = proc.poll()
             break
+        now = time.monotonic()
+        size = (results / HEARTBEAT).stat().st_size if (results / HEARTBEAT).exists() else 0
+        if size != beats:
+            beats, last_beat = size, now
+        elif accel == "tcg" and beats and now - last_beat > HEARTBEAT_SILENCE_S:
+            stall = heartbeat_stall(monitor_sock) if proc.poll() is None else None
+            if stall:
+                break
+            last_beat = time.monotonic()      # looked: not frozen; look again after another silence
         if accel == "tcg" and time.monotonic() - looked > 10 and console.exists():
             looked = time.monotonic()
             stall = tcg_stall(console.read_text(errors="replace"))
@@ -120,6 +208,7 @@ def boot(kernel: dict, disk: str, accel: str, results: Path, append: str, timeou
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+    shutil.rmtree(sock_dir, ignore_errors=True)
     return rc, time.monotonic() - t0, console, stall
 
 

@@ -1,6 +1,8 @@
 """Quick checks (no root, no QEMU) of how the kernel matrix tells a guest frozen by the
-emulator from one that is slow or looping: matrix.tcg_stall on a real console of a 5.10
-guest whose two vCPUs stopped under multi-threaded TCG (tests/kernels/data/)."""
+emulator from one that is slow or looping, both ways it looks: the kernel's soft-lockup
+reports (matrix.tcg_stall, on a real console of a 5.10 guest whose two vCPUs stopped under
+multi-threaded TCG) and the registers read through QEMU's monitor once the guest's
+heartbeat went silent (matrix.frozen_vcpus; the real boot is test_frozen_guest.py)."""
 
 from __future__ import annotations
 
@@ -46,3 +48,34 @@ def test_a_cpu_that_moves_between_reports_is_no_stall():
              + sep2 + tail2.replace("syscall_exit_to_user_mode+0xb3", "exit_to_user_mode_prepare+0x61", 1))
     assert moved.count("exit_to_user_mode_prepare+0x61") == 2
     assert matrix.tcg_stall(moved) is None
+
+
+# ---- the heartbeat path: `info registers -a` of a real idle 2-vCPU 5.10 guest (QEMU 7.2)
+REGISTERS = (HERE / "data" / "registers-5.10-idle.txt").read_text()
+
+
+def test_every_vcpu_rip_is_read_from_the_monitor_output():
+    assert matrix.vcpu_rips(REGISTERS) == {"0": "ffffffff8471250e", "1": "ffffffff8471250e"}
+
+
+def test_unchanged_registers_over_every_sample_are_a_stall_naming_each_vcpu():
+    rips = matrix.vcpu_rips(REGISTERS)
+    why = matrix.frozen_vcpus([rips] * matrix.REGISTER_SAMPLES)
+    assert why is not None and "no heartbeat" in why
+    assert "CPU#0 at RIP ffffffff8471250e" in why and "CPU#1 at RIP ffffffff8471250e" in why
+
+
+def test_a_vcpu_that_moves_in_any_sample_is_no_stall():
+    rips = matrix.vcpu_rips(REGISTERS)
+    moved = dict(rips, **{"1": "ffffffff81000010"})
+    for i in range(matrix.REGISTER_SAMPLES):
+        samples = [rips] * matrix.REGISTER_SAMPLES
+        samples[i] = moved
+        assert matrix.frozen_vcpus(samples) is None, i
+
+
+def test_too_few_or_empty_samples_are_no_stall():
+    rips = matrix.vcpu_rips(REGISTERS)
+    assert matrix.frozen_vcpus([rips] * (matrix.REGISTER_SAMPLES - 1)) is None
+    assert matrix.frozen_vcpus([{}] * matrix.REGISTER_SAMPLES) is None
+    assert matrix.frozen_vcpus([rips, {"0": rips["0"]}, rips]) is None
