@@ -5,11 +5,13 @@ Everything is read through procfs.SysRoot, so unit tests run on a fake /proc.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import uuid
 from dataclasses import dataclass, field
 
+from . import target_resource
 from .privacy import Redactor
 from .procfs import TCP_ESTABLISHED, TCP_LISTEN, SysRoot
 
@@ -25,8 +27,14 @@ class ProcessInfo:
     exe: str | None
     cmdline: list[str]
     comm: str
-    env_service_name: str | None
+    otel_env: dict[str, str]     # its own OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, as read
     start_time: int | None
+
+    @functools.cached_property
+    def own(self) -> target_resource.TargetResource:
+        """Its own resource variables, parsed (by the SDK's rules) the first time a span or
+        a rule needs them, not for every process a scan of the host reads."""
+        return target_resource.read(self.otel_env)
 
     @property
     def exe_name(self) -> str:
@@ -55,8 +63,11 @@ class ProcessInfo:
 
     @property
     def service_name(self) -> str:
-        if self.env_service_name:
-            return self.env_service_name
+        """As the SDK in the process would name it (OTEL_SERVICE_NAME, then service.name in
+        OTEL_RESOURCE_ATTRIBUTES), else the script or program: the SDK's own last resort,
+        unknown_service:<exe>, says less than the program's name."""
+        if self.own.service_name:
+            return self.own.service_name
         script = self.script
         if script:
             return script.removesuffix(".py").removesuffix(".js").removesuffix(".rb")
@@ -99,12 +110,12 @@ class ProcessRegistry:
         seen = self.seen_exec.get(pid)
         if seen is not None:
             comm, filename = seen
-            return ProcessInfo(pid, filename or None, [filename or comm], comm, None, None)
+            return ProcessInfo(pid, filename or None, [filename or comm], comm, {}, None)
         parent = self.parents.get(pid)
         if parent is not None and parent != pid:
             p = self.get(parent)
             if p is not None:
-                return ProcessInfo(pid, p.exe, p.cmdline, p.comm, p.env_service_name, None)
+                return ProcessInfo(pid, p.exe, p.cmdline, p.comm, p.otel_env, None)
         return None
 
     def on_exec(self, pid: int, comm: str, filename: str, read: bool = True) -> ProcessInfo | None:
@@ -132,8 +143,8 @@ class ProcessRegistry:
         if cmdline is None or comm is None:
             return None
         env = self.root.environ(pid)
-        return ProcessInfo(pid, self.root.exe(pid), cmdline, comm,
-                           env.get("OTEL_SERVICE_NAME") or None, self.root.start_time(pid))
+        otel_env = {k: env[k] for k in target_resource.VARIABLES if env.get(k)}
+        return ProcessInfo(pid, self.root.exe(pid), cmdline, comm, otel_env, self.root.start_time(pid))
 
     def refresh(self, pid: int) -> ProcessInfo | None:
         self.procs.pop(pid, None)
@@ -149,6 +160,8 @@ class ProcessRegistry:
         return str(uuid.uuid5(_INSTANCE_NS, f"{self.boot_id}:{info.pid}:{info.start_time}"))
 
     def resource_attributes(self, info: ProcessInfo) -> dict[str, object]:
+        """What the agent derives about a process; its own variables (info.own) are laid
+        over these and over the agent's settings by SpanBuilder.resource."""
         return {
             "service.name": info.service_name,
             "service.instance.id": self.instance_id(info),

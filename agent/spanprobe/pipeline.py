@@ -287,6 +287,7 @@ class Agent:
         out.update({f"kernel_{k}": v for k, v in kernel.items()})
         out.update(self.assembler.counts)
         out.update(self.extractor.counts)
+        out.update(self.builder.counts)
         if self.exporter is not None:
             out.update(self.exporter.counts)
         return out

@@ -17,7 +17,7 @@ from . import events as ev
 from .clock import MonotonicToWall
 from .discovery import ProcessRegistry
 from .httpparse import METHODS
-from .privacy import Redactor
+from .privacy import REDACTED, Redactor
 from .routes import RouteMatcher
 from .streams import Exchange
 
@@ -56,11 +56,17 @@ class SpanBuilder:
         self.resources: dict[int, Resource] = {}
         self.extractor = extractor                 # business attributes (attributes.py)
         self.rules_for = rules_for or (lambda conn: [])
+        # what targets' own resource variables lost (target_resource), once per process
+        self.counts = dict.fromkeys(("target_resource_pairs_skipped", "target_resource_attributes_dropped",
+                                     "target_resource_attributes_cut", "target_resource_values_redacted"), 0)
 
     def forget(self, pid: int) -> None:
         self.resources.pop(pid, None)
 
     def resource(self, pid: int) -> Resource:
+        """Derived (SDK, host, process) < the agent's own settings (extra_resource, for every
+        target) < the target's own variables, which win on a clash as they would in its
+        own SDK. Built once per process."""
         res = self.resources.get(pid)
         if res is None:
             attrs: dict[str, object] = dict(SDK_ATTRIBUTES)
@@ -71,8 +77,22 @@ class SpanBuilder:
             else:
                 attrs.update({"service.name": f"pid-{pid}", "process.pid": pid})
             attrs.update(self.extra_resource)
+            if info is not None:
+                attrs.update(self._own(info.own))
             res = self.resources[pid] = Resource(attrs)
         return res
+
+    def _own(self, own) -> dict[str, str]:
+        self.counts["target_resource_pairs_skipped"] += own.skipped
+        self.counts["target_resource_attributes_dropped"] += own.dropped
+        self.counts["target_resource_attributes_cut"] += own.cut
+        out = {}
+        for key, value in own.attributes.items():
+            if key != "service.name" and value and self.redactor.secret_param(key):
+                value = REDACTED
+                self.counts["target_resource_values_redacted"] += 1
+            out[key] = value
+        return out
 
     def build(self, x: Exchange) -> ReadableSpan:
         req, resp, conn = x.request, x.response, x.conn

@@ -79,13 +79,16 @@ def interpreter(kind: str) -> str:
 
 class App:
     def __init__(self, kind: str, tmp: Path, service: str | None = None,
-                 downstream: str | None = None, port: int | None = None):
+                 downstream: str | None = None, port: int | None = None, env: dict[str, str] | None = None):
+        """`service` is the app's OTEL_SERVICE_NAME ("" sets none); `env` adds variables."""
         self.kind = kind
         self.port = port or free_port()
-        self.service = service or kind
+        self.service = kind if service is None else service
         self.timing_file = tmp / f"timing-{kind}-{self.port}.txt"
         self.log = tmp / f"app-{kind}-{self.port}.log"
-        env = {"OTEL_SERVICE_NAME": self.service, "APP_TIMING_FILE": str(self.timing_file)}
+        env = dict(env or {}, APP_TIMING_FILE=str(self.timing_file))
+        if self.service:
+            env["OTEL_SERVICE_NAME"] = self.service
         if downstream:
             env["DOWNSTREAM_URL"] = downstream
         cmd = [interpreter(kind)] + [a.format(port=self.port) for a in SERVERS[kind]]

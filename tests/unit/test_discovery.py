@@ -86,8 +86,9 @@ WORKER_CLIENT = ExistingConnection(WORKER, 3, ev.ROLE_CLIENT, ("10.0.0.5", 46000
 
 # ---- ProcessInfo ----
 
-def info(argv, exe="/usr/bin/python3.11", comm="python3", env_name=None, pid=42) -> ProcessInfo:
-    return ProcessInfo(pid, exe, argv, comm, env_name, 1)
+def info(argv, exe="/usr/bin/python3.11", comm="python3", env_name=None, pid=42, env=None) -> ProcessInfo:
+    otel_env = dict(env or {}, **({"OTEL_SERVICE_NAME": env_name} if env_name else {}))
+    return ProcessInfo(pid, exe, argv, comm, otel_env, 1)
 
 
 @pytest.mark.parametrize("argv, exe, script, service", [
@@ -116,13 +117,27 @@ def test_service_name_from_environment_wins():
     assert info(["python3", "app.py"], env_name="checkout").service_name == "checkout"
 
 
+def test_service_name_from_resource_attributes_beats_the_program_name():
+    # issue 17: a gunicorn service named by its own OTEL_RESOURCE_ATTRIBUTES
+    p = info(["/usr/bin/python3", "/usr/bin/gunicorn", "app:app"],
+             env={"OTEL_RESOURCE_ATTRIBUTES": "service.name=catalogue,service.namespace=shop"})
+    assert p.service_name == "catalogue"
+    assert p.own.attributes == {"service.name": "catalogue", "service.namespace": "shop"}
+
+
+def test_otel_service_name_beats_service_name_in_resource_attributes():
+    p = info(["python3", "app.py"], env_name="checkout",
+             env={"OTEL_RESOURCE_ATTRIBUTES": "service.name=catalogue"})
+    assert p.service_name == "checkout"
+
+
 def test_exe_name_falls_back_to_comm_and_drops_deleted():
     assert info(["x"], exe=None, comm="gunicorn").exe_name == "gunicorn"
     assert info(["x"], exe="/usr/bin/python3.11 (deleted)").exe_name == "python3.11"
 
 
 def test_service_name_of_a_nameless_process_is_its_pid():
-    assert ProcessInfo(7, None, [], "", None, None).service_name == "pid-7"
+    assert ProcessInfo(7, None, [], "", {}, None).service_name == "pid-7"
 
 
 def test_names():
@@ -130,7 +145,7 @@ def test_names():
     assert p.names() == {"python3", "python3.11", "/usr/bin/python3.11", "app.py", "app"}
     q = info(["nginx: worker process"], exe="/usr/sbin/nginx", comm="nginx")
     assert q.names() == {"nginx", "/usr/sbin/nginx", "nginx: worker process"}
-    assert "" not in ProcessInfo(1, None, [], "", None, None).names()
+    assert "" not in ProcessInfo(1, None, [], "", {}, None).names()
 
 
 # ---- Selection ----
@@ -232,8 +247,8 @@ def test_registry_reads_proc(registry):
 def test_registry_remembers_exec_of_a_process_gone_from_proc(registry):
     p = registry.on_exec(555, "curl", "/usr/bin/curl")
     assert p is not None
-    assert (p.pid, p.exe, p.cmdline, p.comm, p.env_service_name, p.start_time) == \
-        (555, "/usr/bin/curl", ["/usr/bin/curl"], "curl", None, None)
+    assert (p.pid, p.exe, p.cmdline, p.comm, p.otel_env, p.start_time) == \
+        (555, "/usr/bin/curl", ["/usr/bin/curl"], "curl", {}, None)
     assert p.service_name == "curl"
     assert registry.get(555) is p
     registry.forget(555)
