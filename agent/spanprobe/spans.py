@@ -43,6 +43,18 @@ def split_host(value: str | None) -> tuple[str | None, int | None]:
     return host or None, int(port) if port.isdigit() else None
 
 
+_WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def local_end(local: tuple[str, int] | None) -> tuple[str | None, int | None]:
+    """The socket's own address and port, without a wildcard address (a listener bound to
+    0.0.0.0 or :: says nothing about which address the client reached) or a zero port."""
+    if not local:
+        return None, None
+    address, port = local
+    return (None if address in _WILDCARDS else address), (port or None)
+
+
 class SpanBuilder:
     def __init__(self, registry: ProcessRegistry, routes: RouteMatcher, redactor: Redactor,
                  clock: MonotonicToWall, host_name: str, extra_resource: dict[str, object],
@@ -124,6 +136,11 @@ class SpanBuilder:
             attrs["http.response.body.size"] = resp.body_size
         if conn.peer:
             attrs["network.peer.address"], attrs["network.peer.port"] = conn.peer
+        local_address, local_port = local_end(conn.local)
+        if local_address:
+            attrs["network.local.address"] = local_address
+        if local_port:
+            attrs["network.local.port"] = local_port
         if server:
             attrs["url.scheme"] = "http"
             attrs["url.path"] = path
@@ -132,9 +149,10 @@ class SpanBuilder:
             attrs["http.route"] = route
             if conn.peer:
                 attrs["client.address"], attrs["client.port"] = conn.peer
-            local_host = conn.local[0] if conn.local else None
-            attrs["server.address"] = host or local_host or self.host_name
-            port = host_port or (conn.local[1] if conn.local else None)
+            # the Host header names the server as the client asked for it (semantic
+            # conventions: the logical address); without one, the socket's own end
+            attrs["server.address"] = host or local_address or self.host_name
+            port = host_port or local_port
             if port:
                 attrs["server.port"] = port
             kind = SpanKind.SERVER

@@ -64,6 +64,7 @@ def test_server_span_attributes(stack, receiver, kind):
         "network.peer.address": "127.0.0.1", "network.peer.port": client_port,
         "network.protocol.version": "1.1", "user_agent.original": "spanprobe-test/1.0",
         "http.response.body.size": len(body),
+        "network.local.address": "127.0.0.1", "network.local.port": app.port,
     }
     assert {k: a.get(k) for k in expected} == expected
     assert span["trace_id"] != "0" * 32 and span["span_id"] != "0" * 16
@@ -76,6 +77,19 @@ def test_server_span_attributes(stack, receiver, kind):
     assert r["host.name"] == socket.gethostname()
     assert len(r["service.instance.id"]) == 36
     assert ("gunicorn" in r["process.command_line"]) == ("gunicorn" in kind)
+
+
+@pytest.mark.parametrize("kind", SERVER_APPS)
+def test_a_forwarded_host_keeps_the_real_local_port(stack, receiver, kind):
+    # issue 17: a proxy forwarding "Host: localhost:8081" to the service on its own port
+    app = stack[0][kind]
+    n = uid()
+    r = requests.get(f"{app.url}/users/{n}", headers={"Host": "localhost:8081"}, timeout=10)
+    assert r.status_code == 200
+    (span,) = server_spans(receiver, f"/users/{n}")
+    a = span["attributes"]
+    assert (a["server.address"], a["server.port"]) == ("localhost", 8081)
+    assert (a["network.local.address"], a["network.local.port"]) == ("127.0.0.1", app.port)
 
 
 @pytest.mark.parametrize("kind", SERVER_APPS)
@@ -113,6 +127,9 @@ def test_outbound_call_is_a_child_and_downstream_joins_the_trace(stack, receiver
     assert a["url.full"] == f"http://127.0.0.1:{inventory}/users/7"
     assert a["server.port"] == inventory and a["server.address"] == "127.0.0.1"
     assert a["http.response.status_code"] == 200 and cli["status"] == "UNSET"
+    # the client's own end of the connection is the end the downstream server saw
+    assert a["network.local.address"] == "127.0.0.1"
+    assert a["network.local.port"] == down["attributes"]["client.port"] > 0
     assert srv["start"] <= cli["start"] <= down["start"] <= down["end"] <= cli["end"] <= srv["end"]
 
 

@@ -113,6 +113,8 @@ def test_server_span_name_kind_and_attributes(builder):
         "http.response.body.size": 12,
         "network.peer.address": "10.0.0.9",
         "network.peer.port": 51000,
+        "network.local.address": "10.0.0.5",
+        "network.local.port": 8000,
         "url.scheme": "http",
         "url.path": "/users/42",
         "url.query": "q=shoes&token=REDACTED",
@@ -131,6 +133,46 @@ def test_server_span_name_kind_and_attributes(builder):
     assert span.start_time == OFFSET + 1_000
     assert span.end_time == OFFSET + 5_000
     assert span.instrumentation_scope.name == "spanprobe"
+
+
+# ---- the socket's own end (issue 17, item 2) ----
+
+def test_a_forwarded_host_keeps_the_real_local_port_beside_it(builder):
+    # a proxy forwards "Host: localhost:8081" to the service listening on 8082
+    x = exchange(ev.ROLE_SERVER, request(headers={"host": "localhost:8081"}), response(),
+                 local=("127.0.0.1", 8082))
+    a = builder.build(x).attributes
+    assert (a["server.address"], a["server.port"]) == ("localhost", 8081)
+    assert (a["network.local.address"], a["network.local.port"]) == ("127.0.0.1", 8082)
+
+
+def test_without_a_host_header_the_socket_names_the_server(builder):
+    x = exchange(ev.ROLE_SERVER, request(version="1.0"), response(), local=("10.0.0.5", 8000))
+    a = builder.build(x).attributes
+    assert (a["server.address"], a["server.port"]) == ("10.0.0.5", 8000)
+
+
+@pytest.mark.parametrize("wildcard", ["0.0.0.0", "::"])
+def test_a_wildcard_local_address_is_never_exported_but_its_port_is(builder, wildcard):
+    x = exchange(ev.ROLE_SERVER, request(), response(), local=(wildcard, 8000))
+    a = builder.build(x).attributes
+    assert "network.local.address" not in a and a["network.local.port"] == 8000
+    assert (a["server.address"], a["server.port"]) == ("host-a", 8000)
+
+
+def test_an_unknown_local_end_is_left_out(builder):
+    a = builder.build(exchange(ev.ROLE_SERVER, request(), response(), local=None)).attributes
+    assert "network.local.address" not in a and "network.local.port" not in a
+    assert a["server.address"] == "host-a" and "server.port" not in a
+
+
+def test_a_client_span_carries_its_own_local_end(builder):
+    x = exchange(ev.ROLE_CLIENT, request(headers={"host": "api.internal"}), response(),
+                 peer=("10.0.0.8", 80), local=("10.0.0.5", 45678))
+    a = builder.build(x).attributes
+    assert (a["network.local.address"], a["network.local.port"]) == ("10.0.0.5", 45678)
+    assert (a["server.address"], a["server.port"]) == ("api.internal", 80)
+
 
 
 def test_server_address_from_the_local_socket_without_host_header(builder):
@@ -259,6 +301,8 @@ def test_client_span_attributes(builder):
         "http.response.body.size": 40,
         "network.peer.address": "10.0.0.7",
         "network.peer.port": 8080,
+        "network.local.address": "10.0.0.5",
+        "network.local.port": 45000,
         "server.address": "inventory",
         "server.port": 8080,
         "url.full": "http://inventory:8080/v1/items?id=3&api_key=REDACTED",
