@@ -79,3 +79,23 @@ def test_too_few_or_empty_samples_are_no_stall():
     assert matrix.frozen_vcpus([rips] * (matrix.REGISTER_SAMPLES - 1)) is None
     assert matrix.frozen_vcpus([{}] * matrix.REGISTER_SAMPLES) is None
     assert matrix.frozen_vcpus([rips, {"0": rips["0"]}, rips]) is None
+
+
+# ---- a panic on an int3 that is not in memory: a real 6.12 console (QEMU 7.2, MTTCG)
+STALE_INT3 = (HERE / "data" / "console-6.12-tcg-stale-int3.txt").read_text()
+
+
+def test_an_int3_oops_with_no_int3_in_memory_is_the_emulators_fault():
+    why = matrix.tcg_stale_int3(STALE_INT3)
+    assert why is not None and "__schedule+0x411/0xbe0" in why and "the byte there is e9" in why
+
+
+def test_an_int3_oops_over_a_real_int3_stays_a_failure():
+    real = STALE_INT3.replace("00 00 e9 <03> 01", "00 00 cc <03> 01")
+    assert real != STALE_INT3
+    assert matrix.tcg_stale_int3(real) is None
+
+
+def test_a_console_without_an_int3_oops_is_no_stall():
+    assert matrix.tcg_stale_int3(STALLED) is None
+    assert matrix.tcg_stale_int3(STALE_INT3.replace("Oops: int3", "Oops: general protection fault")) is None
