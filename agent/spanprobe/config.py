@@ -202,6 +202,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("log_level", str, "info", "debug, info, warning or error",
         _one_of(("debug", "info", "warning", "error")), flag="--log-level"),
     Key("stats_interval_s", float, 30.0, "how often counters are logged", _between(0.5, 86400)),
+    Key("request_timeout_s", float, 30.0, "a request with no response after this long is exported "
+        "with what is known, as an error (error.type=timeout)", _between(0.1, 86400)),
 )
 KEYS = {k.path: k for k in SCHEMA}
 SECTIONS = {k.path.split(".")[0] for k in SCHEMA if "." in k.path}

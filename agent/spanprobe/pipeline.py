@@ -47,6 +47,7 @@ from .streams import Exchange
 log = logging.getLogger("spanprobe")
 
 STOP_DRAIN_S = 0.5      # at stop, time left to handle what the buffer still holds
+EXPIRE_EVERY_S = 1.0    # how often requests past request_timeout_s are looked for
 
 
 def agent_resource_attributes(settings: Settings, env: dict[str, str]) -> dict[str, object]:
@@ -186,6 +187,7 @@ class Agent:
         deadline = time.monotonic() + self.stop_after if self.stop_after else None
         interval = self.settings["poll_interval_ms"]
         next_stats = time.monotonic() + self.settings["stats_interval_s"]
+        next_expire = time.monotonic() + EXPIRE_EVERY_S
         try:
             while not self.stop.is_set():
                 t0 = time.monotonic()
@@ -194,6 +196,9 @@ class Agent:
                 self.process_batch(self._checkpoint)
                 self.losses.poll(self.counters)
                 now = time.monotonic()
+                if now >= next_expire:
+                    self.expire(self.session.now_ns(), self.settings["request_timeout_s"])
+                    next_expire = now + EXPIRE_EVERY_S
                 if now >= next_stats:
                     self.log_stats("stats")
                     self.faults.summarise()
@@ -226,9 +231,18 @@ class Agent:
         spans = build_spans(self.builder, exchanges, self.faults)
         self.router.forget_exited()
         self.apply(self.router.take_requests())
+        self._submit(spans)
+
+    def _submit(self, spans: list) -> None:
         if spans:
             self.stats.spans += len(spans)
             self.exporter.submit(spans)
+
+    def expire(self, now_ns: int, timeout_s: float, error_type: str = "timeout") -> None:
+        """Requests with no response `timeout_s` after they started, exported now as errors
+        with what is known (Assembler.expire); `now_ns` on the kernel's clock (monotonic)."""
+        if self.assembler.expire(now_ns, int(timeout_s * 1_000_000_000), error_type):
+            self._submit(build_spans(self.builder, self.router.finished(), self.faults))
 
     # ---- requests from the stages -> the kernel session ----
     def apply(self, requests: list[Request]) -> None:
@@ -303,6 +317,8 @@ class Agent:
             self.session.poll(0)
             drain_until = time.monotonic() + STOP_DRAIN_S
             self.process_batch(lambda: time.monotonic() > drain_until)
+            # requests still waiting for a response: exported as such, never dropped silently
+            self.expire(self.session.now_ns(), 0, "agent_stopped")
         except Exception as exc:
             log.warning("final drain failed: %s", exc)
         self._kernel_counters = self.session.counters()

@@ -174,6 +174,11 @@ class Router:
                 handlers[e.h.kind](e)
             except Exception as exc:
                 self._failed(e, exc)
+        return self.finished()
+
+    def finished(self) -> list[Exchange]:
+        """The exchanges finished since the last call (by a batch, or given up on by
+        Assembler.expire)."""
         self.assembler.drain()
         out = self._finished[:]
         self._finished.clear()

@@ -171,7 +171,7 @@ class SpanBuilder:
             kind = SpanKind.CLIENT
             error = status is None or status >= 400
         if x.aborted:
-            attrs["error.type"] = "connection_closed"
+            attrs["error.type"] = x.error_type or "connection_closed"
             status_obj = Status(StatusCode.ERROR, x.aborted)
         elif error:
             attrs["error.type"] = str(status)
@@ -185,7 +185,7 @@ class SpanBuilder:
             self.extractor.apply(rules, self.resource(conn.tgid).attributes.get("service.name", ""),
                                  req, resp, path, raw_query, attrs)
         start = req.start_ts
-        end = resp.end_ts if resp is not None and resp.end_ts else (req.end_ts or start)
+        end = resp.end_ts if resp is not None and resp.end_ts else (x.ended_ts or req.end_ts or start)
         # the trace flags come with the trace: an incoming traceparent's (sampled or not,
         # W3C trace-context), else the agent's own choice for a trace it starts (sampled)
         flags = _SAMPLED if x.trace_flags == TraceFlags.SAMPLED else TraceFlags(x.trace_flags)
