@@ -39,6 +39,7 @@ from .procfs import SysRoot
 from .pyruntime import Calibrations
 from .router import HostSockets, Router, RuleScopes
 from .routes import RouteMatcher
+from .sampling import SAMPLED, HeadSampler
 from .session import (CaptureRequest, KernelSession, ProcessGone, PythonCheckRequest,
                       PythonLinkRequest, Request, SelectRequest, SessionOpener)
 from .spans import SpanBuilder
@@ -76,6 +77,7 @@ class Stats:
     events: int = 0
     perf_lost: int = 0
     spans: int = 0
+    unsampled: int = 0      # exchanges head sampling dropped: no span built
     started: float = field(default_factory=time.monotonic)
 
 
@@ -121,7 +123,8 @@ class Agent:
                                    agent_resource_attributes(settings, self.env),
                                    self.extractor, self.scopes.rules_for)
         self.router = Router(self.registry, self.selection, self.scopes,
-                             HostSockets(self.root, os.getpid()), self.builder, requests, self.faults)
+                             HostSockets(self.root, os.getpid()), self.builder, requests, self.faults,
+                             HeadSampler(settings["sampling.sampler"], settings["sampling.ratio"]))
         self.assembler = self.router.assembler
         self.calibrations = calibrations or Calibrations(self.root)
         self.python_pending: dict[int, tuple] = {}   # calibrated, linking not on yet (no call out)
@@ -228,10 +231,16 @@ class Agent:
             batch.sort(key=lambda raw: int.from_bytes(raw[:8], "little"))
         self.stats.events += len(batch)
         exchanges = self.router.route(batch, should_stop or self._checkpoint)
-        spans = build_spans(self.builder, exchanges, self.faults)
+        spans = self._build(exchanges)
         self.router.forget_exited()
         self.apply(self.router.take_requests())
         self._submit(spans)
+
+    def _build(self, exchanges: list[Exchange]) -> list:
+        """Spans of the sampled exchanges; the others (head sampling) are only counted."""
+        sampled = [x for x in exchanges if x.trace_flags & SAMPLED]
+        self.stats.unsampled += len(exchanges) - len(sampled)
+        return build_spans(self.builder, sampled, self.faults)
 
     def _submit(self, spans: list) -> None:
         if spans:
@@ -242,7 +251,7 @@ class Agent:
         """Requests with no response `timeout_s` after they started, exported now as errors
         with what is known (Assembler.expire); `now_ns` on the kernel's clock (monotonic)."""
         if self.assembler.expire(now_ns, int(timeout_s * 1_000_000_000), error_type):
-            self._submit(build_spans(self.builder, self.router.finished(), self.faults))
+            self._submit(self._build(self.router.finished()))
 
     # ---- requests from the stages -> the kernel session ----
     def apply(self, requests: list[Request]) -> None:
@@ -291,6 +300,7 @@ class Agent:
             "events_received": self.stats.events,
             "decode_errors": self.router.decode_errors,
             "spans_built": self.stats.spans,
+            "spans_unsampled": self.stats.unsampled,
             "span_build_errors": self.faults.counts["build"],
             "perf_events_lost": self.stats.perf_lost,
             "events_abandoned_at_stop": self.router.abandoned,

@@ -153,9 +153,13 @@ class Assembler:
                  resolve_listen: Callable[[int, int], tuple[str, int] | None] | None = None,
                  own_peer: Callable[[tuple[str, int]], bool] | None = None,
                  body_needs: Callable[["Connection"], tuple[int, int]] | None = None,
-                 *, limits: AssemblerLimits = AssemblerLimits()):
+                 *, limits: AssemblerLimits = AssemblerLimits(),
+                 sample: Callable[[int, int | None, int, bool], int] | None = None):
         self.emit = emit
         self.limits = limits
+        # head sampling (sampling.HeadSampler): (trace id, parent, its flags, remote) -> the
+        # new span's flags; None keeps the parent's flags, sampled for a new trace
+        self.sample = sample
         # bytes of request and response bodies to keep for a connection (json_body rules)
         self.body_needs = body_needs or (lambda conn: (0, 0))
         self.resolve_listen = resolve_listen or (lambda pid, fd: None)
@@ -475,6 +479,8 @@ class Assembler:
                     trace_id, parent, flags = srv.trace_id, srv.span_id, srv.trace_flags
                 else:
                     trace_id = new_trace_id()
+        if self.sample is not None:
+            flags = self.sample(trace_id, parent, flags, remote)
         x = Exchange(conn, msg, trace_id, new_span_id(), parent, remote, flags)
         conn.inflight.append(x)
         if conn.role == ev.ROLE_SERVER:

@@ -378,3 +378,21 @@ def test_the_loop_exports_a_request_past_its_timeout_and_stop_exports_the_rest(r
     c = final_counters(caplog)
     assert c["exchanges_timed_out"] == 1 and c["exchanges_in_flight_at_stop"] == 1
     assert c["spans_exported"] == 2
+
+
+@pytest.mark.parametrize("sampler, flags, exported", [
+    ("parentbased_always_on", "00", 0), ("parentbased_always_on", "01", 1), ("always_on", "00", 1),
+    ("always_off", "01", 0)])
+def test_head_sampling_drops_unsampled_exchanges_before_a_span_is_built(root, caplog, sampler, flags, exported):
+    caplog.set_level(logging.INFO, "spanprobe")
+    agent, session, exporter = make_agent(root, {"sampling.sampler": sampler})
+    agent.start()
+    tp = f"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"
+    session.inject(*exchange(1_000, req=REQ.replace(b"\r\n\r\n", f"\r\ntraceparent: {tp}\r\n\r\n".encode())))
+    step(agent)
+    agent.shutdown()
+    assert len(exporter.spans) == exported
+    if exported:
+        assert exporter.spans[0].context.trace_flags.sampled
+    c = final_counters(caplog)
+    assert (c["spans_unsampled"], c["spans_built"]) == (1 - exported, exported)
