@@ -33,16 +33,46 @@ SAMPLED = int(TraceFlags.SAMPLED)
 
 class HeadSampler:
     """(trace id, parent span id or None, the parent's trace flags, parent is remote) ->
-    the trace flags of the new span: the parent's other bits, the sampled bit decided."""
+    the trace flags of the new span: the parent's other bits, the sampled bit decided.
+
+    Every answer is the SDK sampler's. Where it cannot depend on the trace id (a static
+    sampler, or a parent-based one given a parent) the SDK is asked once per case here and
+    the answer reused: asking per request costs ~3 µs (a context built, then looked up), a
+    tenth of the agent's whole cost per span. Where it does depend on the trace id (the
+    ratio samplers) the SDK's ratio sampler is asked per request (~1 µs)."""
+
+    _PROBE_TRACE, _PROBE_PARENT = 0x0AF7651916CD43DD8448EB211C80319C, 0x00F067AA0BA902B7
 
     def __init__(self, name: str, ratio: float = 1.0):
         self.name = name
         self.sampler = SAMPLERS[name](ratio)
+        ratio_based = name in RATIO_SAMPLERS
+        # a parent's (remote, sampled) -> sampled, where the trace id has no say
+        self.by_parent = None
+        if name.startswith("parentbased_") or not ratio_based:
+            self.by_parent = {(remote, sampled): self.ask(self._PROBE_TRACE, self._PROBE_PARENT,
+                                                          SAMPLED if sampled else 0, remote)
+                              for remote in (False, True) for sampled in (False, True)}
+        # a new trace: the SDK's ratio sampler per trace id, or one answer for all
+        self.root = sdk.TraceIdRatioBased(ratio) if ratio_based else None
+        self.root_answer = None if ratio_based else self.ask(self._PROBE_TRACE, None, SAMPLED, False)
 
-    def __call__(self, trace_id: int, parent_span_id: int | None, flags: int, remote: bool) -> int:
+    def ask(self, trace_id: int, parent_span_id: int | None, flags: int, remote: bool) -> bool:
+        """The SDK sampler's own decision, asked the way an SDK would ask it."""
         context = None
         if parent_span_id:
             parent = SpanContext(trace_id, parent_span_id, remote, TraceFlags(flags & 0xFF))
             context = trace.set_span_in_context(NonRecordingSpan(parent))
-        sampled = self.sampler.should_sample(context, trace_id, "").decision.is_sampled()
+        return self.sampler.should_sample(context, trace_id, "").decision.is_sampled()
+
+    def __call__(self, trace_id: int, parent_span_id: int | None, flags: int, remote: bool) -> int:
+        if parent_span_id:
+            if self.by_parent is not None:
+                sampled = self.by_parent[(remote, bool(flags & SAMPLED))]
+            else:       # traceidratio, not parent-based: the trace id decides, parent or not
+                sampled = self.root.should_sample(None, trace_id, "").decision.is_sampled()
+        elif self.root_answer is not None:
+            sampled = self.root_answer
+        else:
+            sampled = self.root.should_sample(None, trace_id, "").decision.is_sampled()
         return (flags & ~SAMPLED) | (SAMPLED if sampled else 0)

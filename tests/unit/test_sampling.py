@@ -109,3 +109,18 @@ def test_spanprobe_variables_and_the_file_order_as_for_every_key(tmp_path):
     assert s["sampling.sampler"] == "always_on"
     s = config.resolve({}, env={}, file=f)
     assert (s["sampling.sampler"], s["sampling.ratio"]) == ("traceidratio", 0.5)
+
+
+@pytest.mark.parametrize("name", sorted(__import__("spanprobe.sampling", fromlist=["SAMPLERS"]).SAMPLERS))
+def test_every_answer_is_what_the_sdk_sampler_says_when_asked_each_time(name):
+    # the reused answers (HeadSampler.by_parent, root_answer) against the SDK asked per call
+    rng = random.Random(name)
+    s = HeadSampler(name, 0.37)
+    for _ in range(3000):
+        trace_id = rng.getrandbits(128) or 1
+        parent = rng.choice([None, rng.getrandbits(64) or 1])
+        flags, remote = rng.choice([0, 1, 2, 3]), rng.choice([False, True])
+        want = s.ask(trace_id, parent, flags if parent else SAMPLED, remote)
+        got = s(trace_id, parent, flags if parent else SAMPLED, remote)
+        assert bool(got & SAMPLED) == want, (trace_id, parent, flags, remote)
+        assert got & ~SAMPLED == (flags if parent else SAMPLED) & ~SAMPLED
