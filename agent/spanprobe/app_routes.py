@@ -130,12 +130,40 @@ def _segments_brace(text: str) -> tuple[list, list, bool] | None:
     return segs, names, greedy
 
 
+def _split_regex(text: str) -> list[str]:
+    """A route regex split on the slashes outside groups and classes (`([^/]+)` is one
+    piece), each piece without its anchors; empty pieces and an optional slash dropped."""
+    pieces, cur, depth, i = [], "", 0, 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            cur += text[i:i + 2]
+            i += 2
+            continue
+        if c in "([":
+            depth += 1
+        elif c in ")]":
+            depth = max(0, depth - 1)
+        if c == "/" and depth == 0:
+            pieces.append(cur)
+            cur = ""
+        else:
+            cur += c
+        i += 1
+    pieces.append(cur)
+    out = []
+    for p in pieces:
+        p = p.removeprefix("^").removesuffix("$").removesuffix("?")
+        if p:
+            out.append(p)
+    return out
+
+
 def _segments_regex(text: str) -> tuple[list, list, bool] | None:
     """Tornado, Django re_path: each group a segment of any text; literal segments plain
     text only (else the route is not used: its regex is never compiled)."""
-    body = text.removeprefix("^").removesuffix("$").removesuffix("/?")
     segs, names, greedy = [], [], False
-    for seg in [s for s in body.strip("/").split("/") if s]:
+    for seg in _split_regex(text):
         m = _REGEX_GROUP.fullmatch(seg)
         if m:
             segs.append(CONVERTERS.get(m.group("body")))
