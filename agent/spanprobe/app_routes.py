@@ -11,7 +11,8 @@ the same project, Django URLconfs through `include`):
   decorators   `@x.route("/p")`, `@x.get|post|put|patch|delete|head|options("/p")` (Flask,
                FastAPI/Starlette routers, Bottle, Sanic, Hug), `@route("/p")`, `@get("/p")`
   calls        `x.add_url_rule("/p")` (Flask), `x.add_route("/p", r)` (Falcon), Pyramid's
-               `config.add_route(name, "/p")`, Starlette `Route("/p")` / `Mount("/p")`,
+               `config.add_route(name, "/p")`, Starlette `Route("/p")` (a `Mount`'s prefix
+               is not joined: its routes fall back to the heuristic),
                Django `path("p", ...)` / `re_path(r"^p$", ...)` / `include("mod")`,
                Tornado `(r"/p", Handler)` tuples and `url(r"/p", ...)`, CherryPy Routes
                `d.connect(name, "/p")`
@@ -353,8 +354,6 @@ def _call(call: ast.Call, mod: Module) -> None:
         mod.cherry_roots.append((root_cls, point))
     elif fn == "Application" and call.args and isinstance(call.args[0], ast.List):
         _tornado(call.args[0], mod)                                 # Tornado: Application([...])
-    elif fn == "Mount":
-        pass
 
 
 def _tornado(handlers: ast.List, mod: Module) -> None:
