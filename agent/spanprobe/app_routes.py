@@ -11,8 +11,9 @@ the same project, Django URLconfs through `include`):
   decorators   `@x.route("/p")`, `@x.get|post|put|patch|delete|head|options("/p")` (Flask,
                FastAPI/Starlette routers, Bottle, Sanic, Hug), `@route("/p")`, `@get("/p")`
   calls        `x.add_url_rule("/p")` (Flask), `x.add_route("/p", r)` (Falcon), Pyramid's
-               `config.add_route(name, "/p")`, Starlette `Route("/p")` (a `Mount`'s prefix
-               is not joined: its routes fall back to the heuristic),
+               `config.add_route(name, "/p")`, Starlette `Route("/p")` and
+               `Mount("/p", routes=[...])` (nested; a Mount of another app or router
+               variable is not followed: its routes fall back to the heuristic),
                Django `path("p", ...)` / `re_path(r"^p$", ...)` / `include("mod")`,
                Tornado `(r"/p", Handler)` tuples and `url(r"/p", ...)`, CherryPy Routes
                `d.connect(name, "/p")`
@@ -249,6 +250,7 @@ class Module:
     frameworks: set[str] = field(default_factory=set)
     cherry_roots: list[tuple[str, str]] = field(default_factory=list)   # (class name, mount point)
     cherry_classes: dict[str, list[tuple[str, list[str]]]] = field(default_factory=dict)
+    mounted_calls: set[int] = field(default_factory=set)   # Starlette Route calls a Mount took
 
 
 def _decorator_route(dec: ast.expr) -> tuple[str, str | None] | None:
@@ -308,6 +310,7 @@ def read_module(source: str, name: str = "") -> Module:
                         mod.prefixes[t.id] = prefix
         if isinstance(node, ast.Call):
             _call(node, mod)
+    mod.mounted_calls.clear()           # ids of this tree's nodes: meaningless once it is gone
     return mod
 
 
@@ -323,10 +326,12 @@ def _call(call: ast.Call, mod: Module) -> None:
             mod.routes.append((second, "brace", None))
         elif first is not None and first.startswith("/"):          # Falcon: (template, resource)
             mod.routes.append((first, "brace", None))
-    elif fn in ("Route", "WebSocketRoute"):                          # Starlette
+    elif fn in ("Route", "WebSocketRoute") and id(call) not in mod.mounted_calls:   # Starlette
         path = _arg(call, 0, "path")
         if path and path.startswith("/"):
             mod.routes.append((path, "brace", None))
+    elif fn == "Mount" and id(call) not in mod.mounted_calls:
+        _starlette_mount(call, "", mod)
     elif fn in ("path", "re_path", "url") and call.args:           # Django (url: Tornado too)
         path = _const(call.args[0])
         target = call.args[1] if len(call.args) > 1 else None
@@ -354,6 +359,28 @@ def _call(call: ast.Call, mod: Module) -> None:
         mod.cherry_roots.append((root_cls, point))
     elif fn == "Application" and call.args and isinstance(call.args[0], ast.List):
         _tornado(call.args[0], mod)                                 # Tornado: Application([...])
+
+
+def _starlette_mount(call: ast.Call, outer: str, mod: Module) -> None:
+    """A Mount's routes with its prefix (and its nested Mounts'), taken once: ast.walk
+    meets the Mount before the calls inside it, which it then skips."""
+    prefix = _arg(call, 0, "path")
+    routes = next((k.value for k in call.keywords if k.arg == "routes"),
+                  call.args[1] if len(call.args) > 1 else None)
+    if prefix is None or not isinstance(routes, (ast.List, ast.Tuple)):
+        return
+    for item in routes.elts:
+        if not isinstance(item, ast.Call):
+            continue
+        kind = _callee(item)[1]
+        if kind in ("Route", "WebSocketRoute"):
+            path = _arg(item, 0, "path")
+            if path and path.startswith("/"):
+                mod.mounted_calls.add(id(item))
+                mod.routes.append((join(join(outer, prefix), path), "brace", None))
+        elif kind == "Mount":
+            mod.mounted_calls.add(id(item))
+            _starlette_mount(item, join(outer, prefix), mod)
 
 
 def _tornado(handlers: ast.List, mod: Module) -> None:

@@ -122,6 +122,24 @@ def test_blueprint_and_router_prefixes_are_joined(tmp_path):
         """}, ["main"])
     assert t.route("/api/shop/12/items/blue-shirt") == "/api/shop/{item}/items/{colour}"
 
+    t = table(tmp_path / "s", {
+        "main.py": """
+            from starlette.applications import Starlette
+            from starlette.routing import Mount, Route
+            app = Starlette(routes=[
+                Route("/health", health),
+                Mount("/api", routes=[
+                    Route("/teams/{team}", team),
+                    Mount("/v2", routes=[Route("/teams/{team}/members/{member}", member)]),
+                ]),
+                Mount("/static", app=StaticFiles(directory="static")),
+            ])
+        """}, ["main"])
+    assert t.route("/api/teams/platform") == "/api/teams/{team}"
+    assert t.route("/api/v2/teams/platform/members/ada") == "/api/v2/teams/{team}/members/{member}"
+    assert t.route("/health") == "/health"
+    assert t.route("/teams/platform") is None          # a mounted route is not also at the root
+
 
 def test_django_includes_are_followed_from_the_settings_module(tmp_path):
     files = {
