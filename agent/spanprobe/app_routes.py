@@ -435,7 +435,12 @@ class Reader:
         self.unreadable = 0
 
     def module_file(self, module: str) -> Path | None:
-        rel = Path(*module.split("."))
+        """The file of a dotted module name; a name that is not dotted identifiers (a
+        Django include's string is any text: "/etc/x", "a/../../b") names no file."""
+        parts = module.split(".")
+        if not all(p.isidentifier() for p in parts):
+            return None
+        rel = Path(*parts)
         for base in self.search:
             for cand in (base / rel.with_suffix(".py"), base / rel / "__init__.py"):
                 if cand.is_file():

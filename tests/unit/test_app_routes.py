@@ -285,3 +285,13 @@ def test_precedence_in_spans(tmp_path):
     assert span("/other/12").attributes["http.route"] == "/other/{id}"          # heuristic for the rest
     assert span(WORDS, ev.ROLE_CLIENT).attributes["url.template"] == WORDS      # client side untouched
     assert b.counts["app_route_tables"] == 1 and b.counts["app_route_files_unreadable"] == 0
+
+
+def test_a_module_name_that_is_not_identifiers_names_no_file(tmp_path):
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "outside.py").write_text("x = 1\n")
+    reader = ar.Reader(tmp_path / "proj", [tmp_path / "proj"])
+    for name in ("/etc/passwd", "..outside", "a/../../outside", "", "x.", "1st"):
+        assert reader.module_file(name) is None, name
+    (tmp_path / "proj" / "ok.py").write_text("")
+    assert reader.module_file("ok") == tmp_path / "proj" / "ok.py"
