@@ -26,6 +26,7 @@ from spanprobe.discovery import ProcessRegistry  # noqa: E402
 from spanprobe.privacy import Redactor  # noqa: E402
 from spanprobe.procfs import SysRoot  # noqa: E402
 from spanprobe.routes import RouteMatcher  # noqa: E402
+from spanprobe.sampling import SAMPLED, HeadSampler  # noqa: E402
 from spanprobe.spans import SpanBuilder  # noqa: E402
 from spanprobe.streams import Assembler  # noqa: E402
 
@@ -53,12 +54,18 @@ def records(n: int) -> list[bytes]:
     return out
 
 
-def agent_path(raw: list[bytes]):
+def agent_path(raw: list[bytes], sampler: str = "parentbased_always_on"):
+    """The agent's path with its head sampler; an unsampled exchange is not built (as in
+    pipeline.Agent._build)."""
     spans = []
     registry = ProcessRegistry(SysRoot("/"), Redactor([], []))
     builder = SpanBuilder(registry, RouteMatcher([]), Redactor(["authorization"], ["token"]),
                           MonotonicToWall(), "bench-host", {})
-    asm = Assembler(lambda x: spans.append(builder.build(x)))
+
+    def emit(x):
+        if x.trace_flags & SAMPLED:
+            spans.append(builder.build(x))
+    asm = Assembler(emit, sample=HeadSampler(sampler))
     t0 = time.process_time()
     for r in raw:
         e = ev.decode(r)
@@ -123,11 +130,14 @@ def main() -> None:
     a = p.parse_args()
     raw = records(a.spans)
     rows = {"agent: decode + assemble + build": [], "agent: OTLP encode (otlp_wire)": [],
-            "agent: total per span": [], "SDK's OTLP encoder, same spans": [],
-            "SDK tracer API (no export)": []}
+            "agent: total per span": [], "agent: an unsampled request": [],
+            "SDK's OTLP encoder, same spans": [], "SDK tracer API (no export)": []}
     for _ in range(a.rounds):
         spans, t_build = agent_path(raw)
         assert len(spans) == a.spans, len(spans)
+        none, t_unsampled = agent_path(raw, "always_off")
+        assert none == []
+        rows["agent: an unsampled request"].append(t_unsampled / a.spans * 1e6)
         t_enc = encode_wire(spans)
         t_sdk_enc = encode_sdk(spans)
         t_sdk = sdk_path(a.spans)

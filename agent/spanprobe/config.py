@@ -20,6 +20,8 @@ from .errors import ConfigError
 ATTACH_MODES = ("auto", "tracepoint", "kprobe", "fentry")
 BUFFER_KINDS = ("auto", "ringbuf", "perf")
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+SAMPLER_NAMES = ("always_on", "always_off", "traceidratio", "parentbased_always_on",
+                 "parentbased_always_off", "parentbased_traceidratio")     # sampling.SAMPLERS
 
 DEFAULT_REDACT_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie",
                           "x-api-key", "x-auth-token")
@@ -202,6 +204,12 @@ SCHEMA: tuple[Key, ...] = (
     Key("log_level", str, "info", "debug, info, warning or error",
         _one_of(("debug", "info", "warning", "error")), flag="--log-level"),
     Key("stats_interval_s", float, 30.0, "how often counters are logged", _between(0.5, 86400)),
+    Key("sampling.sampler", str, "parentbased_always_on", "head sampler, as OTEL_TRACES_SAMPLER names "
+        "it: always_on, always_off, traceidratio or parentbased_<one of them>", _one_of(SAMPLER_NAMES)),
+    Key("sampling.ratio", float, 1.0, "share of traces the traceidratio samplers keep (0..1; "
+        "OTEL_TRACES_SAMPLER_ARG)", _between(0.0, 1.0)),
+    Key("request_timeout_s", float, 30.0, "a request with no response after this long is exported "
+        "with what is known, as an error (error.type=timeout)", _between(0.1, 86400)),
 )
 KEYS = {k.path: k for k in SCHEMA}
 SECTIONS = {k.path.split(".")[0] for k in SCHEMA if "." in k.path}
@@ -336,7 +344,11 @@ def load_file(path: Path) -> dict[str, Any]:
 OTEL_VARIABLES = {
     "export.otlp_endpoint": ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
     "export.otlp_protocol": ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"),
+    "sampling.sampler": ("OTEL_TRACES_SAMPLER",),
 }
+# read for sampling.ratio only when the sampler is a ratio one: for other samplers the
+# specification leaves its meaning to them, so a value meant for another sampler is no error
+SAMPLER_ARG = "OTEL_TRACES_SAMPLER_ARG"
 # variables the SDK's exporters read themselves: checked here, or a bad one is a traceback
 SDK_COMPRESSION = ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
 SDK_TIMEOUT = ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
@@ -397,6 +409,10 @@ def resolve(flags: dict[str, Any] | None = None, env: dict[str, str] | None = No
             continue
         values[key.path] = _coerce(key, raw, where)
         source[key.path] = where
+    if (values["sampling.sampler"].endswith("traceidratio") and source["sampling.ratio"] == "default"
+            and env.get(SAMPLER_ARG)):
+        values["sampling.ratio"] = _coerce(KEYS["sampling.ratio"], env[SAMPLER_ARG], f"environment {SAMPLER_ARG}")
+        source["sampling.ratio"] = f"environment {SAMPLER_ARG}"
     unknown = sorted(set(flags) - set(KEYS))
     if unknown:
         raise ConfigError(f"config error: unknown setting {unknown[0]!r} given as a flag")

@@ -17,6 +17,9 @@ from .procfs import TCP_ESTABLISHED, TCP_LISTEN, SysRoot
 
 log = logging.getLogger("spanprobe.discovery")
 
+# what the agent keeps of a process's environment: its own resource settings, and where its
+# Python code is found (app_routes: PYTHONPATH, a Django project's settings module)
+KEPT_VARIABLES = (*target_resource.VARIABLES, "PYTHONPATH", "DJANGO_SETTINGS_MODULE")
 INTERPRETERS = ("python", "node", "ruby", "perl", "php", "bash", "sh", "java", "deno", "bun")
 _INSTANCE_NS = uuid.UUID("6f1c9e53-0a1d-4c55-9d3e-5f7a2b8c4e10")
 
@@ -27,14 +30,14 @@ class ProcessInfo:
     exe: str | None
     cmdline: list[str]
     comm: str
-    otel_env: dict[str, str]     # its own OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, as read
+    env: dict[str, str]          # the few exec-time variables the agent uses (KEPT_VARIABLES)
     start_time: int | None
 
     @functools.cached_property
     def own(self) -> target_resource.TargetResource:
         """Its own resource variables, parsed (by the SDK's rules) the first time a span or
         a rule needs them, not for every process a scan of the host reads."""
-        return target_resource.read(self.otel_env)
+        return target_resource.read(self.env)
 
     @property
     def exe_name(self) -> str:
@@ -115,7 +118,7 @@ class ProcessRegistry:
         if parent is not None and parent != pid:
             p = self.get(parent)
             if p is not None:
-                return ProcessInfo(pid, p.exe, p.cmdline, p.comm, p.otel_env, None)
+                return ProcessInfo(pid, p.exe, p.cmdline, p.comm, p.env, None)
         return None
 
     def on_exec(self, pid: int, comm: str, filename: str, read: bool = True) -> ProcessInfo | None:
@@ -143,8 +146,8 @@ class ProcessRegistry:
         if cmdline is None or comm is None:
             return None
         env = self.root.environ(pid)
-        otel_env = {k: env[k] for k in target_resource.VARIABLES if env.get(k)}
-        return ProcessInfo(pid, self.root.exe(pid), cmdline, comm, otel_env, self.root.start_time(pid))
+        kept = {k: env[k] for k in KEPT_VARIABLES if env.get(k)}
+        return ProcessInfo(pid, self.root.exe(pid), cmdline, comm, kept, self.root.start_time(pid))
 
     def refresh(self, pid: int) -> ProcessInfo | None:
         self.procs.pop(pid, None)

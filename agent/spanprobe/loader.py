@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,6 +146,9 @@ class BpfSession:
         if err == errno.EEXIST:
             return False
         raise OSError(err, f"conns map: {os.strerror(err)}")
+
+    def now_ns(self) -> int:
+        return time.monotonic_ns()      # bpf_ktime_get_ns is CLOCK_MONOTONIC
 
     def counters(self) -> dict[str, int]:
         t = self.table("counters")

@@ -39,6 +39,7 @@ from .procfs import SysRoot
 from .pyruntime import Calibrations
 from .router import HostSockets, Router, RuleScopes
 from .routes import RouteMatcher
+from .sampling import SAMPLED, HeadSampler
 from .session import (CaptureRequest, KernelSession, ProcessGone, PythonCheckRequest,
                       PythonLinkRequest, Request, SelectRequest, SessionOpener)
 from .spans import SpanBuilder
@@ -47,6 +48,7 @@ from .streams import Exchange
 log = logging.getLogger("spanprobe")
 
 STOP_DRAIN_S = 0.5      # at stop, time left to handle what the buffer still holds
+EXPIRE_EVERY_S = 1.0    # how often requests past request_timeout_s are looked for
 
 
 def agent_resource_attributes(settings: Settings, env: dict[str, str]) -> dict[str, object]:
@@ -75,6 +77,7 @@ class Stats:
     events: int = 0
     perf_lost: int = 0
     spans: int = 0
+    unsampled: int = 0      # exchanges head sampling dropped: no span built
     started: float = field(default_factory=time.monotonic)
 
 
@@ -120,7 +123,8 @@ class Agent:
                                    agent_resource_attributes(settings, self.env),
                                    self.extractor, self.scopes.rules_for)
         self.router = Router(self.registry, self.selection, self.scopes,
-                             HostSockets(self.root, os.getpid()), self.builder, requests, self.faults)
+                             HostSockets(self.root, os.getpid()), self.builder, requests, self.faults,
+                             HeadSampler(settings["sampling.sampler"], settings["sampling.ratio"]))
         self.assembler = self.router.assembler
         self.calibrations = calibrations or Calibrations(self.root)
         self.python_pending: dict[int, tuple] = {}   # calibrated, linking not on yet (no call out)
@@ -186,6 +190,7 @@ class Agent:
         deadline = time.monotonic() + self.stop_after if self.stop_after else None
         interval = self.settings["poll_interval_ms"]
         next_stats = time.monotonic() + self.settings["stats_interval_s"]
+        next_expire = time.monotonic() + EXPIRE_EVERY_S
         try:
             while not self.stop.is_set():
                 t0 = time.monotonic()
@@ -194,6 +199,9 @@ class Agent:
                 self.process_batch(self._checkpoint)
                 self.losses.poll(self.counters)
                 now = time.monotonic()
+                if now >= next_expire:
+                    self.expire(self.session.now_ns(), self.settings["request_timeout_s"])
+                    next_expire = now + EXPIRE_EVERY_S
                 if now >= next_stats:
                     self.log_stats("stats")
                     self.faults.summarise()
@@ -223,12 +231,27 @@ class Agent:
             batch.sort(key=lambda raw: int.from_bytes(raw[:8], "little"))
         self.stats.events += len(batch)
         exchanges = self.router.route(batch, should_stop or self._checkpoint)
-        spans = build_spans(self.builder, exchanges, self.faults)
+        spans = self._build(exchanges)
         self.router.forget_exited()
         self.apply(self.router.take_requests())
+        self._submit(spans)
+
+    def _build(self, exchanges: list[Exchange]) -> list:
+        """Spans of the sampled exchanges; the others (head sampling) are only counted."""
+        sampled = [x for x in exchanges if x.trace_flags & SAMPLED]
+        self.stats.unsampled += len(exchanges) - len(sampled)
+        return build_spans(self.builder, sampled, self.faults)
+
+    def _submit(self, spans: list) -> None:
         if spans:
             self.stats.spans += len(spans)
             self.exporter.submit(spans)
+
+    def expire(self, now_ns: int, timeout_s: float, error_type: str = "timeout") -> None:
+        """Requests with no response `timeout_s` after they started, exported now as errors
+        with what is known (Assembler.expire); `now_ns` on the kernel's clock (monotonic)."""
+        if self.assembler.expire(now_ns, int(timeout_s * 1_000_000_000), error_type):
+            self._submit(self._build(self.router.finished()))
 
     # ---- requests from the stages -> the kernel session ----
     def apply(self, requests: list[Request]) -> None:
@@ -277,6 +300,7 @@ class Agent:
             "events_received": self.stats.events,
             "decode_errors": self.router.decode_errors,
             "spans_built": self.stats.spans,
+            "spans_unsampled": self.stats.unsampled,
             "span_build_errors": self.faults.counts["build"],
             "perf_events_lost": self.stats.perf_lost,
             "events_abandoned_at_stop": self.router.abandoned,
@@ -303,6 +327,8 @@ class Agent:
             self.session.poll(0)
             drain_until = time.monotonic() + STOP_DRAIN_S
             self.process_batch(lambda: time.monotonic() > drain_until)
+            # requests still waiting for a response: exported as such, never dropped silently
+            self.expire(self.session.now_ns(), 0, "agent_stopped")
         except Exception as exc:
             log.warning("final drain failed: %s", exc)
         self._kernel_counters = self.session.counters()

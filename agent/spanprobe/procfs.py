@@ -24,6 +24,10 @@ class Socket:
     state: int          # 0x0A = LISTEN, 0x01 = ESTABLISHED
 
 
+# how much of a process's cmdline and environ is read: a real one is a few KiB, the kernel
+# lets a process have up to a quarter of its stack limit (2 MiB by default)
+ARGS_LIMIT = 256 * 1024
+
 TCP_ESTABLISHED = 0x01
 TCP_LISTEN = 0x0A
 
@@ -56,9 +60,14 @@ class SysRoot:
         except (OSError, ValueError):
             return None
 
-    def read_bytes(self, *parts: str) -> bytes | None:
+    def read_bytes(self, *parts: str, limit: int | None = None) -> bytes | None:
+        """The file's bytes, or its first `limit` bytes: a target sets the size of its own
+        cmdline and environment, the agent decides how much of them it reads."""
         try:
-            return self.path(*parts).read_bytes()
+            if limit is None:
+                return self.path(*parts).read_bytes()
+            with open(self.path(*parts), "rb") as handle:
+                return handle.read(limit)
         except OSError:
             return None
 
@@ -73,7 +82,7 @@ class SysRoot:
             return []
 
     def cmdline(self, pid: int) -> list[str] | None:
-        raw = self.read_bytes("proc", str(pid), "cmdline")
+        raw = self.read_bytes("proc", str(pid), "cmdline", limit=ARGS_LIMIT)
         if raw is None:
             return None
         return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
@@ -89,9 +98,12 @@ class SysRoot:
             return None
 
     def environ(self, pid: int) -> dict[str, str]:
-        raw = self.read_bytes("proc", str(pid), "environ") or b""
+        raw = self.read_bytes("proc", str(pid), "environ", limit=ARGS_LIMIT + 1) or b""
+        items = raw.split(b"\0")
+        if len(raw) > ARGS_LIMIT:
+            items.pop()                 # cut at the bound: the last variable is not whole
         env = {}
-        for item in raw.split(b"\0"):
+        for item in items:
             key, sep, value = item.partition(b"=")
             if sep:
                 env[key.decode(errors="replace")] = value.decode(errors="replace")

@@ -120,7 +120,8 @@ class Router:
     """Event kind -> stage, per-process lifecycle (exec, fork, exit), isolation."""
 
     def __init__(self, registry: ProcessRegistry, selection: Selection, scopes: RuleScopes,
-                 sockets: HostSockets, builder: SpanBuilder, requests: list[Request], faults: Faults):
+                 sockets: HostSockets, builder: SpanBuilder, requests: list[Request], faults: Faults,
+                 sample: Callable[[int, int | None, int, bool], int] | None = None):
         self.registry = registry
         self.selection = selection
         self.scopes = scopes
@@ -130,7 +131,7 @@ class Router:
         self.faults = faults
         self._finished: list[Exchange] = []
         self.assembler = Assembler(self._finished.append, sockets.listen_address, sockets.own_peer,
-                                   scopes.body_needs)
+                                   scopes.body_needs, sample=sample)
         self.python_checked: set[int] = set()      # PythonCheckRequest recorded
         self.python_called_out: set[int] = set()   # PythonLinkRequest recorded
         # pids the kernel traces besides what Selection matches (selected at start, by a
@@ -174,6 +175,11 @@ class Router:
                 handlers[e.h.kind](e)
             except Exception as exc:
                 self._failed(e, exc)
+        return self.finished()
+
+    def finished(self) -> list[Exchange]:
+        """The exchanges finished since the last call (by a batch, or given up on by
+        Assembler.expire)."""
         self.assembler.drain()
         out = self._finished[:]
         self._finished.clear()

@@ -53,6 +53,9 @@ class Template:
     segments: tuple[str | None, ...]    # None = parameter
     names: tuple[str | None, ...]
     greedy: bool                         # last parameter matches the rest ({path:path})
+    # per segment, a check of the parameter's text (an int converter: digits), or None;
+    # only the agent's own fixed patterns (app_routes.CONVERTERS), never an app's regex
+    checks: tuple = ()
 
     def match(self, parts: list[str]) -> dict[str, str] | None:
         if self.greedy:
@@ -65,6 +68,8 @@ class Template:
             if want is None:
                 value = "/".join(parts[i:]) if self.greedy and i == len(self.segments) - 1 else parts[i]
                 if not value:
+                    return None
+                if self.checks and self.checks[i] is not None and not self.checks[i].fullmatch(value):
                     return None
                 params[name] = value
             elif want != parts[i]:

@@ -7,19 +7,24 @@ going through the SDK's tracer API costs 35-45 µs a span here, most of it in ma
 
 from __future__ import annotations
 
+import logging
+
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from . import __version__
+from . import __version__, app_routes
 from . import events as ev
 from .clock import MonotonicToWall
 from .discovery import ProcessRegistry
 from .httpparse import METHODS
 from .privacy import REDACTED, Redactor
 from .routes import RouteMatcher
+from .app_routes import AppRoutes
 from .streams import Exchange
+
+log = logging.getLogger("spanprobe.spans")
 
 SCOPE = InstrumentationScope("spanprobe", __version__)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -66,14 +71,42 @@ class SpanBuilder:
         self.host_name = host_name
         self.extra_resource = extra_resource
         self.resources: dict[int, Resource] = {}
+        self.app_routes: dict[int, AppRoutes | None] = {}     # pid -> its own route table
         self.extractor = extractor                 # business attributes (attributes.py)
         self.rules_for = rules_for or (lambda conn: [])
         # what targets' own resource variables lost (target_resource), once per process
         self.counts = dict.fromkeys(("target_resource_pairs_skipped", "target_resource_attributes_dropped",
-                                     "target_resource_attributes_cut", "target_resource_values_redacted"), 0)
+                                     "target_resource_attributes_cut", "target_resource_values_redacted",
+                                     # route tables read from processes' own source (app_routes)
+                                     "app_route_tables", "app_route_files_unreadable"), 0)
 
     def forget(self, pid: int) -> None:
         self.resources.pop(pid, None)
+        self.app_routes.pop(pid, None)
+
+    def app_route(self, pid: int, path: str) -> str | None:
+        """The route of `path` in the process's own route table (read once per process,
+        from its source: app_routes), or None."""
+        if pid not in self.app_routes:
+            table = None
+            info = self.registry.get(pid)
+            if info is not None:
+                try:
+                    table = app_routes.for_process(self.registry.root, pid, info.exe_name, info.cmdline, info.env)
+                except Exception as exc:     # the target's files: never the agent's failure
+                    log.debug("pid %d: no route table: %s", pid, exc)
+                    self.counts["app_route_files_unreadable"] += 1
+            if table is not None:
+                self.counts["app_route_files_unreadable"] += table.unreadable
+                if table.templates:
+                    self.counts["app_route_tables"] += 1
+                else:
+                    table = None
+            if len(self.app_routes) > 10000:
+                self.app_routes.clear()
+            self.app_routes[pid] = table
+        table = self.app_routes[pid]
+        return table.route(path) if table is not None else None
 
     def resource(self, pid: int) -> Resource:
         """Derived (SDK, host, process) < the agent's own settings (extra_resource, for every
@@ -114,7 +147,10 @@ class SpanBuilder:
         rules = self.rules_for(conn) if self.extractor is not None else ()
         route = self.extractor.route_for(rules, path) if rules else None
         if route is None:
-            route, _configured = self.routes.route(path)
+            # configured routes, then the app's own table (server side), then the heuristic
+            route, configured = self.routes.route(path)
+            if not configured and server:
+                route = self.app_route(conn.tgid, path) or route
         attrs: dict[str, object] = {}
         if method in METHODS:
             attrs["http.request.method"] = method
@@ -171,7 +207,7 @@ class SpanBuilder:
             kind = SpanKind.CLIENT
             error = status is None or status >= 400
         if x.aborted:
-            attrs["error.type"] = "connection_closed"
+            attrs["error.type"] = x.error_type or "connection_closed"
             status_obj = Status(StatusCode.ERROR, x.aborted)
         elif error:
             attrs["error.type"] = str(status)
@@ -185,7 +221,7 @@ class SpanBuilder:
             self.extractor.apply(rules, self.resource(conn.tgid).attributes.get("service.name", ""),
                                  req, resp, path, raw_query, attrs)
         start = req.start_ts
-        end = resp.end_ts if resp is not None and resp.end_ts else (req.end_ts or start)
+        end = resp.end_ts if resp is not None and resp.end_ts else (x.ended_ts or req.end_ts or start)
         # the trace flags come with the trace: an incoming traceparent's (sampled or not,
         # W3C trace-context), else the agent's own choice for a trace it starts (sampled)
         flags = _SAMPLED if x.trace_flags == TraceFlags.SAMPLED else TraceFlags(x.trace_flags)

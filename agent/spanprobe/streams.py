@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import re
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from . import events as ev
@@ -108,6 +108,10 @@ class Exchange:
     linked_downstream: bool = False     # a traced server on this host took it as parent
     aborted: str | None = None
     listed: bool = False                # in Assembler.serving (server exchanges)
+    error_type: str | None = None       # why it ended without a response: error.type
+    ended_ts: int = 0                   # when it was given up on (no response to end it)
+    given_up: bool = False              # exported already (timeout): a late response is counted
+    responding: bool = False            # its response has begun (a long stream is no timeout)
 
 
 @dataclass
@@ -149,9 +153,13 @@ class Assembler:
                  resolve_listen: Callable[[int, int], tuple[str, int] | None] | None = None,
                  own_peer: Callable[[tuple[str, int]], bool] | None = None,
                  body_needs: Callable[["Connection"], tuple[int, int]] | None = None,
-                 *, limits: AssemblerLimits = AssemblerLimits()):
+                 *, limits: AssemblerLimits = AssemblerLimits(),
+                 sample: Callable[[int, int | None, int, bool], int] | None = None):
         self.emit = emit
         self.limits = limits
+        # head sampling (sampling.HeadSampler): (trace id, parent, its flags, remote) -> the
+        # new span's flags; None keeps the parent's flags, sampled for a new trace
+        self.sample = sample
         # bytes of request and response bodies to keep for a connection (json_body rules)
         self.body_needs = body_needs or (lambda conn: (0, 0))
         self.resolve_listen = resolve_listen or (lambda pid, fd: None)
@@ -181,7 +189,11 @@ class Assembler:
                        "gaps_lost_events": 0, "gaps_read_faults": 0, "gaps_missed_start": 0,
                        "exchanges_dropped_gap": 0, "responses_dropped_gap": 0,
                        # connections joined after they opened (adoption.py), refused ones
-                       "connections_adopted": 0, "adoptions_refused": 0}
+                       "connections_adopted": 0, "adoptions_refused": 0,
+                       # requests with no response in time (expire), and their responses
+                       # that came after all (counted, never exported a second time)
+                       "exchanges_timed_out": 0, "exchanges_in_flight_at_stop": 0,
+                       "late_responses": 0}
         self.task_trust: dict[int, int] = {}   # tgid -> verified owners, -1 = distrusted
 
     # ---- connections ----
@@ -467,6 +479,8 @@ class Assembler:
                     trace_id, parent, flags = srv.trace_id, srv.span_id, srv.trace_flags
                 else:
                     trace_id = new_trace_id()
+        if self.sample is not None:
+            flags = self.sample(trace_id, parent, flags, remote)
         x = Exchange(conn, msg, trace_id, new_span_id(), parent, remote, flags)
         conn.inflight.append(x)
         if conn.role == ev.ROLE_SERVER:
@@ -485,7 +499,12 @@ class Assembler:
             conn.last_egress = msg
 
     def _response_head(self, conn: Connection, msg: Message) -> None:
-        pass
+        if msg.status is not None and 100 <= msg.status < 200:    # interim: the answer is still due
+            return
+        for x in conn.inflight:
+            if x.response is None and not x.responding:
+                x.responding = True
+                break
 
     def _response_done(self, conn: Connection, msg: Message) -> None:
         if conn.role == ev.ROLE_SERVER:
@@ -510,8 +529,34 @@ class Assembler:
             x = conn.inflight.popleft()
             self._finish(x, msg.end_ts)
 
+    def expire(self, now_ts: int, timeout_ns: int, error_type: str = "timeout") -> int:
+        """Give up on requests with no response `timeout_ns` after they started: each is
+        handed on now, as an error with what is known, and stays in its connection's queue
+        so that later responses still pair with the right requests (HTTP/1 answers in
+        order); its own response, if it comes, is counted as late. At stop the agent calls
+        this with a timeout of 0 (error_type "agent_stopped"). Returns how many."""
+        counter = "exchanges_timed_out" if error_type == "timeout" else "exchanges_in_flight_at_stop"
+        given_up = 0
+        for conn in self.conns.values():
+            for x in conn.inflight:
+                if x.response is not None or x.given_up:
+                    continue
+                if timeout_ns and (x.responding or now_ts - x.request.start_ts < timeout_ns):
+                    continue
+                x.given_up = True
+                self.ready.append(replace(x, aborted=f"no response ({error_type})", error_type=error_type,
+                                          ended_ts=max(now_ts, x.request.end_ts or 0), listed=False))
+                self.counts[counter] += 1
+                self.counts["exchanges"] += 1
+                given_up += 1
+        return given_up
+
     def _finish(self, x: Exchange, ts: int) -> None:
         self._unserve(x)
+        if x.given_up:      # exported when it was given up on
+            if x.response is not None:
+                self.counts["late_responses"] += 1
+            return
         if x.aborted:
             self.counts["aborted"] += 1
         self.counts["exchanges"] += 1

@@ -17,6 +17,11 @@ def user(user_id):
     return {"id": user_id, "name": f"user{user_id}"}
 
 
+@web.get("/teams/<team>/members/<member>")
+def team_member(team, member):
+    return {"team": team, "member": member}
+
+
 @web.post("/orders")
 def orders():
     body = json.loads(request.body.read() or b"null")

@@ -16,6 +16,12 @@ from tests.apps.common import STREAM_CHUNKS, STREAM_PAUSE_S, WsgiTiming, call_pa
 class Root:
     @cherrypy.expose
     @cherrypy.tools.json_out()
+    def members(self, team, member):
+        # the default dispatcher maps /members/<team>/<member> to positional arguments
+        return {"team": team, "member": member}
+
+    @cherrypy.expose
+    @cherrypy.tools.json_out()
     def users(self, user_id):
         if not user_id.isdigit():
             raise cherrypy.NotFound()

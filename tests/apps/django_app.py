@@ -26,6 +26,10 @@ def user(request, user_id):
     return JsonResponse({"id": user_id, "name": f"user{user_id}"})
 
 
+def team_member(request, team, member):
+    return JsonResponse({"team": team, "member": member})
+
+
 @csrf_exempt
 def orders(request):
     if request.method != "POST":
@@ -52,6 +56,7 @@ def stream(request):
 
 urlpatterns = [
     path("users/<int:user_id>", user),
+    path("teams/<slug:team>/members/<str:member>", team_member),
     path("orders", orders),
     path("boom", boom),
     path("call", call),

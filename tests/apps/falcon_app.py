@@ -14,6 +14,11 @@ class Users:
         resp.media = {"id": user_id, "name": f"user{user_id}"}
 
 
+class TeamMember:
+    def on_get(self, req, resp, team, member):
+        resp.media = {"team": team, "member": member}
+
+
 class Orders:
     def on_post(self, req, resp):
         # JSON whatever the Content-Type (like Flask's get_json(force=True))
@@ -45,6 +50,7 @@ class Stream:
 
 web = falcon.App()
 web.add_route("/users/{user_id:int}", Users())
+web.add_route("/teams/{team}/members/{member}", TeamMember())
 web.add_route("/orders", Orders())
 web.add_route("/boom", Boom())
 web.add_route("/call", Call())

@@ -27,6 +27,11 @@ async def customer_order(cid: str, oid: int):
     return {"customer": cid, "order": oid}
 
 
+@api.get("/teams/{team}/members/{member}")
+async def team_member(team: str, member: str):
+    return {"team": team, "member": member}
+
+
 @api.get("/boom")
 async def boom():
     raise RuntimeError("boom")

@@ -26,6 +26,11 @@ def customer_order(cid, oid):
     return jsonify(customer=cid, order=oid)
 
 
+@flask.get("/teams/<team>/members/<member>")
+def team_member(team, member):
+    return jsonify(team=team, member=member)
+
+
 @flask.get("/boom")
 def boom():
     raise RuntimeError("boom")

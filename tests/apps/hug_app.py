@@ -11,6 +11,11 @@ import requests
 from tests.apps.common import STREAM_CHUNKS, STREAM_PAUSE_S, WsgiTiming, call_path, downstream
 
 
+@hug.get("/teams/{team}/members/{member}")
+def team_member(team, member):
+    return {"team": team, "member": member}
+
+
 @hug.get("/users/{user_id}")
 def user(user_id):
     # hug.types.number would answer 400 for /users/abc; the other apps answer 404

@@ -42,6 +42,10 @@ def call(request):
     return {"downstream": r.json()}
 
 
+def team_member(request):
+    return {"team": request.matchdict["team"], "member": request.matchdict["member"]}
+
+
 def stream(request):
     def chunks():
         for i in range(STREAM_CHUNKS):
@@ -53,11 +57,13 @@ def stream(request):
 
 with Configurator() as config:
     config.add_route("users", r"/users/{id:\d+}")
+    config.add_route("team_member", "/teams/{team}/members/{member}")
     config.add_route("orders", "/orders", request_method="POST")
     config.add_route("boom", "/boom")
     config.add_route("call", "/call")
     config.add_route("stream", "/stream")
     config.add_view(user, route_name="users", renderer="json")
+    config.add_view(team_member, route_name="team_member", renderer="json")
     config.add_view(orders, route_name="orders", renderer="json")
     config.add_view(boom, route_name="boom")
     config.add_view(call, route_name="call", renderer="json")

@@ -39,6 +39,11 @@ async def user(request, user_id):
     return json({"id": user_id, "name": f"user{user_id}"})
 
 
+@app.get("/teams/<team>/members/<member>")
+async def team_member(request, team, member):
+    return json({"team": team, "member": member})
+
+
 @app.post("/orders")
 async def orders(request):
     return json({"created": True, "order": request.load_json()}, status=201)

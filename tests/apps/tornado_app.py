@@ -32,6 +32,11 @@ class Users(Timed):
         self.write({"id": int(user_id), "name": f"user{user_id}"})
 
 
+class TeamMember(Timed):
+    async def get(self, team, member):
+        self.write({"team": team, "member": member})
+
+
 class Orders(Timed):
     async def post(self):
         body = json.loads(self.request.body or b"null")
@@ -70,6 +75,7 @@ class NotFound(Timed):
 def make_app():
     return tornado.web.Application([
         (r"/users/(\d+)", Users),
+        (r"/teams/([^/]+)/members/([^/]+)", TeamMember),
         (r"/orders", Orders),
         (r"/boom", Boom),
         (r"/call", Call),

@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "agent")]
 
-from tests.fuzz.targets import Ops, encode_http, encode_ops  # noqa: E402
+from tests.fuzz.targets import SYNTAXES, Ops, encode_http, encode_ops  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 
@@ -83,7 +83,59 @@ ASSEMBLER = {
         (Ops.WRITE, 3, 0, b"HTTP/1.1 -1 X\r\n\r\n", 0), (Ops.CLOSE, 3, 0), (Ops.DRAIN,)]),
 }
 
-SEEDS = {"http": HTTP, "jsonprefix": JSON, "assembler": ASSEMBLER}
+def _source(syntax: str, text: str) -> bytes:
+    return bytes([SYNTAXES.index(syntax)]) + text.encode()
+
+
+APP_ROUTES = {
+    "flask-blueprint": _source("angle", """/teams/<team>/members/<int:member>
+from flask import Flask, Blueprint
+bp = Blueprint("api", __name__, url_prefix="/shop")
+@bp.get("/items/<slug>")
+def item(slug): ...
+app = Flask(__name__)
+app.register_blueprint(bp, url_prefix="/v1")
+app.add_url_rule("/users/<uuid:user_id>", view_func=user)
+"""),
+    "fastapi-router": _source("brace", """/teams/{team}/members/{member:int}
+from fastapi import FastAPI, APIRouter
+router = APIRouter(prefix="/shop")
+@router.get("/{item}/items/{colour}")
+async def f(item, colour): ...
+app = FastAPI()
+app.include_router(router, prefix="/api")
+"""),
+    "starlette-mount": _source("brace", """/static/{path:path}
+from starlette.routing import Mount, Route
+routes = [Route("/health", h), Mount("/api", routes=[Route("/t/{team}", t),
+          Mount("/v2", routes=[Route("/m/{member}", m)])])]
+"""),
+    "django-urls": _source("regex", r"""^teams/(?P<team>[\w-]+)/members/([0-9]+)$
+from django.urls import include, path, re_path
+urlpatterns = [path("teams/<slug:team>/", include("shop.urls")), re_path(r"^x/(\d+)$", v),
+               path("api/", include("/etc/passwd"))]
+"""),
+    "tornado-cherrypy-falcon-pyramid": _source("regex", r"""/teams/([^/]+)/members/(?P<m>[^/]+)
+import tornado.web, cherrypy, falcon
+app = tornado.web.Application([(r"/teams/([^/]+)/members/(?P<m>[^/]+)", M), (r"/(.*)", S)])
+class Teams:
+    @cherrypy.expose
+    def members(self, team, member): ...
+cherrypy.tree.mount(Teams(), "/teams")
+falcon.App().add_route("/u/{user_id:int}", U())
+config.add_route("member", "/teams/{team}/members/{member:\w+}")
+"""),
+    "deep-nesting": _source("brace", "/" + "{a}/" * 50 + "\nx = " + "(" * 150 + ")" * 150),
+}
+
+TARGET_RESOURCE = {
+    "both": b"service.name=catalogue,service.namespace=shop,k=%20v%2C\0checkout",
+    "escapes-and-junk": b"a=b,,=c,d,e=%zz,f=\xff\xfe,service.name=",
+    "many": b",".join(b"k%d=v%d" % (i, i) for i in range(40)),
+}
+
+SEEDS = {"http": HTTP, "jsonprefix": JSON, "assembler": ASSEMBLER,
+         "app_routes": APP_ROUTES, "target_resource": TARGET_RESOURCE}
 
 
 def main() -> None:

@@ -12,6 +12,10 @@ Input layouts (the seeds in corpus/ are written by seeds.py with the encoders he
   (bytes transferred but not captured), and gaps reported on their own.
 * jsonprefix: a document; the first byte also picks where a prefix of it is cut.
 * assembler: byte 0 flags (bit 0: keep bodies), then operations (see `Ops`).
+* app_routes: byte 0 picks a route syntax, the rest is a Python source file (UTF-8, as
+  app_routes.Reader reads one); its first line is also a route text on its own.
+* target_resource: a target's OTEL_RESOURCE_ATTRIBUTES; a NUL splits off its
+  OTEL_SERVICE_NAME.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from __future__ import annotations
 import json
 import random
 
+from spanprobe import app_routes
 from spanprobe import events as ev
 from spanprobe import httpparse
+from spanprobe import target_resource
 from spanprobe.httpparse import HEAD_LIMIT, MessageParser
 from spanprobe.jsonprefix import UNSET, extract, parse_prefix
 from spanprobe.streams import Assembler
@@ -247,4 +253,68 @@ def assembler(data: bytes) -> None:
             check_message(x.response)
 
 
-TARGETS = {"http": http, "jsonprefix": jsonprefix, "assembler": assembler}
+# ---------------------------------------------------------------- app_routes
+
+SYNTAXES = sorted(app_routes.SYNTAX)
+
+
+def _check_template(t, text: str) -> None:
+    assert t.text == text
+    assert len(t.segments) == len(t.names)
+    assert not t.checks or len(t.checks) == len(t.segments)
+    for parts in (text.strip("/").split("/"), ["a"] * len(t.segments), ["1"] * (len(t.segments) + 1)):
+        got = t.match(parts)
+        assert got is None or all(isinstance(v, str) and v for v in got.values())
+
+
+def app_route_source(data: bytes) -> None:
+    if not data:
+        return
+    syntax = SYNTAXES[data[0] % len(SYNTAXES)]
+    try:
+        source = data[1:].decode("utf-8")
+    except UnicodeDecodeError:
+        return                                  # Reader.read counts it as unreadable
+    first = source.split("\n", 1)[0]
+    t = app_routes.template(first, syntax)
+    if t is not None:
+        _check_template(t, first)
+    try:
+        mod = app_routes.read_module(source, "app.main")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return                                  # what app_routes._parse counts
+    assert not mod.mounted_calls
+    table = app_routes.AppRoutes()
+    for text, kind, _router in mod.routes[:app_routes.MAX_ROUTES]:
+        assert kind in app_routes.SYNTAX
+        t = app_routes.template(text, kind)
+        if t is not None:
+            _check_template(t, text)
+            table.templates.append(t)
+    for name in list(mod.imports.values()) + [m for _, m in mod.includes]:
+        app_routes.Reader(None, []).module_file(name)          # any text: never raises
+    texts = {t.text for t in table.templates}
+    for t in table.templates[:20]:
+        got = table.route(t.text)
+        assert got is None or got in texts
+
+
+# ---------------------------------------------------------------- target_resource
+
+def target_resource_env(data: bytes) -> None:
+    text = data.decode("utf-8", errors="replace")
+    attributes, _, service = text.partition("\0")
+    env = {target_resource.OTEL_RESOURCE_ATTRIBUTES: attributes}
+    if service:
+        env[target_resource.OTEL_SERVICE_NAME] = service
+    own = target_resource.read(env)
+    assert len(own.attributes) <= target_resource.MAX_ATTRIBUTES + 1        # + service.name
+    for key, value in own.attributes.items():
+        assert isinstance(key, str) and key and isinstance(value, str)
+        assert len(key) <= target_resource.MAX_ATTRIBUTE_CHARS
+        assert len(value) <= target_resource.MAX_ATTRIBUTE_CHARS
+    assert min(own.skipped, own.dropped, own.cut) >= 0
+
+
+TARGETS = {"http": http, "jsonprefix": jsonprefix, "assembler": assembler,
+           "app_routes": app_route_source, "target_resource": target_resource_env}

@@ -1,7 +1,9 @@
 """The fuzz tier: coverage-guided fuzzing (atheris) of what reads hostile bytes.
 
 Targets (targets.py): the HTTP parser fed request and response streams cut into random
-segments with holes, the JSON-prefix reader, and the assembler fed whole event sequences.
+segments with holes, the JSON-prefix reader, the assembler fed whole event sequences, the
+route tables read from a target's Python source (app_routes) and a target's own resource
+variables (target_resource).
 Each runs for SPANPROBE_FUZZ_SECONDS (default 30) in a process of its own (run.py),
 seeded from tests/fuzz/corpus/<target>/; new inputs go to a temporary directory, never
 into the repository. A crash, a per-input timeout or the memory limit fails the test
@@ -28,8 +30,10 @@ HERE = Path(__file__).resolve().parent
 SECONDS = int(os.environ.get("SPANPROBE_FUZZ_SECONDS", "30"))
 PER_INPUT_TIMEOUT_S = 10        # an input that takes longer is a hang
 RSS_LIMIT_MB = 1024
-MAX_LEN = {"http": 8192, "jsonprefix": 4096, "assembler": 8192}
-DICT = {"http": HERE / "http.dict", "jsonprefix": HERE / "json.dict", "assembler": HERE / "http.dict"}
+MAX_LEN = {"http": 8192, "jsonprefix": 4096, "assembler": 8192, "app_routes": 4096,
+           "target_resource": 4096 + 512}
+DICT = {"http": HERE / "http.dict", "jsonprefix": HERE / "json.dict", "assembler": HERE / "http.dict",
+        "app_routes": HERE / "python.dict", "target_resource": HERE / "json.dict"}
 ARTIFACTS = ("crash-", "timeout-", "oom-", "leak-", "slow-unit-")
 
 

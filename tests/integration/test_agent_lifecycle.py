@@ -15,7 +15,7 @@ import time
 import pytest
 import requests
 
-from tests.support.procs import REPO, Agent, App, _env, bpf_ids, free_port, wait_port
+from tests.support.procs import REPO, Agent, App, _env, bpf_ids, free_port, users_route, wait_port
 
 
 def loaded_program_ids() -> set[int]:
@@ -200,7 +200,7 @@ def test_otlp_http_protobuf_export(tmp, receiver):
                        f"http://127.0.0.1:{receiver.http_port}"], tmp)
         requests.get(f"{app.url}/users/77", timeout=10)
         (span,) = receiver.wait_for(lambda s: s["resource"].get("service.name") == "over-http")
-        assert span["name"] == "GET /users/{id}"
+        assert span["name"] == f"GET {users_route(app.kind)}"
         assert agent.stop() == 0
     finally:
         app.stop()

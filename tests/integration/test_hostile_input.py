@@ -20,7 +20,7 @@ import requests
 from tests.support.checks import uid
 from tests.support.hostile import (HOSTILE_REQUESTS, HOSTILE_RESPONSES, Hostile, RawResponder,
                                    TracedClient, cpu_seconds, refusals_added, send_raw, stats_lines)
-from tests.support.procs import REPO, Agent, App, _env
+from tests.support.procs import REPO, Agent, App, _env, users_route
 
 SERVERS = ["stdlib-http-server", "fastapi-uvicorn"]
 STATS_INTERVAL_S = 0.5
@@ -112,7 +112,7 @@ def server_request_traced(receiver, app: App) -> str | None:
     a = span["attributes"]
     got = (span["name"], a.get("http.request.method"), a.get("http.route"), a.get("http.response.status_code"),
            span["resource"].get("service.name"))
-    want = ("GET /users/{id}", "GET", "/users/{id}", 200, app.service)
+    want = (f"GET {users_route(app.kind)}", "GET", users_route(app.kind), 200, app.service)
     return None if got == want else f"normal request's span is wrong: {got} != {want}"
 
 

@@ -36,6 +36,7 @@ class FakeSession:
         self.pending: list[bytes] = []       # injected, delivered at the next poll
         self.on_poll: Callable[[], None] | None = None   # called after each poll's delivery
         self.polls = 0
+        self.now = 0             # now_ns(): 0 = before every record, so nothing times out
         self.closed = False
         self._on_raw = None
 
@@ -77,6 +78,10 @@ class FakeSession:
 
     def counters(self) -> dict[str, int]:
         return dict(self.kernel_counters)
+
+    def now_ns(self) -> int:
+        """The fake kernel's clock: tests set `now` to the time of their records."""
+        return self.now
 
     def open_buffer(self, on_raw, on_lost, pages: int) -> None:
         self._on_raw = on_raw

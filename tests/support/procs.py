@@ -62,6 +62,34 @@ for _name in ("flask", "django", "bottle", "pyramid", "falcon", "hug"):
     for _worker in ("sync", "gthread"):
         SERVERS[f"{_name}-gunicorn-{_worker}"] = _gunicorn(f"{_name}_app", _worker)
 
+# The route of /users/<n> in each test app, as its framework writes it (the agent reads the
+# app's own route table: issue 17); apps without a framework get the heuristic's template.
+USERS_ROUTES = {"flask": "/users/<int:user_id>", "fastapi": "/users/{user_id}", "django": "users/<int:user_id>",
+                "bottle": "/users/<user_id:int>", "pyramid": r"/users/{id:\d+}", "falcon": "/users/{user_id:int}",
+                "hug": "/users/{user_id}", "tornado": r"/users/(\d+)", "sanic": "/users/<user_id:int>",
+                "cherrypy": "/users/{user_id}"}
+
+
+def users_route(kind: str) -> str:
+    return USERS_ROUTES.get(kind.split("-", 1)[0], "/users/{id}")
+
+
+# A route no heuristic can template (words in its parameters): (path, the app's template).
+# CherryPy's default dispatcher maps path segments to positional arguments, so its route
+# has no literal segment between them.
+WORDS_PATH = "/teams/platform/members/ada"
+WORD_ROUTES = {"flask": (WORDS_PATH, "/teams/<team>/members/<member>"),
+               "fastapi": (WORDS_PATH, "/teams/{team}/members/{member}"),
+               "django": (WORDS_PATH, "teams/<slug:team>/members/<str:member>"),
+               "bottle": (WORDS_PATH, "/teams/<team>/members/<member>"),
+               "pyramid": (WORDS_PATH, "/teams/{team}/members/{member}"),
+               "falcon": (WORDS_PATH, "/teams/{team}/members/{member}"),
+               "hug": (WORDS_PATH, "/teams/{team}/members/{member}"),
+               "tornado": (WORDS_PATH, "/teams/([^/]+)/members/([^/]+)"),
+               "sanic": (WORDS_PATH, "/teams/<team>/members/<member>"),
+               "cherrypy": ("/members/platform/ada", "/members/{team}/{member}")}
+
+
 # Apps whose dependencies clash with the main environment's run in their own venv
 # (Hug pins Falcon 2): the bootstrap exports its interpreter.
 INTERPRETERS = {"hug": "SPANPROBE_HUG_PYTHON"}

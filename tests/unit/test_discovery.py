@@ -87,8 +87,8 @@ WORKER_CLIENT = ExistingConnection(WORKER, 3, ev.ROLE_CLIENT, ("10.0.0.5", 46000
 # ---- ProcessInfo ----
 
 def info(argv, exe="/usr/bin/python3.11", comm="python3", env_name=None, pid=42, env=None) -> ProcessInfo:
-    otel_env = dict(env or {}, **({"OTEL_SERVICE_NAME": env_name} if env_name else {}))
-    return ProcessInfo(pid, exe, argv, comm, otel_env, 1)
+    kept = dict(env or {}, **({"OTEL_SERVICE_NAME": env_name} if env_name else {}))
+    return ProcessInfo(pid, exe, argv, comm, kept, 1)
 
 
 @pytest.mark.parametrize("argv, exe, script, service", [
@@ -247,7 +247,7 @@ def test_registry_reads_proc(registry):
 def test_registry_remembers_exec_of_a_process_gone_from_proc(registry):
     p = registry.on_exec(555, "curl", "/usr/bin/curl")
     assert p is not None
-    assert (p.pid, p.exe, p.cmdline, p.comm, p.otel_env, p.start_time) == \
+    assert (p.pid, p.exe, p.cmdline, p.comm, p.env, p.start_time) == \
         (555, "/usr/bin/curl", ["/usr/bin/curl"], "curl", {}, None)
     assert p.service_name == "curl"
     assert registry.get(555) is p

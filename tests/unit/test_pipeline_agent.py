@@ -358,3 +358,41 @@ def test_trace_all_excludes_by_executable_and_perf_records_are_put_in_time_order
     assert span.attributes["server.port"] == 8000        # the listening socket's, from /proc
     c = final_counters(caplog)
     assert c["event_errors_process"] == 1 and c["event_errors_assemble"] == 0
+
+
+def test_the_loop_exports_a_request_past_its_timeout_and_stop_exports_the_rest(root, caplog):
+    # issue 17, item 3: the run loop looks for requests past request_timeout_s on the
+    # kernel's clock; at stop, what still waits is exported as agent_stopped
+    caplog.set_level(logging.INFO, "spanprobe")
+    agent, session, exporter = make_agent(root, {"request_timeout_s": 1})
+    agent.start()
+    stuck = exchange(1_000, conn_id=7, close=False)[:2]                # a request, no response
+    later = exchange(5_000_000_000, fd=6, conn_id=8, close=False)[:2]
+    session.inject(*stuck, *later)
+    session.now = 1_000 + 2_000_000_000                                # 2 s after the first
+    agent.stop_after = 1.3                                             # one look, then stop
+    assert agent.run() == 0
+    by_error = {s.attributes["error.type"]: s for s in exporter.spans}
+    assert set(by_error) == {"timeout", "agent_stopped"}
+    assert by_error["timeout"].end_time - by_error["timeout"].start_time == 2_000_000_000 - 10
+    c = final_counters(caplog)
+    assert c["exchanges_timed_out"] == 1 and c["exchanges_in_flight_at_stop"] == 1
+    assert c["spans_exported"] == 2
+
+
+@pytest.mark.parametrize("sampler, flags, exported", [
+    ("parentbased_always_on", "00", 0), ("parentbased_always_on", "01", 1), ("always_on", "00", 1),
+    ("always_off", "01", 0)])
+def test_head_sampling_drops_unsampled_exchanges_before_a_span_is_built(root, caplog, sampler, flags, exported):
+    caplog.set_level(logging.INFO, "spanprobe")
+    agent, session, exporter = make_agent(root, {"sampling.sampler": sampler})
+    agent.start()
+    tp = f"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"
+    session.inject(*exchange(1_000, req=REQ.replace(b"\r\n\r\n", f"\r\ntraceparent: {tp}\r\n\r\n".encode())))
+    step(agent)
+    agent.shutdown()
+    assert len(exporter.spans) == exported
+    if exported:
+        assert exporter.spans[0].context.trace_flags.sampled
+    c = final_counters(caplog)
+    assert (c["spans_unsampled"], c["spans_built"]) == (1 - exported, exported)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from spanprobe import procfs
 from spanprobe.procfs import TCP_ESTABLISHED, TCP_LISTEN, Socket, SysRoot
 
 TCP_HEADER = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt"
@@ -103,6 +104,15 @@ def test_exe(root):
 def test_environ(root):
     assert root.environ(4321) == {"PATH": "/usr/bin", "OTEL_SERVICE_NAME": "shop", "EMPTY": "",
                                   "URL": "http://x/?a=b"}
+
+
+def test_environ_and_cmdline_are_read_to_a_bound(root, tmp_path, monkeypatch):
+    monkeypatch.setattr(procfs, "ARGS_LIMIT", 32)
+    (tmp_path / "proc" / "77").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "proc" / "77" / "environ").write_bytes(b"A=1\0B=2\0" + b"C=" + b"x" * 100 + b"\0")
+    assert root.environ(77) == {"A": "1", "B": "2"}     # the cut variable is not kept
+    (tmp_path / "proc" / "77" / "cmdline").write_bytes(b"python\0" + b"y" * 100)
+    assert root.cmdline(77) == ["python", "y" * 25]
 
 
 def test_start_time(root):
