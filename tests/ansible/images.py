@@ -35,8 +35,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-sys.path.insert(0, str(REPO / "agent"))
-sys.path.insert(0, str(REPO / "packer" / "base"))
+if __name__ == "__main__":         # run as a program (fleet_helpers.build_images); the tests
+    sys.path[:0] = [str(REPO / "agent"), str(REPO / "packer" / "base")]   # get pyproject's pythonpath
 from spanprobe.headers import debian_mirror  # noqa: E402
 from disk import build_once  # noqa: E402  (packer/base/disk.py)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,11 +19,8 @@ import pytest
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 ENABLED = os.environ.get("SPANPROBE_IMAGE") == "1"
-# the fleet tier's VM helper and tests (tests/ansible), Packer's build and comparison (packer/)
-sys.path.insert(0, str(REPO / "tests" / "ansible"))
-sys.path.insert(0, str(REPO / "packer"))
-from tests.support.gate import gate  # noqa: E402
-from image_helpers import FRESH, IMAGES, RESULTS, SUMMARY, TARGET, Build  # noqa: E402
+from tests.support.gate import gate
+from image_helpers import FRESH, IMAGES, RESULTS, SUMMARY, TARGET, Build
 
 
 def pytest_collection_modifyitems(config, items):
