@@ -147,20 +147,17 @@ def lynis_index(vm: VM) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def lynis_before(vm: VM, manifest: dict) -> tuple[int | None, str | None]:
-    """The index of the stock image, before any role ran: (index, where it was reused from,
-    None when measured now).
+def _lynis_how() -> bytes:
+    """How lynis is run: the skip list and lynis_index's code, which holds the command."""
+    return " ".join(LYNIS_SKIP).encode() + b"\0" + inspect.getsource(lynis_index).encode()
 
-    It depends only on the image (its key names every input, lynis's package included) and
-    on how lynis is run (the skip list and lynis_index's code, which hold the command), so it
-    is measured once per image and kept next to it: a lynis run costs 10-25 minutes under TCG,
-    and the tier's budget has room for the run that matters, the one after the roles."""
-    how = hashlib.sha256(" ".join(LYNIS_SKIP).encode() + b"\0" + inspect.getsource(lynis_index).encode())
-    key = how.hexdigest()[:12]
-    path = Path(manifest["ssh_key"]).parent / f"lynis-before-{key}.json"
+
+def _measured_once(vm: VM, path: Path) -> tuple[int | None, str | None]:
+    """The index kept at `path` (whose name is the key of everything that decides it), or
+    measured now and kept there: (index, "date, key" it was reused from, or None)."""
     try:
         saved = json.loads(path.read_text())
-        return saved["hardening_index"], f"{saved.get('measured', '?')}, key {path.parent.name}/{key}"
+        return saved["hardening_index"], f"{saved.get('measured', '?')}, key {path.parent.name}/{path.stem}"
     except (OSError, ValueError, KeyError):
         pass
     idx = lynis_index(vm)
@@ -170,6 +167,44 @@ def lynis_before(vm: VM, manifest: dict) -> tuple[int | None, str | None]:
                                    "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
         tmp.replace(path)
     return idx, None
+
+
+def lynis_before(vm: VM, manifest: dict) -> tuple[int | None, str | None]:
+    """The index of the stock image, before any role ran: (index, where it was reused from,
+    None when measured now).
+
+    It depends only on the image (its key names every input, lynis's package included) and
+    on how lynis is run, so it is measured once per image and kept next to it: a lynis run
+    costs 10-25 minutes under TCG."""
+    key = hashlib.sha256(_lynis_how()).hexdigest()[:12]
+    return _measured_once(vm, Path(manifest["ssh_key"]).parent / f"lynis-before-{key}.json")
+
+
+# what decides the converged guest lynis audits last, besides its image: the roles and
+# playbooks, the agent the wheel is built from, and this tier's code (its variables, its
+# runs before lynis: the change run, the bad-variable runs)
+AFTER_INPUTS = ("ansible", "agent", "pyproject.toml", "requirements", "tests/ansible")
+
+
+def inputs_digest(paths=AFTER_INPUTS) -> str:
+    """The content of every file git knows or would add under `paths` (a local edit counts,
+    ignored files such as __pycache__ do not)."""
+    names = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z", "--", *paths],
+                           cwd=REPO, stdout=subprocess.PIPE, check=True).stdout.split(b"\0")
+    h = hashlib.sha256()
+    for name in sorted(n for n in names if n):
+        path = REPO / name.decode()
+        if path.is_file():
+            h.update(name + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def lynis_after(vm: VM, manifest: dict, inputs: str) -> tuple[int | None, str | None]:
+    """The index after the roles and the tier's runs: reused only when the image, how lynis
+    is run and every input of the guest's convergence (`inputs`, inputs_digest) are the
+    same as when it was measured; the guests have no route out, so nothing else reaches them."""
+    key = hashlib.sha256(_lynis_how() + b"\0" + inputs.encode()).hexdigest()[:12]
+    return _measured_once(vm, Path(manifest["ssh_key"]).parent / f"lynis-after-{key}.json")
 
 
 def agent_pid(vm: VM) -> int:
