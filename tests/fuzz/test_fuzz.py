@@ -4,8 +4,8 @@ Targets (targets.py): the HTTP parser fed request and response streams cut into 
 segments with holes, the JSON-prefix reader, the assembler fed whole event sequences, the
 route tables read from a target's Python source (app_routes) and a target's own resource
 variables (target_resource).
-Each runs for SPANPROBE_FUZZ_SECONDS (default 30) in a process of its own (run.py),
-seeded from tests/fuzz/corpus/<target>/; new inputs go to a temporary directory, never
+Each runs for SPANPROBE_FUZZ_SECONDS (default 30) in a process of its own (run.py), one
+per CPU at a time, seeded from tests/fuzz/corpus/<target>/; new inputs go to a temporary directory, never
 into the repository. A crash, a per-input timeout or the memory limit fails the test
 with the reproducer's path; it then becomes a unit test in
 tests/unit/test_hostile_regressions.py, with the input inline.
@@ -16,6 +16,7 @@ tests/unit/test_hostile_regressions.py, with the input inline.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -53,18 +54,34 @@ def test_corpus_replays_cleanly(target):
         TARGETS[target](path.read_bytes())
 
 
-@pytest.mark.parametrize("target", sorted(TARGETS))
-def test_fuzz(target, tmp_path):
-    new = tmp_path / "new-inputs"
-    new.mkdir()
+def _fuzz(target: str, where: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    """One target's run in a process of its own; new inputs and reproducers under `where`."""
+    new = where / "new-inputs"
+    new.mkdir(parents=True)
     cmd = [sys.executable, str(HERE / "run.py"), target,
            f"-max_total_time={SECONDS}", f"-timeout={PER_INPUT_TIMEOUT_S}",
            f"-rss_limit_mb={RSS_LIMIT_MB}", f"-max_len={MAX_LEN[target]}",
-           f"-dict={DICT[target]}", f"-artifact_prefix={tmp_path}/", "-print_final_stats=1",
+           f"-dict={DICT[target]}", f"-artifact_prefix={where}/", "-print_final_stats=1",
            str(new), str(CORPUS / target)]
-    run = subprocess.run(cmd, capture_output=True, text=True, errors="replace",
-                         timeout=SECONDS + 120)
-    found = sorted(str(p) for p in tmp_path.iterdir() if p.name.startswith(ARTIFACTS))
+    return subprocess.run(cmd, capture_output=True, text=True, errors="replace",
+                          timeout=SECONDS + 120), new
+
+
+@pytest.fixture(scope="module")
+def fuzz_runs(tmp_path_factory):
+    """Every target's run, started together at the first test, one per CPU at a time: each
+    is one single-threaded process, so the tier takes its share of the time per core
+    instead of the sum. Each test then waits for its own target's run."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    yield {t: pool.submit(_fuzz, t, tmp_path_factory.mktemp(t)) for t in sorted(TARGETS)}
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_fuzz(target, fuzz_runs):
+    run, new = fuzz_runs[target].result()
+    where = new.parent
+    found = sorted(str(p) for p in where.iterdir() if p.name.startswith(ARTIFACTS))
     report = run.stderr[-6000:]
     assert run.returncode == 0 and not found, (
         f"fuzz target {target} failed (exit {run.returncode}); reproducers: {found}\n"
