@@ -18,6 +18,7 @@
  * structure layout is trusted (pt_regs excepted, which is ABI on x86_64).
  */
 #include <uapi/linux/ptrace.h>
+#include <asm/unistd.h>         /* __NR_*: this architecture's syscall numbers */
 #include "spanprobe_events.h"
 
 #define SP_MODE_TRACEPOINT 1
@@ -421,8 +422,34 @@ static __always_inline void select_on_bind(__u32 tgid, __u64 uaddr)
     }
 }
 
+/* The operation of a syscall, from its number. In tracepoint and kprobe modes one enter
+ * and one exit program serve every hooked syscall: compiled and verified once instead of
+ * once per syscall (a tenth of the instructions; under emulation, minutes less at each
+ * start). fentry programs are bound to one kernel function each when they load, and stay
+ * one per syscall. A number with no operation here returns 0: the program ignores it. */
+static __always_inline __u32 op_of_nr(__s64 nr)
+{
+    switch (nr) {
+    case __NR_read: case __NR_recvfrom: return OP_READ;
+    case __NR_readv: return OP_READV;
+    case __NR_recvmsg: return OP_RECVMSG;
+    case __NR_write: case __NR_sendto: return OP_WRITE;
+    case __NR_writev: return OP_WRITEV;
+    case __NR_sendmsg: return OP_SENDMSG;
+    case __NR_accept: case __NR_accept4: return OP_ACCEPT;
+    case __NR_connect: return OP_CONNECT;
+    case __NR_close: return OP_CLOSE;
+    case __NR_bind: return OP_BIND;
+    case __NR_getpeername: return OP_GETPEERNAME;
+    case __NR_getsockname: return OP_GETSOCKNAME;
+    }
+    return 0;
+}
+
 static __always_inline int sp_on_enter(void *ctx, __u32 op, __u64 a0, __u64 a1, __u64 a2)
 {
+    if (op == 0)
+        return 0;
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     __u32 tgid = pid_tgid >> 32;
     __u32 capture = 0;
@@ -857,34 +884,33 @@ int sp_py_ctx_enter(struct pt_regs *ctx)
 #if SP_MODE == SP_MODE_TRACEPOINT
 /* syscalls:sys_enter_* / sys_exit_*: the common header, the syscall number, then
  * each argument in 8 bytes. This layout has not changed since tracepoints
- * existed, so it is declared once rather than per event. */
+ * existed, so it is declared once rather than per event. The agent attaches these two
+ * programs to the enter and exit tracepoints of every syscall it hooks. */
 struct sp_tp_enter { __u64 common; __s32 nr; __u32 pad; __u64 args[6]; };
 struct sp_tp_exit { __u64 common; __s32 nr; __u32 pad; __s64 ret; };
-#define SP_SYSCALL(name, op)                                                     \
-    int sp_enter_##name(struct sp_tp_enter *tp)                                  \
-    { return sp_on_enter(tp, op, tp->args[0], tp->args[1], tp->args[2]); }       \
-    int sp_exit_##name(struct sp_tp_exit *tp) { return sp_on_exit(tp, tp->ret); }
-#define SP_SYSCALL_ENTRY(name, op)                                               \
-    int sp_enter_##name(struct sp_tp_enter *tp)                                  \
-    { return sp_on_enter(tp, op, tp->args[0], tp->args[1], tp->args[2]); }
+int sp_enter(struct sp_tp_enter *tp)
+{
+    return sp_on_enter(tp, op_of_nr(tp->nr), tp->args[0], tp->args[1], tp->args[2]);
+}
+int sp_exit(struct sp_tp_exit *tp) { return sp_on_exit(tp, tp->ret); }
+/* close(2) has one argument: the kernel refuses a program that reads past the end of a
+ * tracepoint's record (sp_enter reads three), so close has its own, reading one. */
+int sp_enter_close(struct sp_tp_enter *tp) { return sp_on_enter(tp, OP_CLOSE, tp->args[0], 0, 0); }
 
 #elif SP_MODE == SP_MODE_KPROBE
-/* __x64_sys_* take the user's registers as their only argument. */
-static __always_inline int sp_kp_enter(struct pt_regs *ctx, __u32 op)
+/* __x64_sys_* take the user's registers as their only argument, the syscall's number in
+ * orig_ax. The agent attaches these two programs to every syscall it hooks. */
+int sp_enter(struct pt_regs *ctx)
 {
     struct pt_regs *regs = (struct pt_regs *)PT_REGS_PARM1(ctx);
-    __u64 a0 = 0, a1 = 0, a2 = 0;
+    __u64 a0 = 0, a1 = 0, a2 = 0, nr = 0;
+    bpf_probe_read_kernel(&nr, sizeof(nr), &regs->orig_ax);
     bpf_probe_read_kernel(&a0, sizeof(a0), &regs->di);
     bpf_probe_read_kernel(&a1, sizeof(a1), &regs->si);
     bpf_probe_read_kernel(&a2, sizeof(a2), &regs->dx);
-    return sp_on_enter(ctx, op, a0, a1, a2);
+    return sp_on_enter(ctx, op_of_nr((__s64)nr), a0, a1, a2);
 }
-#define SP_SYSCALL(name, op)                                                     \
-    int sp_enter_##name(struct pt_regs *ctx) { return sp_kp_enter(ctx, op); }   \
-    int sp_exit_##name(struct pt_regs *ctx)                                      \
-    { return sp_on_exit(ctx, (__s64)PT_REGS_RC(ctx)); }
-#define SP_SYSCALL_ENTRY(name, op)                                               \
-    int sp_enter_##name(struct pt_regs *ctx) { return sp_kp_enter(ctx, op); }
+int sp_exit(struct pt_regs *ctx) { return sp_on_exit(ctx, (__s64)PT_REGS_RC(ctx)); }
 
 #elif SP_MODE == SP_MODE_FENTRY
 /* bcc attaches fentry/fexit programs at load, by their names. The names are bcc's own
@@ -911,7 +937,6 @@ static __always_inline int sp_fe_enter(unsigned long long *ctx, __u32 op)
     SP_KRETFUNC(SP_FN(name)) { return sp_on_exit(ctx, (__s64)ctx[1]); }
 #define SP_SYSCALL_ENTRY(name, op)                                               \
     SP_KFUNC(SP_FN(name)) { return sp_fe_enter(ctx, op); }
-#endif
 
 /* Which syscalls are compiled is decided by the agent (SP_HOOK_<name>=1), from the
  * probe table in spanprobe/probes.py and what this kernel offers. */
@@ -959,4 +984,5 @@ SP_SYSCALL(getpeername, OP_GETPEERNAME)
 #endif
 #if SP_HOOK_getsockname
 SP_SYSCALL(getsockname, OP_GETSOCKNAME)
+#endif
 #endif

@@ -287,15 +287,19 @@ def _attach_syscall(session: BpfSession, probe, feats: KernelFeatures) -> None:
     name = probe.name
     strategy = session.plan.strategy
     try:
+        # tracepoint and kprobe: the same two programs on every syscall (they tell the
+        # syscalls apart by number), loaded and verified by bcc at their first attach;
+        # close's enter tracepoint has a program of its own (a record of one argument)
         if strategy == "tracepoint":
-            b.attach_tracepoint(tp=f"syscalls:sys_enter_{name}".encode(), fn_name=f"sp_enter_{name}".encode())
+            enter = b"sp_enter_close" if name == "close" else b"sp_enter"
+            b.attach_tracepoint(tp=f"syscalls:sys_enter_{name}".encode(), fn_name=enter)
             if not probe.entry_only:
-                b.attach_tracepoint(tp=f"syscalls:sys_exit_{name}".encode(), fn_name=f"sp_exit_{name}".encode())
+                b.attach_tracepoint(tp=f"syscalls:sys_exit_{name}".encode(), fn_name=b"sp_exit")
         elif strategy == "kprobe":
             fn = f"{feats.syscall_prefix}{name}".encode()
-            b.attach_kprobe(event=fn, fn_name=f"sp_enter_{name}".encode())
+            b.attach_kprobe(event=fn, fn_name=b"sp_enter")
             if not probe.entry_only:
-                _attach_kretprobe(b, fn, f"sp_exit_{name}".encode())
+                _attach_kretprobe(b, fn, b"sp_exit")
         elif strategy == "fentry":
             # bcc attached the KFUNC_PROBE programs when it loaded them; their names
             # depend on the bcc version (kfunc__<fn> in 0.26, kfunc__vmlinux__<fn> later)
