@@ -146,6 +146,32 @@ def run(cell: Cell, check: str, fn) -> None:
         raise
 
 
+def wait_explained(receiver, svc: str, paths: set[str]) -> list[dict]:
+    """The service's SERVER spans for `paths`, one each within the receiver's wait; when some
+    are missing, the failure says what became of each: arrived later (when, as what kind,
+    for which service), or not at all in 20 s more. Twice a span went missing here with
+    every loss counter at zero (bottle, gunicorn sync and gthread, 1 in ~1,500 requests):
+    this is what tells a late span from a misattributed one from a lost one."""
+    def ours(s):
+        return s["resource"]["service.name"] == svc and s["kind"] == "SERVER" and s["attributes"].get("url.path") in paths
+    try:
+        return receiver.wait_for(ours, len(paths))
+    except AssertionError as exc:
+        t0 = time.monotonic()
+        seen = {s["attributes"].get("url.path") for s in receiver.spans if ours(s)}
+        missing = paths - seen
+        fates = {}
+        while missing - set(fates) and time.monotonic() - t0 < 20:
+            for s in list(receiver.spans):
+                path = s["attributes"].get("url.path")
+                if path in missing and path not in fates:
+                    fates[path] = (f"{s['kind']} {s['name']!r} of {s['resource'].get('service.name')!r}, "
+                                   f"{s['attributes'].get('error.type', 'no error')}, seen {time.monotonic() - t0:.1f} s later")
+            time.sleep(0.5)
+        detail = "; ".join(f"{p}: {fates.get(p, 'never arrived in 20 s more')}" for p in sorted(missing))
+        raise AssertionError(f"{str(exc).split(';')[0]}; missing: {detail}") from None
+
+
 @pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.id)
 def test_framework(stack, receiver, cell):
     apps, agent = stack
@@ -227,8 +253,7 @@ def test_framework(stack, receiver, cell):
             for i in range(100):
                 assert session.get(f"{app.url}/users/{base + i}", timeout=10).status_code == 200
         paths = {f"/users/{base + i}" for i in range(100)}
-        spans = receiver.wait_for(lambda s: s["resource"]["service.name"] == svc and s["kind"] == "SERVER"
-                                  and s["attributes"].get("url.path") in paths, 100)
+        spans = wait_explained(receiver, svc, paths)
         assert len(spans) == 100 and {s["attributes"]["url.path"] for s in spans} == paths
     check("100 keep-alive", keepalive)
 
@@ -237,8 +262,7 @@ def test_framework(stack, receiver, cell):
         codes = parallel(50, lambda i: requests.get(f"{app.url}/users/{base + i}", timeout=60).status_code)
         assert all(c == 200 for c in codes), codes
         paths = {f"/users/{base + i}" for i in range(50)}
-        spans = receiver.wait_for(lambda s: s["resource"]["service.name"] == svc and s["kind"] == "SERVER"
-                                  and s["attributes"].get("url.path") in paths, 50)
+        spans = wait_explained(receiver, svc, paths)
         time.sleep(0.5)
         again = [s for s in receiver.spans if s["resource"]["service.name"] == svc
                  and s["attributes"].get("url.path") in paths]
