@@ -146,14 +146,23 @@ setup() {
   say "setup done in $((SECONDS - t0)) s (venv $VENV)"
 }
 
+cpu_ticks() {  # busy and total CPU ticks of the whole machine so far (/proc/stat's first line)
+  awk '/^cpu /{t=0; for (i=2; i<=NF; i++) t+=$i; print t-$5-$6, t; exit}' /proc/stat
+}
+
 run_tier() {  # name, then pytest arguments
   local name=$1; shift
-  local xml="$RESULTS/junit-$name.xml" t0=$SECONDS rc=0
+  local xml="$RESULTS/junit-$name.xml" t0=$SECONDS rc=0 c0 c1
+  c0=$(cpu_ticks)
   say "tier $name"
   # xunit1: the JUnit flavour that holds per-test properties (`reused`, `reused_input`)
   python -m pytest -p no:cacheprovider -o junit_family=xunit1 --junitxml="$xml" "$@" || rc=$?
   [ $rc = 5 ] && say "tier $name collected no test: that is a failure, not a pass"
-  TIER_TIMES+=("$name $((SECONDS - t0)) $rc $xml")
+  c1=$(cpu_ticks)
+  # how many of the machine's CPUs the tier kept busy on average: what running tiers side
+  # by side could gain
+  TIER_TIMES+=("$name $((SECONDS - t0)) $rc $(awk -v a="$c0" -v b="$c1" -v n="$(nproc)" 'BEGIN {
+    split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; printf "%.2f", (d > 0 ? n * (y[1] - x[1]) / d : 0) }') $xml")
   return 0
 }
 
@@ -162,7 +171,7 @@ summary() {  # the per-tier table from the JUnit files; a test marked `reused` i
 import sys, xml.etree.ElementTree as ET
 rows, tot, reused_from = [], {"passed": 0, "failed": 0, "skipped": 0, "reused": 0}, []
 for item in sys.argv[1:]:
-    name, secs, rc, xml = item.split(" ", 3)
+    name, secs, rc, cpus, xml = item.split(" ", 4)
     n = {"passed": 0, "failed": 0, "skipped": 0, "reused": 0}
     try:
         for case in ET.parse(xml).getroot().iter("testcase"):
@@ -180,14 +189,16 @@ for item in sys.argv[1:]:
         pass
     if rc != "0" and n["failed"] == 0:
         n["failed"] = 1
-    rows.append((name, int(secs), n))
+    rows.append((name, int(secs), float(cpus), n))
     for k in tot:
         tot[k] += n[k]
 print("\ntiming summary")
-print(f"{'tier':<14}{'seconds':>8}{'passed':>8}{'failed':>8}{'skipped':>9}{'reused':>8}")
-for name, secs, n in rows:
-    print(f"{name:<14}{secs:>8}{n['passed']:>8}{n['failed']:>8}{n['skipped']:>9}{n['reused']:>8}")
-print(f"{'total':<14}{sum(r[1] for r in rows):>8}{tot['passed']:>8}{tot['failed']:>8}{tot['skipped']:>9}"
+print(f"{'tier':<14}{'seconds':>8}{'CPUs busy':>10}{'passed':>8}{'failed':>8}{'skipped':>9}{'reused':>8}")
+for name, secs, cpus, n in rows:
+    print(f"{name:<14}{secs:>8}{cpus:>10.2f}{n['passed']:>8}{n['failed']:>8}{n['skipped']:>9}{n['reused']:>8}")
+total_s = sum(r[1] for r in rows)
+busy = sum(r[1] * r[2] for r in rows) / total_s if total_s else 0.0
+print(f"{'total':<14}{total_s:>8}{busy:>10.2f}{tot['passed']:>8}{tot['failed']:>8}{tot['skipped']:>9}"
       f"{tot['reused']:>8}")
 for line in reused_from:
     print(f"  {line}")
