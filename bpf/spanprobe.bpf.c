@@ -583,7 +583,15 @@ static __always_inline void open_conn(void *ctx, __u64 pid_tgid, struct sp_activ
     output(ctx, &ev, sizeof(ev));
 }
 
-static __always_inline int sp_on_exit(void *ctx, __s64 ret)
+/* The operations an exit program can meet, as a mask of (1 << op). Programs bound to one
+ * syscall (fentry) pass a constant mask of the operations its entry records, so the
+ * compiler drops every other branch: eleven exits each carrying the whole body were 30k
+ * of fentry's 36k instructions, and compile and verify time in a guest follows that. */
+#define SP_OPS(o) (1u << (o))
+#define SP_ALL_OPS 0xffffffffu
+#define SP_EXIT_IS(o) ((ops & SP_OPS(o)) && a.op == (o))
+
+static __always_inline int sp_on_exit(void *ctx, __s64 ret, __u32 ops)
 {
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     struct sp_active *ap = active.lookup(&pid_tgid);
@@ -591,21 +599,23 @@ static __always_inline int sp_on_exit(void *ctx, __s64 ret)
         return 0;
     struct sp_active a = *ap;
     active.delete(&pid_tgid);
+    if (ops != SP_ALL_OPS && !(ops & SP_OPS(a.op)))
+        return 0;   /* left by an entry whose exit was never seen (attached in between) */
     __u64 ts = bpf_ktime_get_ns();
 
-    if (a.op == OP_ACCEPT) {
+    if (SP_EXIT_IS(OP_ACCEPT)) {
         if (ret >= 0) {
             open_conn(ctx, pid_tgid, &a, (__s32)ret, SP_ROLE_SERVER, ts, ts);
             note_server(pid_tgid, (__s32)ret);
         }
         return 0;
     }
-    if (a.op == OP_CONNECT) {
+    if (SP_EXIT_IS(OP_CONNECT)) {
         if (ret == 0 || ret == -SP_EINPROGRESS)
             open_conn(ctx, pid_tgid, &a, a.fd, SP_ROLE_CLIENT, a.conn_id, ts);
         return 0;
     }
-    if (a.op == OP_GETPEERNAME || a.op == OP_GETSOCKNAME) {
+    if (SP_EXIT_IS(OP_GETPEERNAME) || SP_EXIT_IS(OP_GETSOCKNAME)) {
         if (ret != 0 || !a.ptr)
             return 0;
         struct sp_conn_event ev = {};
@@ -618,7 +628,7 @@ static __always_inline int sp_on_exit(void *ctx, __s64 ret)
         output(ctx, &ev, sizeof(ev));
         return 0;
     }
-    if (a.op == OP_WRITE || a.op == OP_WRITEV) {
+    if (SP_EXIT_IS(OP_WRITE) || SP_EXIT_IS(OP_WRITEV)) {
         /* Entry already sent the bytes; report only what entry could not know. */
         if (a.op == OP_WRITEV || ret != (__s64)a.asked || ts - a.ts > SP_SLOW_WRITE_NS) {
             struct sp_write_result_event ev = {};
@@ -629,18 +639,18 @@ static __always_inline int sp_on_exit(void *ctx, __s64 ret)
         }
         return 0;
     }
-    if (ret <= 0)
+    if (!(ops & (SP_OPS(OP_READ) | SP_OPS(OP_READV))) || ret <= 0)
         return 0;
     struct sp_conn_key key = {.tgid = pid_tgid >> 32, .fd = a.fd};
     struct sp_conn_state *cs = conns.lookup(&key);
     if (!cs || cs->conn_id != a.conn_id)
         return 0;
-    if (a.op == OP_READ) {
+    if (SP_EXIT_IS(OP_READ)) {
         if (!wanted(cs, a.ptr, ret))
             return 0;
         emit_data(ctx, cs, pid_tgid, a.fd, a.conn_id, ts, SP_DIR_INGRESS, 0, 0, a.ptr, ret,
                   a.capture, -1);
-    } else if (a.op == OP_READV) {
+    } else if (SP_EXIT_IS(OP_READV)) {
         struct sp_iovec first = {};
         bpf_probe_read_user(&first, sizeof(first), (void *)a.ptr);
         if (!wanted(cs, first.base, first.len < (__u64)ret ? first.len : (__u64)ret))
@@ -892,7 +902,7 @@ int sp_enter(struct sp_tp_enter *tp)
 {
     return sp_on_enter(tp, op_of_nr(tp->nr), tp->args[0], tp->args[1], tp->args[2]);
 }
-int sp_exit(struct sp_tp_exit *tp) { return sp_on_exit(tp, tp->ret); }
+int sp_exit(struct sp_tp_exit *tp) { return sp_on_exit(tp, tp->ret, SP_ALL_OPS); }
 /* close(2) has one argument: the kernel refuses a program that reads past the end of a
  * tracepoint's record (sp_enter reads three), so close has its own, reading one. */
 int sp_enter_close(struct sp_tp_enter *tp) { return sp_on_enter(tp, OP_CLOSE, tp->args[0], 0, 0); }
@@ -910,7 +920,7 @@ int sp_enter(struct pt_regs *ctx)
     bpf_probe_read_kernel(&a2, sizeof(a2), &regs->dx);
     return sp_on_enter(ctx, op_of_nr((__s64)nr), a0, a1, a2);
 }
-int sp_exit(struct pt_regs *ctx) { return sp_on_exit(ctx, (__s64)PT_REGS_RC(ctx)); }
+int sp_exit(struct pt_regs *ctx) { return sp_on_exit(ctx, (__s64)PT_REGS_RC(ctx), SP_ALL_OPS); }
 
 #elif SP_MODE == SP_MODE_FENTRY
 /* bcc attaches fentry/fexit programs at load, by their names. The names are bcc's own
@@ -932,46 +942,46 @@ static __always_inline int sp_fe_enter(unsigned long long *ctx, __u32 op)
 #define SP_KFUNC(fn) KFUNC_PROBE(fn)
 #define SP_KRETFUNC(fn) KRETFUNC_PROBE(fn)
 #define SP_FN(name) SP_XCAT(SP_SYSCALL_PREFIX, name, )
-#define SP_SYSCALL(name, op)                                                     \
+#define SP_SYSCALL(name, op, exit_ops)                                           \
     SP_KFUNC(SP_FN(name)) { return sp_fe_enter(ctx, op); }                        \
-    SP_KRETFUNC(SP_FN(name)) { return sp_on_exit(ctx, (__s64)ctx[1]); }
+    SP_KRETFUNC(SP_FN(name)) { return sp_on_exit(ctx, (__s64)ctx[1], exit_ops); }
 #define SP_SYSCALL_ENTRY(name, op)                                               \
     SP_KFUNC(SP_FN(name)) { return sp_fe_enter(ctx, op); }
 
 /* Which syscalls are compiled is decided by the agent (SP_HOOK_<name>=1), from the
  * probe table in spanprobe/probes.py and what this kernel offers. */
 #if SP_HOOK_read
-SP_SYSCALL(read, OP_READ)
+SP_SYSCALL(read, OP_READ, SP_OPS(OP_READ))
 #endif
 #if SP_HOOK_recvfrom
-SP_SYSCALL(recvfrom, OP_READ)
+SP_SYSCALL(recvfrom, OP_READ, SP_OPS(OP_READ))
 #endif
 #if SP_HOOK_readv
-SP_SYSCALL(readv, OP_READV)
+SP_SYSCALL(readv, OP_READV, SP_OPS(OP_READV))
 #endif
 #if SP_HOOK_recvmsg
-SP_SYSCALL(recvmsg, OP_RECVMSG)
+SP_SYSCALL(recvmsg, OP_RECVMSG, SP_OPS(OP_READV))
 #endif
 #if SP_HOOK_write
-SP_SYSCALL(write, OP_WRITE)
+SP_SYSCALL(write, OP_WRITE, SP_OPS(OP_WRITE))
 #endif
 #if SP_HOOK_sendto
-SP_SYSCALL(sendto, OP_WRITE)
+SP_SYSCALL(sendto, OP_WRITE, SP_OPS(OP_WRITE))
 #endif
 #if SP_HOOK_writev
-SP_SYSCALL(writev, OP_WRITEV)
+SP_SYSCALL(writev, OP_WRITEV, SP_OPS(OP_WRITEV))
 #endif
 #if SP_HOOK_sendmsg
-SP_SYSCALL(sendmsg, OP_SENDMSG)
+SP_SYSCALL(sendmsg, OP_SENDMSG, SP_OPS(OP_WRITEV))
 #endif
 #if SP_HOOK_accept
-SP_SYSCALL(accept, OP_ACCEPT)
+SP_SYSCALL(accept, OP_ACCEPT, SP_OPS(OP_ACCEPT))
 #endif
 #if SP_HOOK_accept4
-SP_SYSCALL(accept4, OP_ACCEPT)
+SP_SYSCALL(accept4, OP_ACCEPT, SP_OPS(OP_ACCEPT))
 #endif
 #if SP_HOOK_connect
-SP_SYSCALL(connect, OP_CONNECT)
+SP_SYSCALL(connect, OP_CONNECT, SP_OPS(OP_CONNECT))
 #endif
 #if SP_HOOK_close
 SP_SYSCALL_ENTRY(close, OP_CLOSE)
@@ -980,9 +990,9 @@ SP_SYSCALL_ENTRY(close, OP_CLOSE)
 SP_SYSCALL_ENTRY(bind, OP_BIND)
 #endif
 #if SP_HOOK_getpeername
-SP_SYSCALL(getpeername, OP_GETPEERNAME)
+SP_SYSCALL(getpeername, OP_GETPEERNAME, SP_OPS(OP_GETPEERNAME))
 #endif
 #if SP_HOOK_getsockname
-SP_SYSCALL(getsockname, OP_GETSOCKNAME)
+SP_SYSCALL(getsockname, OP_GETSOCKNAME, SP_OPS(OP_GETSOCKNAME))
 #endif
 #endif
