@@ -181,9 +181,10 @@ def lynis_before(vm: VM, manifest: dict) -> tuple[int | None, str | None]:
 
 
 # what decides the converged guest lynis audits last, besides its image: the roles and
-# playbooks, the agent the wheel is built from, and this tier's code (its variables, its
-# runs before lynis: the change run, the bad-variable runs)
-AFTER_INPUTS = ("ansible", "agent", "pyproject.toml", "requirements", "tests/ansible")
+# playbooks, the agent the wheel is built from (its Python and its kernel side, which the
+# wheel carries), and this tier's code (its variables, its runs before lynis: the change
+# run, the bad-variable runs)
+AFTER_INPUTS = ("ansible", "agent", "bpf", "pyproject.toml", "requirements", "tests/ansible")
 
 
 def inputs_digest(paths=AFTER_INPUTS) -> str:
