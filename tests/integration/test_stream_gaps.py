@@ -121,6 +121,21 @@ def test_frozen_agent_never_exports_a_wrong_status(tmp, receiver):
     assert "kernel_events_lost=+" in agent.stderr
 
 
+def wait_bcc_loaded(pid: int, timeout: float = 120.0) -> None:
+    """Until the agent has mapped libbcc: it loads it for the compile, after its first scan
+    of /proc. A fixed sleep was too long once the compile got fast (READY came first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                if "libbcc" in f.read():
+                    return
+        except OSError as exc:
+            raise AssertionError(f"agent {pid} gone before it loaded bcc: {exc}") from None
+        time.sleep(0.02)
+    raise AssertionError(f"agent {pid} did not load bcc within {timeout:.0f} s")
+
+
 def test_connections_opened_while_the_agent_starts_are_traced(tmp, receiver):
     app = StatusApp(tmp)
     agent = Agent(["--port", str(app.port), "--otlp-endpoint", f"http://127.0.0.1:{receiver.grpc_port}"],
@@ -128,9 +143,9 @@ def test_connections_opened_while_the_agent_starts_are_traced(tmp, receiver):
     conns: list[http.client.HTTPConnection] = []
     run = uid()
     try:
-        # past the agent's first /proc scan (the interpreter and bcc import alone take
-        # longer), well before READY (the compile takes tens of seconds here)
-        time.sleep(4.0)
+        # past the agent's first /proc scan and before READY: bcc is loaded after that scan,
+        # to compile, which takes seconds; opening ten connections takes milliseconds
+        wait_bcc_loaded(agent.proc.pid)
         for _ in range(10):
             c = http.client.HTTPConnection("127.0.0.1", app.port, timeout=10)
             c.connect()
