@@ -28,8 +28,7 @@ def compiled_sizes(strategy: str) -> dict[str, int]:
             pass
 
     settings = config.resolve({}, {})
-    feats = kernel.detect(SysRoot("/"), [p.name for p in probes.PROBES if p.kind == "syscall"],
-                          [p.name for p in probes.PROBES if p.kind == "tracepoint"])
+    feats = kernel.detect(SysRoot("/"), probes.SYSCALLS, probes.TRACEPOINTS)
     feats.fentry_unreadable = {}        # compile every syscall's pair, as a kernel with full BTF would
     plan = probes.make_plan(feats, strategy, settings, settings["buffer"])
     flags = loader.cflags(plan, settings, feats, 1, False)
