@@ -152,26 +152,27 @@ cpu_ticks() {  # busy and total CPU ticks of the whole machine so far (/proc/sta
 
 run_tier() {  # name, then pytest arguments
   local name=$1; shift
-  local xml="$RESULTS/junit-$name.xml" t0=$SECONDS rc=0 c0 c1
+  local xml="$RESULTS/junit-$name.xml" t0=$SECONDS rc=0 c0
   c0=$(cpu_ticks)
   say "tier $name"
   # xunit1: the JUnit flavour that holds per-test properties (`reused`, `reused_input`)
   python -m pytest -p no:cacheprovider -o junit_family=xunit1 --junitxml="$xml" "$@" || rc=$?
   [ $rc = 5 ] && say "tier $name collected no test: that is a failure, not a pass"
-  c1=$(cpu_ticks)
-  # how many of the machine's CPUs the tier kept busy on average: what running tiers side
-  # by side could gain
-  TIER_TIMES+=("$name $((SECONDS - t0)) $rc $(awk -v a="$c0" -v b="$c1" -v n="$(nproc)" 'BEGIN {
-    split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; printf "%.2f", (d > 0 ? n * (y[1] - x[1]) / d : 0) }') $xml")
+  # the machine's CPU ticks before and after: summary() turns them into CPUs busy
+  TIER_TIMES+=("$name $((SECONDS - t0)) $rc $c0 $(cpu_ticks) $xml")
   return 0
 }
 
 summary() {  # the per-tier table from the JUnit files; a test marked `reused` is not counted as run
   python - "${TIER_TIMES[@]}" <<'PY'
-import sys, xml.etree.ElementTree as ET
+import os, sys, xml.etree.ElementTree as ET
 rows, tot, reused_from = [], {"passed": 0, "failed": 0, "skipped": 0, "reused": 0}, []
 for item in sys.argv[1:]:
-    name, secs, rc, cpus, xml = item.split(" ", 4)
+    name, secs, rc, busy0, all0, busy1, all1, xml = item.split(" ", 7)
+    # how many of the machine's CPUs the tier kept busy on average: what running tiers
+    # side by side could gain
+    ticks = int(all1) - int(all0)
+    cpus = os.cpu_count() * (int(busy1) - int(busy0)) / ticks if ticks > 0 else 0.0
     n = {"passed": 0, "failed": 0, "skipped": 0, "reused": 0}
     try:
         for case in ET.parse(xml).getroot().iter("testcase"):
@@ -189,7 +190,7 @@ for item in sys.argv[1:]:
         pass
     if rc != "0" and n["failed"] == 0:
         n["failed"] = 1
-    rows.append((name, int(secs), float(cpus), n))
+    rows.append((name, int(secs), cpus, n))
     for k in tot:
         tot[k] += n[k]
 print("\ntiming summary")
