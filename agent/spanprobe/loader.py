@@ -226,12 +226,12 @@ def _short(exc: BaseException, stderr: str) -> str:
 
 
 def load(plan: Plan, settings, feats: KernelFeatures, self_pid: int, trace_all: bool) -> BpfSession:
-    import time
-
     bcc = import_bcc()
     src = bpf_dir() / "spanprobe.bpf.c"
     flags = cflags(plan, settings, feats, self_pid, trace_all)
     t0 = time.monotonic()
+    if plan.strategy == "fentry" and (why := fentry_refused(bcc, plan, feats)):
+        raise ProbeAttachError(f"fentry: compile/load failed: {why}")
     err = io.StringIO()
     try:
         with _capture_stderr(err):
@@ -251,6 +251,23 @@ def load(plan: Plan, settings, feats: KernelFeatures, self_pid: int, trace_all: 
         session.close()
         raise
     return session
+
+
+def fentry_refused(bcc, plan: Plan, feats: KernelFeatures) -> str | None:
+    """Why the kernel refuses fentry programs, or None when it loads one.
+
+    The whole fentry plan is a few seconds of compiling (a program pair per syscall) before
+    the kernel can say no, and a kernel that refuses fentry (lockdown, a restricted build:
+    EPERM here) refuses it for every function. One empty program on the plan's first
+    syscall asks the same question in a fraction of that time."""
+    fn = f"{feats.syscall_prefix or '__x64_sys_'}{plan.syscalls[0].name}"
+    err = io.StringIO()
+    try:
+        with _capture_stderr(err):
+            release_bpf(_new_bpf(bcc, text=f"KFUNC_PROBE({fn}) {{ return 0; }}".encode(), cflags=QUIET))
+    except Exception as exc:   # noqa: BLE001 - bcc raises plain Exception
+        return _short(exc, err.getvalue())
+    return None
 
 
 def _new_bpf(bcc, **kw):

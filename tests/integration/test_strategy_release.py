@@ -10,6 +10,8 @@ import signal
 
 import pytest
 
+from spanprobe import config, kernel, loader, probes
+from spanprobe.procfs import SysRoot
 from tests.support.procs import Agent, bpf_ids
 
 
@@ -36,3 +38,21 @@ def test_a_refused_strategy_releases_its_maps(tmp):
     assert single_maps, "the loaded plan holds no maps: fdinfo not readable?"
     assert len(fallback_maps) == len(set(fallback_maps))
     assert len(fallback_maps) == len(single_maps), (passed, fallback_maps, single_maps)
+
+
+def test_one_empty_program_tells_whether_fentry_loads():
+    """The agent asks the kernel about fentry with one empty program before compiling the
+    whole fentry plan; that answer must be the whole plan's own (loaded, or refused)."""
+    bcc = loader.import_bcc()
+    settings = config.resolve({}, {})
+    feats = kernel.detect(SysRoot("/"), probes.SYSCALLS, probes.TRACEPOINTS)
+    plan = probes.make_plan(feats, "fentry", settings, settings["buffer"])
+    refused = loader.fentry_refused(bcc, plan, feats)
+    flags = loader.cflags(plan, settings, feats, os.getpid(), False)
+    try:
+        whole = loader._new_bpf(bcc, src_file=str(loader.bpf_dir() / "spanprobe.bpf.c").encode(), cflags=flags)
+    except Exception as exc:   # noqa: BLE001 - bcc raises plain Exception
+        assert refused, f"the whole plan was refused ({exc}) but the empty program loaded"
+        return
+    loader.release_bpf(whole)
+    assert refused is None, f"the empty program was refused ({refused}) but the whole plan loaded"
