@@ -175,7 +175,8 @@ for item in sys.argv[1:]:
     cpus = os.cpu_count() * (int(busy1) - int(busy0)) / ticks if ticks > 0 else 0.0
     n = {"passed": 0, "failed": 0, "skipped": 0, "reused": 0}
     try:
-        for case in ET.parse(xml).getroot().iter("testcase"):
+        cases = [] if xml == "-" else ET.parse(xml).getroot().iter("testcase")   # "-": setup, no tests
+        for case in cases:
             if case.find("failure") is not None or case.find("error") is not None:
                 n["failed"] += 1
             elif case.find("skipped") is not None:
@@ -215,8 +216,12 @@ case "$cmd" in
   check) setup; exec python -m spanprobe check ;;
   demo) setup; exec python -m spanprobe demo --duration "${2:-15}" ;;
   test|test-quick)
+    TIER_TIMES=()
     if [ "$cmd" = test ]; then
+      # installs and downloads are part of the command's time: a row of the summary, no tests
+      t0=$SECONDS c0=$(cpu_ticks)
       setup; setup_kernel_matrix; setup_bench; setup_image; setup_ansible_tier
+      TIER_TIMES+=("setup $((SECONDS - t0)) 0 $c0 $(cpu_ticks) -")
     elif [ -e "$(venv_dir)/.complete" ]; then
       setup_venv        # the inner loop: no root, apt or network once the venv exists
     else
@@ -224,7 +229,6 @@ case "$cmd" in
     fi
     RESULTS=${SPANPROBE_RESULTS:-$ROOT/results}
     mkdir -p "$RESULTS"
-    TIER_TIMES=()
     cd "$ROOT"
     run_tier unit tests/unit -q
     if [ "$cmd" = test ]; then
