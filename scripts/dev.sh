@@ -233,7 +233,8 @@ case "$cmd" in
     run_tier unit tests/unit -q
     if [ "$cmd" = test ]; then
       run_tier fuzz tests/fuzz -q -s
-      run_tier integration tests/integration -q
+      # each test starts its own agent and apps on ports of its own: a file per worker, both CPUs
+      run_tier integration tests/integration -q -n auto --maxprocesses 2 --dist loadfile
       run_tier frameworks tests/frameworks -q -s
       run_tier bench-smoke tests/bench -q
       export SPANPROBE_KERNEL_MATRIX=1

@@ -150,14 +150,16 @@ def test_curl_client_span_4xx_is_error_and_links_downstream(stack, receiver):
     apps, _ = stack
     inventory = apps["inventory"]
     receiver.clear()
+    path = f"/missing-{uid()}"      # the agent traces every curl: another test's may run beside this one
     out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-                          f"{inventory.url}/missing?api_key=hunter2"], capture_output=True, text=True)
+                          f"{inventory.url}{path}?api_key=hunter2"], capture_output=True, text=True)
     assert out.stdout == "404"
-    (cli,) = receiver.wait_for(lambda s: s["kind"] == "CLIENT" and s["resource"]["service.name"] == "curl")
+    (cli,) = receiver.wait_for(lambda s: s["kind"] == "CLIENT" and s["resource"]["service.name"] == "curl"
+                               and s["attributes"].get("url.full", "").endswith(f"{path}?api_key=REDACTED"))
     assert cli["status"] == "ERROR"
-    assert cli["attributes"]["url.full"] == f"http://127.0.0.1:{inventory.port}/missing?api_key=REDACTED"
+    assert cli["attributes"]["url.full"] == f"http://127.0.0.1:{inventory.port}{path}?api_key=REDACTED"
     assert cli["attributes"]["user_agent.original"].startswith("curl/")
-    (down,) = server_spans(receiver, "/missing")
+    (down,) = server_spans(receiver, path)
     assert down["parent_span_id"] == cli["span_id"] and down["trace_id"] == cli["trace_id"]
 
 

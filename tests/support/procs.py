@@ -16,10 +16,48 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+PORTS_FROM = 10_000             # test servers' ports: from here to the kernel's ephemeral range
+_last_port: int | None = None
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def _bindable(port: int) -> bool:
+    for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        with socket.socket(family) as s:
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for a test server to listen on, that no other test of this run hands out.
+
+    Not one the kernel picks (its ephemeral range): every client connection on the machine
+    takes its local port from there, and may take this one between the check and the
+    server's bind. Below that range, each pytest-xdist worker draws from a block of its
+    own, in turn, so neither two workers nor two servers of one test get the same port."""
+    global _last_port
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    size = (_ephemeral_low() - PORTS_FROM) // workers
+    first = PORTS_FROM + worker * size
+    start = 0 if _last_port is None else _last_port - first + 1
+    for i in range(size):
+        port = first + (start + i) % size
+        if _bindable(port):
+            _last_port = port
+            return port
+    raise RuntimeError(f"no free port in {first}-{first + size - 1}")
 
 
 def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
