@@ -44,6 +44,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                       f"strategy {g.get('strategy', '?')}")
     for name, v in SUMMARY["times"].items():
         tr.write_line(f"  {name:<28} {v}")
+    for line in SUMMARY["slowest tasks, first run"]:
+        tr.write_line(f"  slowest task of the first run: {line}")
     for name, v in SUMMARY["reused"].items():
         tr.write_line(f"  {name:<28} {'reused: ' + v if v else 'measured in this run'}")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -79,6 +81,7 @@ def fleet():
                                     {n: {"spanprobe_wheelhouse": str(houses[n])} for n in vms})
         fleet = Fleet(vms, manifests, inventory)
         fleet.runs["first"] = run_playbook("site-1-apply", inventory)
+        SUMMARY["slowest tasks, first run"] = fleet.runs["first"].slowest()
         fleet.pids["after_first"] = {n: agent_pid(vm) for n, vm in vms.items()}
         fleet.runs["second"] = run_playbook("site-2-idempotence", inventory)
         fleet.pids["after_second"] = {n: agent_pid(vm) for n, vm in vms.items()}

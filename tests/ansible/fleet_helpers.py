@@ -31,7 +31,7 @@ GUESTS = [g for g in os.environ.get("SPANPROBE_ANSIBLE_GUESTS", " ".join(images.
 LYNIS_GUESTS = [g for g in os.environ.get("SPANPROBE_LYNIS_GUESTS", "debian13").split() if g in GUESTS]
 BIN = Path(sys.executable).parent
 # "reused": a value this run took from an earlier one (what, when, key), None if measured now
-SUMMARY: dict = {"guests": {}, "times": {}, "reused": {}}
+SUMMARY: dict = {"guests": {}, "times": {}, "reused": {}, "slowest tasks, first run": []}
 
 # What the test fleet is told, on top of the roles' defaults (inventory group vars).
 TEST_VARS = {
@@ -48,6 +48,7 @@ TEST_VARS = {
     "spanprobe_resource_attributes": {"deployment.environment.name": "ansible-test"},
     "spanprobe_routes": ["/users/{id}"],
 }
+SLOW_TASK = re.compile(r"^(.+?) -{3,} (\d+\.\d+)s$", re.M)
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)"
                    r"\s+skipped=(\d+)\s+rescued=(\d+)\s+ignored=(\d+)", re.M)
 
@@ -85,6 +86,11 @@ class Run:
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def slowest(self, n: int = 5) -> list[str]:
+        """The run's n slowest tasks as profile_tasks listed them at the end of the log."""
+        recap = self.text.rpartition("TASKS RECAP")[2]
+        return [f"{m.group(2)} s {m.group(1)}" for m in SLOW_TASK.finditer(recap)][:n]
+
 
 def parse_run(text: str) -> tuple[dict, dict]:
     recap = {m.group(1): dict(zip(("ok", "changed", "unreachable", "failed", "skipped", "rescued", "ignored"),
@@ -113,6 +119,8 @@ def run_playbook(name: str, inventory: Path, *args: str, playbook: str = "site.y
     env = dict(os.environ, ANSIBLE_CONFIG=str(ANSIBLE / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_FORCE_COLOR="0", ANSIBLE_HOME=str(RESULTS / ".ansible"),
                ANSIBLE_LOCAL_TEMP=str(RESULTS / ".ansible" / "tmp"),
+               # each task's time in the log, the slowest listed at its end: where a run's minutes go
+               ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks",
                PATH=f"{BIN}:{os.environ.get('PATH', '')}", **mitogen_env())
     t0 = time.monotonic()
     with open(log, "w") as f:
