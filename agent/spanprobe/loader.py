@@ -385,7 +385,7 @@ def load_best(feats: KernelFeatures, settings, self_pid: int, trace_all: bool) -
             return session, tried
         except (ProbeAttachError, KernelUnsupported) as exc:
             log.info("strategy %s not usable: %s", strategy, exc)
-            tried.append((strategy, str(exc)))
+            tried.append((strategy, str(exc).removeprefix(f"{strategy}: ")))   # named once, by the pair
     reasons = "; ".join(f"{s}: {why}" for s, why in tried)
     if settings["attach_mode"] != "auto":
         raise ProbeAttachError(f"attach_mode {settings['attach_mode']} is not usable here ({reasons}); "
