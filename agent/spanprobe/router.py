@@ -87,23 +87,33 @@ class HostSockets:
     def __init__(self, root: SysRoot, self_pid: int):
         self.root = root
         self.self_pid = self_pid
-        self.own_ports: set[int] = set()
-        self.own_ports_at = 0.0
+        # (local port, remote port) of each of the agent's connected TCP sockets
+        self.own_ends: set[tuple[int, int]] = set()
+        self.own_ends_at = 0.0
         self.listen_cache: dict[tuple[int, int], tuple[str, int] | None] = {}
 
-    def own_peer(self, peer: tuple[str, int]) -> bool:
-        """Is this peer one of the agent's own sockets (its OTLP exporter's)? Checked on
-        loopback peers only, the agent's ports re-read at most ten times a second."""
+    def own_connection(self, peer: tuple[str, int], local: tuple[str, int] | None) -> bool:
+        """Is this accepted connection one the agent itself opened (its OTLP export to a
+        traced collector)? Its peer must be one of the agent's sockets and its local end that
+        socket's remote end: two connections to different servers may share a client port,
+        so the port alone would take a traced client for the agent, and drop its request
+        unseen. Checked on loopback peers only; the agent's sockets re-read at most ten times
+        a second."""
         if not (peer[0].startswith("127.") or peer[0] == "::1"):
             return False
-        if peer[1] in self.own_ports:
+        if self._own(peer, local):
             return True
         now = time.monotonic()
-        if now - self.own_ports_at < 0.1:
+        if now - self.own_ends_at < 0.1:
             return False
-        self.own_ports_at = now
-        self.own_ports = own_tcp_ports(self.root.socket_inodes(self.self_pid))
-        return peer[1] in self.own_ports
+        self.own_ends_at = now
+        self.own_ends = own_tcp_ends(self.root.socket_inodes(self.self_pid))
+        return self._own(peer, local)
+
+    def _own(self, peer: tuple[str, int], local: tuple[str, int] | None) -> bool:
+        if local is None or not local[1]:       # the server's end unknown: the client's port alone
+            return any(mine == peer[1] for mine, _ in self.own_ends)
+        return (peer[1], local[1]) in self.own_ends
 
     def listen_address(self, pid: int, fd: int) -> tuple[str, int] | None:
         key = (pid, fd)
@@ -130,7 +140,7 @@ class Router:
         self.requests = requests
         self.faults = faults
         self._finished: list[Exchange] = []
-        self.assembler = Assembler(self._finished.append, sockets.listen_address, sockets.own_peer,
+        self.assembler = Assembler(self._finished.append, sockets.listen_address, sockets.own_connection,
                                    scopes.body_needs, sample=sample)
         self.python_checked: set[int] = set()      # PythonCheckRequest recorded
         self.python_called_out: set[int] = set()   # PythonLinkRequest recorded
@@ -270,13 +280,14 @@ class Router:
         return out
 
 
-def own_tcp_ports(fds) -> set[int]:
-    """The local ports of this process's TCP sockets, by getsockname() on its own fds.
+def own_tcp_ends(fds) -> set[tuple[int, int]]:
+    """(local port, remote port) of this process's connected TCP sockets, by getsockname()
+    and getpeername() on its own fds.
 
     Not from /proc/self/net/tcp: that lists every TCP socket of the network namespace,
     TIME_WAIT ones included (tens of thousands on a busy host: a one-worker gunicorn app
     leaves one per request for a minute), and parsing it took most of the agent's CPU."""
-    ports = set()
+    ends = set()
     for fd in fds:
         try:
             s = socket.socket(fileno=fd)             # family and type are read from the fd
@@ -284,9 +295,9 @@ def own_tcp_ports(fds) -> set[int]:
             continue
         try:
             if s.family in (socket.AF_INET, socket.AF_INET6) and s.type == socket.SOCK_STREAM:
-                ports.add(s.getsockname()[1])
-        except OSError:
+                ends.add((s.getsockname()[1], s.getpeername()[1]))
+        except OSError:                             # not connected (a listener): no peer
             pass
         finally:
             s.detach()                              # the fd stays open: it is not ours to close
-    return ports
+    return ends
