@@ -47,12 +47,17 @@ def test_one_empty_program_tells_whether_fentry_loads():
     settings = config.resolve({}, {})
     feats = kernel.detect(SysRoot("/"), probes.SYSCALLS, probes.TRACEPOINTS)
     plan = probes.make_plan(feats, "fentry", settings, settings["buffer"])
+    maps_before = set(map_fds(os.getpid()))
     refused = loader.fentry_refused(bcc, plan, feats)
+    assert set(map_fds(os.getpid())) == maps_before, "asking about fentry left maps behind"
     flags = loader.cflags(plan, settings, feats, os.getpid(), False)
     try:
         whole = loader._new_bpf(bcc, src_file=str(loader.bpf_dir() / "spanprobe.bpf.c").encode(), cflags=flags)
     except Exception as exc:   # noqa: BLE001 - bcc raises plain Exception
         assert refused, f"the whole plan was refused ({exc}) but the empty program loaded"
+        # the refused construction had created the plan's maps: released with it (the agent
+        # no longer builds it on such a kernel, so this is where that release is tested)
+        assert set(map_fds(os.getpid())) == maps_before, "a refused whole plan left its maps behind"
         return
     loader.release_bpf(whole)
     assert refused is None, f"the empty program was refused ({refused}) but the whole plan loaded"

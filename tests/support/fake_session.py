@@ -44,7 +44,7 @@ class FakeSession:
         """A spanprobe.session.SessionOpener that opens this session."""
         def open_session(settings, root, self_pid, trace_all):
             self.opened_with = {"self_pid": self_pid, "trace_all": trace_all}
-            return self, [("fentry", "fentry: compile/load failed: refused (fake)")]
+            return self, [("fentry", "compile/load failed: refused (fake)")]
         return open_session
 
     def inject(self, *records: bytes) -> None:

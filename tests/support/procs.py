@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -29,7 +30,11 @@ def _ephemeral_low() -> int:
 
 def _bindable(port: int) -> bool:
     for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-        with socket.socket(family) as s:
+        try:
+            s = socket.socket(family)
+        except OSError:                 # no IPv6 on this kernel: IPv4 alone decides
+            continue
+        with s:
             if family == socket.AF_INET6:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
@@ -45,13 +50,19 @@ def free_port() -> int:
     Not one the kernel picks (its ephemeral range): every client connection on the machine
     takes its local port from there, and may take this one between the check and the
     server's bind. Below that range, each pytest-xdist worker draws from a block of its
-    own, in turn, so neither two workers nor two servers of one test get the same port."""
+    own, in turn, so neither two workers nor two servers of one test get the same port; the
+    first turn starts at random, so two test processes side by side rarely meet either. A
+    machine whose ephemeral range leaves no room below it gets a port the kernel picks."""
     global _last_port
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     size = (_ephemeral_low() - PORTS_FROM) // workers
+    if size < 100:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
     first = PORTS_FROM + worker * size
-    start = 0 if _last_port is None else _last_port - first + 1
+    start = random.randrange(size) if _last_port is None else _last_port - first + 1
     for i in range(size):
         port = first + (start + i) % size
         if _bindable(port):
