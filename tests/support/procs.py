@@ -3,6 +3,7 @@ the agent itself, started as a user would start them."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -21,6 +22,7 @@ PORTS_FROM = 10_000             # test servers' ports: from here to the kernel's
 _last_port: int | None = None
 
 
+@functools.cache
 def _ephemeral_low() -> int:
     try:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
