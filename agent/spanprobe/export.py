@@ -12,6 +12,7 @@ import threading
 import time
 from collections import deque
 from typing import Sequence
+from urllib.parse import urlsplit
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -62,6 +63,15 @@ def make_exporters(settings) -> list[SpanExporter]:
         exporters.append(LineConsoleExporter())
     return exporters
 
+
+def export_ports(settings) -> frozenset[int]:
+    """The server port of each OTLP endpoint the agent exports to: where an accepted
+    connection may be the agent's own (router.HostSockets)."""
+    endpoint = settings["export.otlp_endpoint"]
+    if not endpoint:
+        return frozenset()
+    url = urlsplit(endpoint)                     # checked by config: http(s), a valid port
+    return frozenset({url.port or (443 if url.scheme == "https" else 80)})
 
 
 def retry_delay(retry: int, hint: float | None, ceiling: float) -> float:

@@ -30,7 +30,7 @@ from .attributes import Extractor, compile_rules
 from .clock import MonotonicToWall
 from .config import Settings, otel_resource_attributes
 from .discovery import ProcessRegistry, Selection, scan
-from .export import ExportQueue, make_exporters
+from .export import ExportQueue, export_ports, make_exporters
 from .faults import Faults
 from .losses import LossReport
 from .notify import Watchdog, sd_notify
@@ -123,7 +123,7 @@ class Agent:
                                    agent_resource_attributes(settings, self.env),
                                    self.extractor, self.scopes.rules_for)
         self.router = Router(self.registry, self.selection, self.scopes,
-                             HostSockets(self.root, os.getpid()), self.builder, requests, self.faults,
+                             HostSockets(self.root, os.getpid(), export_ports(settings)), self.builder, requests, self.faults,
                              HeadSampler(settings["sampling.sampler"], settings["sampling.ratio"]))
         self.assembler = self.router.assembler
         self.calibrations = calibrations or Calibrations(self.root)

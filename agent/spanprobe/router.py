@@ -84,29 +84,42 @@ class HostSockets:
     """Read-only lookups the assembler needs about sockets on this host: a listening
     socket's address, and whether a peer is one of the agent's own sockets."""
 
-    def __init__(self, root: SysRoot, self_pid: int):
+    def __init__(self, root: SysRoot, self_pid: int, export_ports: frozenset[int] = frozenset()):
         self.root = root
         self.self_pid = self_pid
-        # (local port, remote port) of each of the agent's connected TCP sockets
+        # the server ports the agent exports to (export.otlp_endpoint's)
+        self.export_ports = export_ports
+        # (local port, remote port) of each of the agent's connected TCP sockets, and when
+        # they were read (CLOCK_MONOTONIC, the clock of the kernel's event times)
         self.own_ends: set[tuple[int, int]] = set()
-        self.own_ends_at = 0.0
+        self.own_ends_ns = 0
         self.listen_cache: dict[tuple[int, int], tuple[str, int] | None] = {}
 
-    def own_connection(self, peer: tuple[str, int], local: tuple[str, int] | None) -> bool:
+    def own_connection(self, peer: tuple[str, int], local: tuple[str, int] | None, accepted_ns: int) -> bool:
         """Is this accepted connection one the agent itself opened (its OTLP export to a
         traced collector)? Its peer must be one of the agent's sockets and its local end that
         socket's remote end: two connections to different servers may share a client port,
         so the port alone would take a traced client for the agent, and drop its request
-        unseen. Checked on loopback peers only; the agent's sockets re-read at most ten times
-        a second."""
+        unseen. Checked on loopback peers only.
+
+        The agent's sockets are re-read when the last reading is older than the accept
+        (`accepted_ns`, the kernel's time): a client is connected before its server's accept
+        returns, so a reading taken after it holds the agent's end if it is one. Reading
+        costs a few hundred microseconds (every fd of the agent), so for a server port the
+        agent does not export to it happens at most ten times a second; for an export port
+        always, or one exporter connection, kept alive, would be traced with every export
+        it carries."""
         if not (peer[0].startswith("127.") or peer[0] == "::1"):
             return False
         if self._own(peer, local):
             return True
-        now = time.monotonic()
-        if now - self.own_ends_at < 0.1:
+        if self.own_ends_ns >= accepted_ns:
             return False
-        self.own_ends_at = now
+        now = time.monotonic_ns()
+        export_port = local is None or not local[1] or local[1] in self.export_ports
+        if not export_port and now - self.own_ends_ns < 100_000_000:
+            return False
+        self.own_ends_ns = now
         self.own_ends = own_tcp_ends(self.root.socket_inodes(self.self_pid))
         return self._own(peer, local)
 

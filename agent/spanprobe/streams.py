@@ -151,7 +151,7 @@ class Assembler:
 
     def __init__(self, emit: Callable[[Exchange], None],
                  resolve_listen: Callable[[int, int], tuple[str, int] | None] | None = None,
-                 own_connection: Callable[[tuple[str, int], tuple[str, int] | None], bool] | None = None,
+                 own_connection: Callable[[tuple[str, int], tuple[str, int] | None, int], bool] | None = None,
                  body_needs: Callable[["Connection"], tuple[int, int]] | None = None,
                  *, limits: AssemblerLimits = AssemblerLimits(),
                  sample: Callable[[int, int | None, int, bool], int] | None = None):
@@ -163,10 +163,10 @@ class Assembler:
         # bytes of request and response bodies to keep for a connection (json_body rules)
         self.body_needs = body_needs or (lambda conn: (0, 0))
         self.resolve_listen = resolve_listen or (lambda pid, fd: None)
-        # True for (peer, local end) of a connection the agent itself opened (its OTLP
-        # export to a traced collector): tracing that would feed spans back into the
-        # export forever
-        self.own_connection = own_connection or (lambda peer, local: False)
+        # True for (peer, local end, accept's kernel time) of a connection the agent itself
+        # opened (its OTLP export to a traced collector): tracing that would feed spans back
+        # into the export forever
+        self.own_connection = own_connection or (lambda peer, local, accepted_ns: False)
         # least recently active first: the order evictions take
         self.conns: OrderedDict[tuple[int, int], Connection] = OrderedDict()
         self.pending_ports: OrderedDict[tuple[int, int, int], ev.ConnEvent] = OrderedDict()
@@ -207,7 +207,7 @@ class Assembler:
                           e.listen_fd, e.family)
         if conn.role == ev.ROLE_SERVER and conn.local is None and e.listen_fd >= 0:
             conn.local = self.resolve_listen(h.tgid, e.listen_fd)
-        if conn.role == ev.ROLE_SERVER and conn.peer is not None and self.own_connection(conn.peer, conn.local):
+        if conn.role == ev.ROLE_SERVER and conn.peer is not None and self.own_connection(conn.peer, conn.local, h.ts_ns):
             conn.ignored = True
             self.counts["agent_own_connections"] += 1
         self._wire(conn)

@@ -855,7 +855,7 @@ def test_server_local_address_resolved_from_the_listening_socket():
 def test_the_agents_own_connections_are_not_traced():
     own = ("127.0.0.1", 39000)
     sim = Sim()
-    sim.asm.own_connection = lambda peer, local: peer == own and local == ("127.0.0.1", 4318)
+    sim.asm.own_connection = lambda peer, local, accepted_ns: peer == own and local == ("127.0.0.1", 4318)
     sim.open(1, ev.ROLE_SERVER, fd=5, conn_id=1, peer=own, local=("127.0.0.1", 4318))
     sim.open(2, ev.ROLE_SERVER, fd=6, conn_id=2, peer=PEER, local=LOCAL)
     assert sim.asm.counts["agent_own_connections"] == 1
