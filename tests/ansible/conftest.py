@@ -70,6 +70,8 @@ def fleet():
         SUMMARY["times"]["boot (s)"] = round(time.monotonic() - t, 1)
         for n, m in manifests.items():
             SUMMARY["guests"][n] = {"suite": m["suite"], "kernel": m["kernel"], "boot_s": boots[n]}
+            if vms[n].restarted:    # its first boot froze under TCG: said, with its console kept
+                SUMMARY["times"][f"{n} first boot stopped"] = vms[n].restarted
         t = time.monotonic()
         for n, (idx, reused) in parallel(lambda n: lynis_before(vms[n], manifests[n]),
                                          LYNIS_GUESTS).items():

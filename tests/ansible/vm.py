@@ -4,6 +4,11 @@ overlay, reachable by SSH on a port forwarded from 127.0.0.1 only.
 Networking is QEMU user mode with restrict=on: the guest reaches nothing outside itself
 (no route to the host's networks or anywhere else); the only way in is the forwarded SSH
 port on the host's loopback.
+
+Under multi-threaded TCG a vCPU sometimes freezes on a stale translation of kernel text
+(tests.support.tcg): each VM's registers are watched from outside, a frozen VM is stopped
+within seconds and said to be frozen, and one frozen before SSH answered is booted once
+more with every vCPU on one host thread, where that cannot happen.
 """
 
 from __future__ import annotations
@@ -13,8 +18,12 @@ import shlex
 import shutil
 import socket
 import subprocess
+import tempfile
+import threading
 import time
 from pathlib import Path
+
+from tests.support.tcg import FreezeWatch, monitor, vcpu_states
 
 MEMORY = os.environ.get("SPANPROBE_VM_MEMORY", "2048")
 ACCEL = os.environ.get("SPANPROBE_VM_ACCEL", "tcg")     # /dev/kvm cannot run guests here
@@ -51,6 +60,14 @@ class VM:
         self.ssh_config = self.dir / "ssh_config"
         self.proc: subprocess.Popen | None = None
         self.boot_s: float | None = None
+        # QEMU's human monitor, for the vCPUs' registers (tests.support.tcg); a short path:
+        # a unix socket's name must fit 108 bytes
+        self.monitor_sock = Path(tempfile.mkdtemp(prefix="spanprobe-vm-")) / "monitor"
+        self.tcg_thread = "multi"
+        self.frozen: str | None = None       # what the watch saw, once it stopped the VM
+        # the first boot, when it froze before SSH answered: {"why", "first_boot_s", "first_console"}
+        self.restarted: dict | None = None
+        self._watch: threading.Thread | None = None
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -65,7 +82,7 @@ class VM:
             "  ServerAliveInterval 15\n  ControlMaster auto\n"
             f"  ControlPath {self.dir}/cm-%C\n  ControlPersist 300\n")
         accel = ["-accel", "kvm", "-cpu", "host"] if ACCEL == "kvm" else \
-            ["-accel", "tcg,thread=multi", "-cpu", "max"]
+            ["-accel", f"tcg,thread={self.tcg_thread}", "-cpu", "max"]
         if self.m.get("vmlinuz"):
             boot = ["-kernel", self.m["vmlinuz"], "-initrd", self.m["initrd"],
                     "-append", self.m.get("cmdline", "console=ttyS0 root=/dev/vda rw panic=-1")]
@@ -77,7 +94,8 @@ class VM:
             boot = []
         fwd = "".join(f",guestfwd=tcp:{addr}-tcp:127.0.0.1:{port}" for addr, port in self.guestfwd.items())
         cmd = ["qemu-system-x86_64", *accel, "-smp", "2", "-m", MEMORY,
-               "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
+               "-nodefaults", "-no-user-config", "-display", "none",
+               "-monitor", f"unix:{self.monitor_sock},server=on,wait=off",
                "-serial", f"file:{self.console}", "-no-reboot", *boot,
                "-drive", f"file={overlay},format=qcow2,if=virtio,discard=unmap",
                *[a for d in self.drives for a in ("-drive", f"file={d},format=raw,if=virtio,readonly=on")],
@@ -88,36 +106,84 @@ class VM:
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=open(self.dir / "qemu.stderr", "w"))
+        if ACCEL != "kvm":
+            self._watch = threading.Thread(target=self._watch_registers, args=(self.proc,), daemon=True,
+                                           name=f"freeze-watch-{self.name}")
+            self._watch.start()
+
+    WATCH_GAP_S = 3.0
+
+    def _watch_registers(self, proc: subprocess.Popen) -> None:
+        """Sample the vCPUs every WATCH_GAP_S until QEMU ends; a frozen one (FreezeWatch)
+        stops the VM at once, so whatever waits on it fails now and says why."""
+        watch = FreezeWatch()
+        while proc.poll() is None:
+            time.sleep(self.WATCH_GAP_S)
+            try:
+                states = vcpu_states(monitor(self.monitor_sock, "info registers -a"))
+            except OSError:         # not listening yet, or QEMU ending
+                continue
+            verdict = watch.sample(states, time.monotonic())
+            if verdict and proc.poll() is None:
+                self.frozen = f"{verdict}, {time.monotonic() - self.t0:.0f} s after start"
+                proc.kill()
+                return
 
     def wait_ssh(self, timeout: float = 900) -> float:
+        """Seconds from start to SSH answering. A boot frozen by TCG is booted once more, with
+        tcg,thread=single (slower, so only then); the seconds are the second boot's, and
+        `restarted` says what happened to the first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name}: qemu exited {self.proc.returncode} during boot; "
-                                   f"see {self.console}\n{self.console_tail()}")
-            r = self.ssh("true", check=False, timeout=30)
-            if r.returncode == 0:
+                if self.frozen and self.restarted is None:
+                    self._boot_again()
+                    deadline = time.monotonic() + timeout
+                    continue
+                raise RuntimeError(f"{self.name}: {self.frozen or f'qemu exited {self.proc.returncode}'} "
+                                   f"during boot; see {self.console}\n{self.console_tail()}")
+            try:
+                up = self.ssh("true", check=False, timeout=30).returncode == 0
+            except subprocess.TimeoutExpired:
+                up = False
+            if up:
                 self.boot_s = time.monotonic() - self.t0
                 return self.boot_s
             time.sleep(3)
         raise RuntimeError(f"{self.name}: no SSH after {timeout:.0f} s; see {self.console}\n"
                            f"{self.console_tail()}")
 
+    def _boot_again(self) -> None:
+        first = self.dir / "console-frozen.log"
+        shutil.copyfile(self.console, first)
+        self.restarted = {"why": self.frozen, "first_boot_s": round(time.monotonic() - self.t0, 1),
+                          "first_console": str(first), "again_with": "tcg,thread=single"}
+        self.frozen = None
+        self.tcg_thread = "single"
+        self.start()
+
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
             return
-        self.ssh("sudo systemctl poweroff", check=False, timeout=20)
-        try:
-            self.proc.wait(90)
-        except subprocess.TimeoutExpired:
-            self.proc.terminate()
+        if self.proc.poll() is None:
             try:
-                self.proc.wait(20)
+                self.ssh("sudo systemctl poweroff", check=False, timeout=20)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                pass
+            try:
+                self.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
         subprocess.run(["ssh", "-F", str(self.ssh_config), "-O", "exit", self.name],
                        capture_output=True)
         (self.dir / "overlay.qcow2").unlink(missing_ok=True)
+        if self._watch is not None:
+            self._watch.join(timeout=15)
+        shutil.rmtree(self.monitor_sock.parent, ignore_errors=True)
 
     # ---- access ----
     def ssh(self, command: str, check: bool = True, timeout: float = 600,
@@ -125,7 +191,8 @@ class VM:
         r = subprocess.run(["ssh", "-F", str(self.ssh_config), self.name, command], input=input,
                            capture_output=True, text=True, timeout=timeout)
         if check and r.returncode != 0:
-            raise RuntimeError(f"{self.name}: `{command}` exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
+            why = f" ({self.frozen}: stopped)" if self.frozen else ""
+            raise RuntimeError(f"{self.name}{why}: `{command}` exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
         return r
 
     def put(self, local: Path, remote: str) -> None:

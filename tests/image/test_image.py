@@ -15,6 +15,7 @@ import pytest
 from image_helpers import RESULTS, SUMMARY, TARGET, make_seed
 
 from tests.support.receiver import Receiver
+from tests.support.tcg import FreezeWatch, monitor
 
 import compare  # noqa: E402  (packer/compare.py)
 from vm import VM  # noqa: E402  (tests/ansible/vm.py)
@@ -146,6 +147,9 @@ def booted(request, appliances):
     vm, receiver = appliances[fw]
     try:
         SUMMARY[f"{fw}: boot to SSH (s)"] = round(vm.wait_ssh(timeout=900), 1)
+        if vm.restarted:        # the first boot froze under TCG: said, with its console kept
+            SUMMARY[f"{fw}: first boot stopped"] = (f"{vm.restarted['why']}; booted again with "
+                                                   f"{vm.restarted['again_with']} ({vm.restarted['first_console']})")
         host = testinfra.get_host(f"ssh://{vm.name}", ssh_config=str(vm.ssh_config), sudo=True)
         yield fw, vm, host, receiver
     finally:
@@ -240,3 +244,22 @@ def guest(booted):
     fw, vm, host, _ = booted
     return f"appliance-{fw}", vm, host
 
+
+
+# ---------------------------------------------------------------- last, for each firmware
+def test_a_frozen_appliance_is_stopped_in_seconds(booted):
+    """Runs after every other check of its firmware (it ends the VM): the appliance's vCPUs,
+    busy, are stopped through QEMU's monitor, which is how a TCG freeze looks from outside.
+    The VM's watch (tests/ansible/vm.py) must see it and stop the VM within its window, not
+    leave it to a 15-minute SSH timeout; and it must not have judged the appliance frozen
+    during the checks above, while it booted, compiled and traced."""
+    fw, vm, host, _ = booted
+    assert vm.frozen is None and vm.proc.poll() is None
+    vm.ssh("for i in 1 2; do nohup sh -c 'while :; do :; done' </dev/null >/dev/null 2>&1 & done", timeout=60)
+    time.sleep(5)
+    monitor(vm.monitor_sock, "stop")
+    t = time.monotonic()
+    window = FreezeWatch().still_s
+    vm.proc.wait(timeout=window + 3 * vm.WATCH_GAP_S + 10)
+    SUMMARY[f"{fw}: stopped vCPUs seen frozen in (s)"] = round(time.monotonic() - t, 1)
+    assert vm.frozen and "not halted" in vm.frozen, vm.frozen

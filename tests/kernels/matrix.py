@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+if not __package__ and str(REPO) not in sys.path:     # run as a script: tests.support from this clone
+    sys.path.insert(0, str(REPO))
+from tests.support.tcg import monitor, soft_lockup_stall  # noqa: E402
 MODES = ("tracepoint", "kprobe", "fentry")
 CACHE = Path(os.environ.get("SPANPROBE_CACHE", "/var/cache/spanprobe")) / "kernels"
 BOOT_TIMEOUT = float(os.environ.get("SPANPROBE_BOOT_TIMEOUT", "1200"))
@@ -67,33 +69,6 @@ def qemu_cmd(kernel: dict, disk: str, accel: str, results: Path, append: str, co
             "-device", "virtio-rng-pci"]
 
 
-# A soft-lockup report: "watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [python3:214]",
-# then, before the next report, the kernel address the CPU was interrupted at ("RIP: 0010:sym+off/len").
-_LOCKUP = re.compile(r"soft lockup - CPU#(\d+) stuck for \d+s!(?:(?!soft lockup).)*?RIP: 0010:(\S+)", re.S)
-STALL_REPORTS = 3
-
-
-def tcg_stall(console_text: str) -> str | None:
-    """The guest's vCPUs frozen by the emulator, not merely slow: each soft-lockup report of a
-    CPU (one every ~28 s) names the same kernel address, STALL_REPORTS times in a row.
-
-    Seen here with 5.10 under QEMU 7.2 multi-threaded TCG (one boot in several): both vCPUs
-    stopped for 20 minutes at the jump-label site in syscall_exit_to_user_mode, registers
-    unchanged between reports, the kernel's own bytes there a plain NOP. Our reading (not
-    proven): the kernel backing up over an int3 that code patching (a static key flipped when
-    a probe is attached) had already removed, and the vCPU still executing a stale translation
-    of it. A kernel loop would move; these do not. Returns what was seen, or None."""
-    last: dict[str, list[str]] = {}
-    for cpu, rip in _LOCKUP.findall(console_text):
-        last.setdefault(cpu, []).append(rip)
-    frozen = [f"CPU#{cpu} at {rips[-1]}" for cpu, rips in sorted(last.items())
-              if len(rips) >= STALL_REPORTS and len(set(rips[-STALL_REPORTS:])) == 1]
-    if not frozen:
-        return None
-    return (f"vCPUs frozen by TCG ({', '.join(frozen)}, {STALL_REPORTS} soft-lockup reports "
-            "in a row at the same address)")
-
-
 # An int3 trap the kernel did not expect ("Oops: int3"), then the bytes around RIP: for a
 # trap, RIP is just past the int3, so the byte before the one in <> is where it was.
 _INT3_OOPS = re.compile(r"Oops: int3\b.*?\n(?:.*\n)*?.*?RIP: 0010:(\S+)\n(?:.*\n)*?.*?Code: ([0-9a-f ]*?)([0-9a-f]{2}) <([0-9a-f]{2})>")
@@ -105,7 +80,7 @@ def tcg_stale_int3(console_text: str) -> str | None:
     after the agents attached: `Oops: int3` in __schedule, the bytes there the finished
     patch (a jmp, `e9`). Code patching writes an int3 first and removes it last; a vCPU that
     executes the removed int3 runs a stale translation of the text: the emulator's fault,
-    the same family as tcg_stall. An int3 still in memory (`cc`) is a real one, and stays a
+    the same family as soft_lockup_stall. An int3 still in memory (`cc`) is a real one, and stays a
     failure. Returns what was seen, or None."""
     m = _INT3_OOPS.search(console_text)
     if m is None or m.group(3) == "cc":
@@ -121,28 +96,6 @@ HEARTBEAT = "heartbeat.log"
 HEARTBEAT_SILENCE_S = 12.0
 REGISTER_SAMPLES, REGISTER_GAP_S = 3, 1.0
 _RIP = re.compile(r"^CPU#(\d+)\n(?:(?!CPU#).*\n)*?RIP=([0-9a-f]+)", re.M)
-
-
-def monitor(sock: Path, command: str, timeout: float = 10.0) -> str:
-    """One command on QEMU's human monitor (a unix socket); its output without the prompt."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(sock))
-        buf = b""
-        while not buf.endswith(b"(qemu) "):
-            chunk = s.recv(65536)
-            if not chunk:
-                raise OSError("monitor closed")
-            buf += chunk
-        s.sendall(command.encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"(qemu) "):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    text = buf.decode(errors="replace").replace("\r", "")
-    return text[:-len("(qemu) ")] if text.endswith("(qemu) ") else text
 
 
 def vcpu_rips(registers: str) -> dict[str, str]:
@@ -187,7 +140,7 @@ def boot(kernel: dict, disk: str, accel: str, results: Path, append: str, timeou
 
     A stall is seen two ways: in seconds, by the guest's heartbeat going silent while every
     vCPU stays at one address (frozen_vcpus); and as a fallback, by the kernel's own
-    soft-lockup reports naming one address three times (tcg_stall, ~90 s). A guest that
+    soft-lockup reports naming one address three times (soft_lockup_stall, ~90 s). A guest that
     panicked on a stale int3 (tcg_stale_int3) is reported the same way."""
     if results.exists():
         shutil.rmtree(results)
@@ -222,7 +175,7 @@ def boot(kernel: dict, disk: str, accel: str, results: Path, append: str, timeou
             last_beat = time.monotonic()      # looked: not frozen; look again after another silence
         if accel == "tcg" and time.monotonic() - looked > 10 and console.exists():
             looked = time.monotonic()
-            stall = tcg_stall(console.read_text(errors="replace"))
+            stall = soft_lockup_stall(console.read_text(errors="replace"))
             if stall:
                 break
         time.sleep(0.5)
@@ -321,7 +274,7 @@ def run_guest(kernel: dict, manifest: dict, accel: str, modes: list[str], outdir
     rc, secs, console, stall = boot(kernel, manifest["disk"], accel, outdir, append, BOOT_TIMEOUT)
     retried = None
     if stall:
-        # The emulator's fault, not the guest's (see tcg_stall): booted once more with every
+        # The emulator's fault, not the guest's (see soft_lockup_stall): booted once more with every
         # vCPU on one host thread, where a code patch is seen by all vCPUs before any runs on.
         # Slower, so only as the retry; the first boot's console is kept and the row says so.
         kept = outdir.parent / f"{outdir.name}-stalled"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import matrix  # tests/kernels/matrix.py, beside this file
+from tests.support.tcg import monitor
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("SPANPROBE_KERNEL_MATRIX") != "1",
@@ -54,10 +55,10 @@ def test_a_stopped_guest_is_a_stall_in_seconds_and_a_beating_one_is_not(tmp_path
     t.join(ALIVE_S)
     assert t.is_alive(), f"a beating idle guest was stopped: {result.get('boot')}"
     sock = re.search(r"unix:(\S+?),server", (out / "qemu-cmd.txt").read_text()).group(1)
-    registers = matrix.monitor(Path(sock), "info registers -a")
+    registers = monitor(Path(sock), "info registers -a")
     assert set(matrix.vcpu_rips(registers)) == {"0", "1"}, registers[:400]
 
-    matrix.monitor(Path(sock), "stop")
+    monitor(Path(sock), "stop")
     stopped = time.monotonic()
     t.join(DETECT_BUDGET_S + 30)
     assert not t.is_alive(), f"no stall seen {DETECT_BUDGET_S + 30:.0f} s after the vCPUs stopped"

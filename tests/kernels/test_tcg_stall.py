@@ -1,6 +1,6 @@
 """Quick checks (no root, no QEMU) of how the kernel matrix tells a guest frozen by the
 emulator from one that is slow or looping, both ways it looks: the kernel's soft-lockup
-reports (matrix.tcg_stall, on a real console of a 5.10 guest whose two vCPUs stopped under
+reports (tests.support.tcg.soft_lockup_stall, on a real console of a 5.10 guest whose two vCPUs stopped under
 multi-threaded TCG) and the registers read through QEMU's monitor once the guest's
 heartbeat went silent (matrix.frozen_vcpus; the real boot is test_frozen_guest.py)."""
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 import matrix  # tests/kernels/matrix.py, beside this file
+from tests.support.tcg import STALL_REPORTS, soft_lockup_stall
 
 STALLED = (HERE / "data" / "console-5.10-tcg-stall.txt").read_text()
 
@@ -22,21 +23,21 @@ def _first_reports(text: str, n: int) -> str:
 
 
 def test_frozen_vcpus_are_a_stall_naming_cpu_and_address():
-    why = matrix.tcg_stall(STALLED)
+    why = soft_lockup_stall(STALLED)
     assert why is not None
     assert "CPU#0 at syscall_exit_to_user_mode+0xb3/0x140" in why
     assert "CPU#1 at syscall_exit_to_user_mode+0xb3/0x140" in why
 
 
 def test_no_lockup_report_is_no_stall():
-    assert matrix.tcg_stall(_first_reports(STALLED, 0)) is None
+    assert soft_lockup_stall(_first_reports(STALLED, 0)) is None
     assert "cell tracepoint: ready" in _first_reports(STALLED, 0)
 
 
 def test_fewer_reports_than_the_threshold_are_no_stall():
     # two reports per CPU (~56 s): a TCG guest under load can be that slow and recover
-    assert matrix.tcg_stall(_first_reports(STALLED, 2 * (matrix.STALL_REPORTS - 1))) is None
-    assert matrix.tcg_stall(_first_reports(STALLED, 2 * matrix.STALL_REPORTS)) is not None
+    assert soft_lockup_stall(_first_reports(STALLED, 2 * (STALL_REPORTS - 1))) is None
+    assert soft_lockup_stall(_first_reports(STALLED, 2 * STALL_REPORTS)) is not None
 
 
 def test_a_cpu_that_moves_between_reports_is_no_stall():
@@ -47,7 +48,7 @@ def test_a_cpu_that_moves_between_reports_is_no_stall():
     moved = (head + sep + head2.replace("syscall_exit_to_user_mode+0xb3", "exit_to_user_mode_prepare+0x61", 1)
              + sep2 + tail2.replace("syscall_exit_to_user_mode+0xb3", "exit_to_user_mode_prepare+0x61", 1))
     assert moved.count("exit_to_user_mode_prepare+0x61") == 2
-    assert matrix.tcg_stall(moved) is None
+    assert soft_lockup_stall(moved) is None
 
 
 # ---- the heartbeat path: `info registers -a` of a real idle 2-vCPU 5.10 guest (QEMU 7.2)

@@ -1,0 +1,103 @@
+"""A QEMU guest frozen by the emulator, seen from outside: QEMU's human monitor on a unix
+socket, the vCPUs' registers through it, and the guest kernel's soft-lockup reports.
+
+Multi-threaded TCG (QEMU 7.2) sometimes leaves a vCPU running a stale translation of kernel
+text that code patching has changed (a static key flipped when a probe is attached): it then
+spins at one address until killed. The kernel matrix (tests/kernels/matrix.py) has its
+guest's heartbeat besides; the image and fleet VMs (tests/ansible/vm.py) have not, and judge
+by the registers alone (FreezeWatch)."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+
+def monitor(sock: Path, command: str, timeout: float = 10.0) -> str:
+    """One command on QEMU's human monitor (a unix socket); its output without the prompt."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(sock))
+        buf = b""
+        while not buf.endswith(b"(qemu) "):
+            chunk = s.recv(65536)
+            if not chunk:
+                raise OSError("monitor closed")
+            buf += chunk
+        s.sendall(command.encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"(qemu) "):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    text = buf.decode(errors="replace").replace("\r", "")
+    return text[:-len("(qemu) ")] if text.endswith("(qemu) ") else text
+
+
+# `info registers -a`: "CPU#0", then "RIP=... RFL=... [flags] CPL=0 II=0 A20=1 SMM=0 HLT=1"
+# (EIP/EFL before the guest is in long mode)
+_STATE = re.compile(r"^CPU#(\d+)\n(?:(?!CPU#).*\n)*?[RE]IP=([0-9a-f]+) [RE]FL=[0-9a-f]+ \[[^\]]*\] "
+                    r"CPL=\d II=\d A20=\d SMM=\d HLT=(\d)", re.M)
+
+
+def vcpu_states(registers: str) -> dict[str, tuple[str, bool]]:
+    """{vCPU number: (instruction pointer, halted)} from `info registers -a`."""
+    return {cpu: (ip, hlt == "1") for cpu, ip, hlt in _STATE.findall(registers)}
+
+
+# A soft-lockup report: "watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [python3:214]",
+# then, before the next report, the kernel address the CPU was interrupted at ("RIP: 0010:sym+off/len").
+_LOCKUP = re.compile(r"soft lockup - CPU#(\d+) stuck for \d+s!(?:(?!soft lockup).)*?RIP: 0010:(\S+)", re.S)
+STALL_REPORTS = 3
+
+
+def soft_lockup_stall(console_text: str) -> str | None:
+    """The guest's vCPUs frozen by the emulator, not merely slow: each soft-lockup report of a
+    CPU (one every ~28 s) names the same kernel address, STALL_REPORTS times in a row.
+
+    Seen here with 5.10 under QEMU 7.2 multi-threaded TCG (one boot in several): both vCPUs
+    stopped for 20 minutes at the jump-label site in syscall_exit_to_user_mode, registers
+    unchanged between reports, the kernel's own bytes there a plain NOP. Our reading (not
+    proven): the kernel backing up over an int3 that code patching (a static key flipped when
+    a probe is attached) had already removed, and the vCPU still executing a stale translation
+    of it. A kernel loop would move; these do not. Returns what was seen, or None."""
+    last: dict[str, list[str]] = {}
+    for cpu, rip in _LOCKUP.findall(console_text):
+        last.setdefault(cpu, []).append(rip)
+    frozen = [f"CPU#{cpu} at {rips[-1]}" for cpu, rips in sorted(last.items())
+              if len(rips) >= STALL_REPORTS and len(set(rips[-STALL_REPORTS:])) == 1]
+    if not frozen:
+        return None
+    return (f"vCPUs frozen by TCG ({', '.join(frozen)}, {STALL_REPORTS} soft-lockup reports "
+            "in a row at the same address)")
+
+
+class FreezeWatch:
+    """Judges a guest with no heartbeat from register samples taken every few seconds: it is
+    frozen when some vCPU, not halted, has stayed at one instruction in every sample for
+    `still_s` seconds. A vCPU that runs moves between samples (timer interrupts alone break
+    any loop), an idle one is halted; only a stopped or stale-translation vCPU does neither.
+
+    Feed it with `sample(states, now)`: the verdict, or None."""
+
+    def __init__(self, still_s: float = 30.0):
+        self.still_s = still_s
+        self.since: dict[str, tuple[str, float]] = {}    # vCPU -> (its instruction, first seen there)
+
+    def sample(self, states: dict[str, tuple[str, bool]], now: float) -> str | None:
+        stuck = []
+        for cpu, (ip, halted) in sorted(states.items()):
+            seen = self.since.get(cpu)
+            if halted or seen is None or seen[0] != ip:
+                self.since[cpu] = (ip, now) if not halted else ("", now)
+                continue
+            if now - seen[1] >= self.still_s:
+                stuck.append(f"CPU#{cpu} at {ip}")
+        for cpu in set(self.since) - set(states):
+            del self.since[cpu]
+        if not stuck:
+            return None
+        return (f"vCPU frozen by TCG ({', '.join(stuck)}: not halted, at the same instruction in every "
+                f"register sample for {self.still_s:.0f} s)")
