@@ -17,8 +17,8 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 import wheelhouse  # ansible/wheelhouse.py (pyproject.toml's pythonpath)
-from fleet_helpers import (BIN, GUESTS, LYNIS_GUESTS, RESULTS, SUMMARY, VM, Fleet, StockAudit, agent_pid,  # noqa: E402
-                           build_images, parallel, run_playbook, write_inventory)
+from fleet_helpers import (BIN, GUESTS, LYNIS_GUESTS, RESULTS, SUMMARY, VM, Fleet, agent_pid, build_images,  # noqa: E402
+                           lynis_before, parallel, run_playbook, write_inventory)
 from tests.support.gate import gate  # noqa: E402
 
 ENABLED = os.environ.get("SPANPROBE_ANSIBLE") == "1"
@@ -62,22 +62,26 @@ def fleet():
     houses = {n: wheelhouse.build(m["python"]) for n, m in manifests.items()}
     SUMMARY["times"]["wheelhouses (s)"] = round(time.monotonic() - t, 1)
     vms = {n: VM(m, RESULTS / n) for n, m in manifests.items()}
-    stock = StockAudit(manifests, LYNIS_GUESTS)     # lynis "before", beside what follows
     try:
         t = time.monotonic()
         for vm in vms.values():
             vm.start()
-        stock.start()
         boots = parallel(lambda n: round(vms[n].wait_ssh(), 1), list(vms))
         SUMMARY["times"]["boot (s)"] = round(time.monotonic() - t, 1)
         for n, m in manifests.items():
             SUMMARY["guests"][n] = {"suite": m["suite"], "kernel": m["kernel"], "boot_s": boots[n]}
             if vms[n].restarted:    # its first boot froze under TCG: said, with its console kept
                 SUMMARY["times"][f"{n} first boot stopped"] = vms[n].restarted
+        t = time.monotonic()
+        for n, (idx, reused) in parallel(lambda n: lynis_before(vms[n], manifests[n]),
+                                         LYNIS_GUESTS).items():
+            SUMMARY["guests"][n]["lynis_before"] = f"{idx} (reused: {reused})" if reused else idx
+            SUMMARY["reused"][f"lynis before {n}"] = f"{idx}, measured {reused}" if reused else None
+        SUMMARY["times"]["lynis before (s)"] = round(time.monotonic() - t, 1)
 
         inventory = write_inventory(RESULTS / "inventory.yml", vms,
                                     {n: {"spanprobe_wheelhouse": str(houses[n])} for n in vms})
-        fleet = Fleet(vms, manifests, inventory, stock)
+        fleet = Fleet(vms, manifests, inventory)
         fleet.runs["first"] = run_playbook("site-1-apply", inventory)
         SUMMARY["slowest tasks, first run"] = fleet.runs["first"].slowest()
         fleet.pids["after_first"] = {n: agent_pid(vm) for n, vm in vms.items()}
@@ -85,7 +89,6 @@ def fleet():
         fleet.pids["after_second"] = {n: agent_pid(vm) for n, vm in vms.items()}
         yield fleet
     finally:
-        stock.close()
         parallel(lambda n: vms[n].stop(), list(vms))
         SUMMARY["times"]["tier total (s)"] = round(time.monotonic() - t0, 1)
 

@@ -163,22 +163,14 @@ def _lynis_how() -> bytes:
     return " ".join(LYNIS_SKIP).encode() + b"\0" + inspect.getsource(lynis_index).encode()
 
 
-def kept_index(path: Path) -> tuple[int | None, str] | None:
-    """The index an earlier run kept at `path` (whose name is the key of everything that
-    decides it): (index, "date, key" it is reused from), or None."""
+def _measured_once(vm: VM, path: Path) -> tuple[int | None, str | None]:
+    """The index kept at `path` (whose name is the key of everything that decides it), or
+    measured now and kept there: (index, "date, key" it was reused from, or None)."""
     try:
         saved = json.loads(path.read_text())
         return saved["hardening_index"], f"{saved.get('measured', '?')}, key {path.parent.name}/{path.stem}"
     except (OSError, ValueError, KeyError):
-        return None
-
-
-def _measured_once(vm: VM, path: Path) -> tuple[int | None, str | None]:
-    """The index kept at `path`, or measured now and kept there: (index, "date, key" it was
-    reused from, or None)."""
-    kept = kept_index(path)
-    if kept is not None:
-        return kept
+        pass
     idx = lynis_index(vm)
     if idx is not None:
         tmp = path.with_suffix(".tmp")
@@ -188,18 +180,15 @@ def _measured_once(vm: VM, path: Path) -> tuple[int | None, str | None]:
     return idx, None
 
 
-def lynis_before_file(manifest: dict) -> Path:
-    """Where the stock image's index is kept. It depends only on the image (its key names
-    every input, lynis's package included) and on how lynis is run, so it is measured once
-    per image and kept next to it: a lynis run costs 10-25 minutes under TCG."""
-    key = hashlib.sha256(_lynis_how()).hexdigest()[:12]
-    return Path(manifest["ssh_key"]).parent / f"lynis-before-{key}.json"
-
-
 def lynis_before(vm: VM, manifest: dict) -> tuple[int | None, str | None]:
-    """The index of the stock image, before any role ran, on `vm` booted from it: (index,
-    where it was reused from, None when measured now)."""
-    return _measured_once(vm, lynis_before_file(manifest))
+    """The index of the stock image, before any role ran: (index, where it was reused from,
+    None when measured now).
+
+    It depends only on the image (its key names every input, lynis's package included) and
+    on how lynis is run, so it is measured once per image and kept next to it: a lynis run
+    costs 10-25 minutes under TCG."""
+    key = hashlib.sha256(_lynis_how()).hexdigest()[:12]
+    return _measured_once(vm, Path(manifest["ssh_key"]).parent / f"lynis-before-{key}.json")
 
 
 # what decides the converged guest lynis audits last, besides its image: the roles and
@@ -239,60 +228,11 @@ def parallel(fn, items):
         return dict(zip(items, ex.map(fn, items)))
 
 
-class StockAudit:
-    """lynis "before" on the stock image of each of `names`, in the background. An index an
-    earlier run kept for the same image is reused; otherwise a throw-away boot of the image
-    is audited beside the fleet's first runs of site.yml, not before them: lynis keeps about
-    one core busy for ~10 minutes under TCG, and the guests being converged the other."""
-
-    def __init__(self, manifests: dict[str, dict], names: list[str]):
-        self.manifests = manifests
-        self.names = names
-        self.vms = {n: VM(dict(manifests[n], name=f"{n}-stock"), RESULTS / f"{n}-stock")
-                    for n in names if kept_index(lynis_before_file(manifests[n])) is None}
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(names) or 1)
-        self.futures: dict[str, concurrent.futures.Future] = {}
-        self.found: dict[str, tuple[int | None, str | None]] | None = None
-
-    def start(self) -> None:
-        for vm in self.vms.values():
-            vm.start()
-        self.futures = {n: self.pool.submit(self._one, n) for n in self.names}
-
-    def _one(self, n: str) -> tuple[int | None, str | None]:
-        vm = self.vms.get(n)
-        if vm is None:                          # kept by an earlier run
-            return kept_index(lynis_before_file(self.manifests[n]))
-        t0 = time.monotonic()
-        try:
-            vm.wait_ssh()
-            return lynis_before(vm, self.manifests[n])
-        finally:
-            vm.stop()
-            SUMMARY["times"][f"lynis before {n}, stock boot beside site.yml (s)"] = round(time.monotonic() - t0, 1)
-
-    def result(self) -> dict[str, tuple[int | None, str | None]]:
-        """Each index once measured (waits for it), also shown in the tier's summary."""
-        if self.found is None:
-            self.found = {n: f.result() for n, f in self.futures.items()}
-            for n, (idx, reused) in self.found.items():
-                SUMMARY["guests"][n]["lynis_before"] = f"{idx} (reused: {reused})" if reused else idx
-                SUMMARY["reused"][f"lynis before {n}"] = f"{idx}, measured {reused}" if reused else None
-        return self.found
-
-    def close(self) -> None:
-        """Stops what still runs (an audit in flight then fails at once) and waits for it."""
-        for vm in self.vms.values():
-            vm.stop()
-        self.pool.shutdown(wait=True)
-
-
 @dataclass
 class Fleet:
     vms: dict[str, VM]
     manifests: dict[str, dict]
     inventory: Path
-    stock: StockAudit
     runs: dict[str, Run] = field(default_factory=dict)
     pids: dict[str, dict[str, int]] = field(default_factory=dict)
     wheels: dict[str, Path] = field(default_factory=dict)
