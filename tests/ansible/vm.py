@@ -65,7 +65,7 @@ class VM:
         self.monitor_sock = Path(tempfile.mkdtemp(prefix="spanprobe-vm-")) / "monitor"
         self.tcg_thread = "multi"
         self.frozen: str | None = None       # what the watch saw, once it stopped the VM
-        # the first boot, when it froze before SSH answered: {"why", "first_boot_s", "first_console"}
+        # the first boot, when it froze before SSH answered: {"why", "first_boot_s", "first_console", "again_with"}
         self.restarted: dict | None = None
         self._watch: threading.Thread | None = None
 

@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 if not __package__ and str(REPO) not in sys.path:     # run as a script: tests.support from this clone
     sys.path.insert(0, str(REPO))
-from tests.support.tcg import monitor, soft_lockup_stall  # noqa: E402
+from tests.support.tcg import monitor, soft_lockup_stall, vcpu_states  # noqa: E402
 MODES = ("tracepoint", "kprobe", "fentry")
 CACHE = Path(os.environ.get("SPANPROBE_CACHE", "/var/cache/spanprobe")) / "kernels"
 BOOT_TIMEOUT = float(os.environ.get("SPANPROBE_BOOT_TIMEOUT", "1200"))
@@ -97,12 +97,10 @@ HEARTBEAT = "heartbeat.log"
 # beats within a few seconds (CFS runs the loop); a frozen one does not beat at all.
 HEARTBEAT_SILENCE_S = 12.0
 REGISTER_SAMPLES, REGISTER_GAP_S = 3, 1.0
-_RIP = re.compile(r"^CPU#(\d+)\n(?:(?!CPU#).*\n)*?RIP=([0-9a-f]+)", re.M)
-
-
 def vcpu_rips(registers: str) -> dict[str, str]:
-    """{vCPU number: RIP} from `info registers -a`."""
-    return dict(_RIP.findall(registers))
+    """{vCPU number: RIP} from `info registers -a` (halted or not: the heartbeat tells an
+    idle guest from a frozen one here)."""
+    return {cpu: ip for cpu, (ip, _) in vcpu_states(registers).items()}
 
 
 def frozen_vcpus(samples: list[dict[str, str]]) -> str | None:
