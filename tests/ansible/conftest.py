@@ -17,8 +17,8 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 import wheelhouse  # ansible/wheelhouse.py (pyproject.toml's pythonpath)
-from fleet_helpers import (BIN, GUESTS, LYNIS_GUESTS, RESULTS, SUMMARY, VM, Fleet, agent_pid, build_images,  # noqa: E402
-                           lynis_before, parallel, run_playbook, write_inventory)
+from fleet_helpers import (BIN, GUESTS, RESULTS, SUMMARY, VM, Fleet, agent_pid, build_images,  # noqa: E402
+                           parallel, run_playbook, write_inventory)
 from tests.support.gate import gate  # noqa: E402
 
 ENABLED = os.environ.get("SPANPROBE_ANSIBLE") == "1"
@@ -72,12 +72,6 @@ def fleet():
             SUMMARY["guests"][n] = {"suite": m["suite"], "kernel": m["kernel"], "boot_s": boots[n]}
             if vms[n].restarted:    # its first boot froze under TCG: said, with its console kept
                 SUMMARY["times"][f"{n} first boot stopped"] = vms[n].restarted
-        t = time.monotonic()
-        for n, (idx, reused) in parallel(lambda n: lynis_before(vms[n], manifests[n]),
-                                         LYNIS_GUESTS).items():
-            SUMMARY["guests"][n]["lynis_before"] = f"{idx} (reused: {reused})" if reused else idx
-            SUMMARY["reused"][f"lynis before {n}"] = f"{idx}, measured {reused}" if reused else None
-        SUMMARY["times"]["lynis before (s)"] = round(time.monotonic() - t, 1)
 
         inventory = write_inventory(RESULTS / "inventory.yml", vms,
                                     {n: {"spanprobe_wheelhouse": str(houses[n])} for n in vms})

@@ -142,9 +142,11 @@ def run_playbook(name: str, inventory: Path, *args: str, playbook: str = "site.y
 # address configuration, php.ini. (Skipping DEB-0001 saves no time: lynis 3.0.8's Debian
 # plugin scans every binary, two processes each, outside the test's gate. A third of what is
 # left is lynis forking `date` for each of its ~5,000 log lines, ~35 ms apiece under TCG.)
-# The run after the roles stays last, alone: started in the background alongside the checks
-# and the change run it saved 40 s of 14 min (measured): it slows the change run's Debian 13
-# tasks, and the whole play waits for them; the two cores are busy either way.
+# The run after the roles stays last: started in the background alongside the checks and the
+# change run it saved 40 s of 14 min (measured): it slows the change run's Debian 13 tasks,
+# and the whole play waits for them; the two cores are busy either way. Only a run of lynis
+# leaves a core idle, so the stock image's run, when no earlier run kept it, goes beside it
+# (lynis_before); beside site.yml it cost more than it saved (measured: every play ~1.8x).
 LYNIS_SKIP = ["CRYP-7902", "DEB-0001", "PKGS-7345", "NETW-2600", "PHP-2211"]
 
 
@@ -163,14 +165,22 @@ def _lynis_how() -> bytes:
     return " ".join(LYNIS_SKIP).encode() + b"\0" + inspect.getsource(lynis_index).encode()
 
 
-def _measured_once(vm: VM, path: Path) -> tuple[int | None, str | None]:
-    """The index kept at `path` (whose name is the key of everything that decides it), or
-    measured now and kept there: (index, "date, key" it was reused from, or None)."""
+def kept_index(path: Path) -> tuple[int | None, str] | None:
+    """The index an earlier run kept at `path` (whose name is the key of everything that
+    decides it): (index, "date, key" it is reused from), or None."""
     try:
         saved = json.loads(path.read_text())
         return saved["hardening_index"], f"{saved.get('measured', '?')}, key {path.parent.name}/{path.stem}"
     except (OSError, ValueError, KeyError):
-        pass
+        return None
+
+
+def _measured_once(vm: VM, path: Path) -> tuple[int | None, str | None]:
+    """The index kept at `path`, or measured now and kept there: (index, "date, key" it was
+    reused from, or None)."""
+    kept = kept_index(path)
+    if kept is not None:
+        return kept
     idx = lynis_index(vm)
     if idx is not None:
         tmp = path.with_suffix(".tmp")
@@ -180,15 +190,28 @@ def _measured_once(vm: VM, path: Path) -> tuple[int | None, str | None]:
     return idx, None
 
 
-def lynis_before(vm: VM, manifest: dict) -> tuple[int | None, str | None]:
+def lynis_before(name: str, manifest: dict) -> tuple[int | None, str | None]:
     """The index of the stock image, before any role ran: (index, where it was reused from,
     None when measured now).
 
     It depends only on the image (its key names every input, lynis's package included) and
-    on how lynis is run, so it is measured once per image and kept next to it: a lynis run
-    costs 10-25 minutes under TCG."""
+    on how lynis is run, so it is measured once per image and kept next to it. When no
+    earlier run kept it, a throw-away boot of the stock image is audited: the test runs this
+    beside lynis "after" on the converged guest, because a lynis run keeps about one core
+    busy for ~10 minutes under TCG and the machine has two (the converged guest's own
+    "before" would need its own ~10 minutes before site.yml, with a core idle)."""
     key = hashlib.sha256(_lynis_how()).hexdigest()[:12]
-    return _measured_once(vm, Path(manifest["ssh_key"]).parent / f"lynis-before-{key}.json")
+    path = Path(manifest["ssh_key"]).parent / f"lynis-before-{key}.json"
+    kept = kept_index(path)
+    if kept is not None:
+        return kept
+    vm = VM(dict(manifest, name=f"{name}-stock"), RESULTS / f"{name}-stock")
+    try:
+        vm.start()
+        vm.wait_ssh()
+        return _measured_once(vm, path)
+    finally:
+        vm.stop()
 
 
 # what decides the converged guest lynis audits last, besides its image: the roles and
