@@ -1,7 +1,9 @@
 """`spanprobe check`: can the agent run on this machine, and how.
 
 Exit 0 when it can (after really compiling, loading and attaching the probes, unless
---no-load), else the reason and the fix on one line and a non-zero exit.
+--no-load), else the reason and the fix on one line and a non-zero exit. A strategy is
+"available" when the kernel declares what it needs; one that was then refused when loaded
+(fentry on a kernel that declares it but says EPERM) is listed as refused, with the reason.
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ def gather(settings, load: bool = True, root: SysRoot | None = None) -> dict:
     except SpanprobeError as exc:
         report["error"] = str(exc)
         return report
+    for name, why in passed:
+        if strategies.get(name) == "available":     # declared by the kernel, refused when loaded
+            strategies[name] = f"refused when loaded: {why}"
     report["chosen"] = {"strategy": session.plan.strategy, "transport": session.plan.transport,
                         "loaded": True, "compile_s": round(session.compile_s, 2),
                         "hooks": session.attached, "skipped": session.plan.skipped,
