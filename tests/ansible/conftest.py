@@ -83,6 +83,9 @@ def fleet():
         fleet.pids["after_second"] = {n: agent_pid(vm) for n, vm in vms.items()}
         yield fleet
     finally:
+        for n, vm in vms.items():
+            if vm.restarted and vm.restarted["from"] == "its own disk":     # froze after boot: said
+                SUMMARY["times"][f"{n} froze after boot, booted again"] = vm.restarted
         parallel(lambda n: vms[n].stop(), list(vms))
         SUMMARY["times"]["tier total (s)"] = round(time.monotonic() - t0, 1)
 

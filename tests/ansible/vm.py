@@ -6,9 +6,11 @@ Networking is QEMU user mode with restrict=on: the guest reaches nothing outside
 port on the host's loopback.
 
 Under multi-threaded TCG a vCPU sometimes freezes on a stale translation of kernel text
-(tests.support.tcg): each VM's registers are watched from outside, a frozen VM is stopped
-within seconds and said to be frozen, and one frozen before SSH answered is booted once
-more with every vCPU on one host thread, where that cannot happen.
+(tests.support.tcg): each VM's registers are watched from outside, and a frozen VM is
+stopped within seconds and booted once more with every vCPU on one host thread, where that
+cannot happen: from a fresh overlay when it froze before SSH answered, from its own disk
+(what the tests did to it kept) when it froze later. Whatever was running in it when it
+froze fails and names the freeze; what comes after waits for SSH to answer again.
 """
 
 from __future__ import annotations
@@ -65,16 +67,24 @@ class VM:
         self.monitor_sock = Path(tempfile.mkdtemp(prefix="spanprobe-vm-")) / "monitor"
         self.tcg_thread = "multi"
         self.frozen: str | None = None       # what the watch saw, once it stopped the VM
-        # the first boot, when it froze before SSH answered: {"why", "first_boot_s", "first_console", "again_with"}
+        # the last boot that froze, once booted again: {"why", "first_boot_s", "first_console",
+        # "again_with", "from": "a fresh overlay" (froze before SSH answered) or "its own disk"}
         self.restarted: dict | None = None
+        self.boots_again = 0
         self._watch: threading.Thread | None = None
+        self._answering = threading.Event()    # SSH answered since the last (re)start
+        self._rebooting = False                 # the watch is booting it again from its disk
 
     # ---- lifecycle ----
-    def start(self) -> None:
+    def start(self, keep_disk: bool = False) -> None:
+        """Boot from a new overlay of the base disk, or (keep_disk) from the overlay and
+        firmware variables of the boot before."""
+        self._answering.clear()
         overlay = self.dir / "overlay.qcow2"
-        overlay.unlink(missing_ok=True)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", self.m.get("disk_format", "qcow2"),
-                        "-b", self.m["disk"], str(overlay)], check=True)
+        if not keep_disk:
+            overlay.unlink(missing_ok=True)
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", self.m.get("disk_format", "qcow2"),
+                            "-b", self.m["disk"], str(overlay)], check=True)
         self.ssh_config.write_text(
             f"Host {self.name}\n  HostName 127.0.0.1\n  Port {self.port}\n  User {self.m['user']}\n"
             f"  IdentityFile {self.m['ssh_key']}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
@@ -87,7 +97,8 @@ class VM:
             boot = ["-kernel", self.m["vmlinuz"], "-initrd", self.m["initrd"],
                     "-append", self.m.get("cmdline", "console=ttyS0 root=/dev/vda rw panic=-1")]
         elif self.firmware == "uefi":
-            shutil.copyfile(OVMF_VARS, self.dir / "OVMF_VARS.fd")
+            if not keep_disk:
+                shutil.copyfile(OVMF_VARS, self.dir / "OVMF_VARS.fd")
             boot = ["-machine", "q35", "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
                     "-drive", f"if=pflash,format=raw,unit=1,file={self.dir / 'OVMF_VARS.fd'}"]
         else:
@@ -112,10 +123,13 @@ class VM:
             self._watch.start()
 
     WATCH_GAP_S = 3.0
+    MAX_BOOTS_AGAIN = 2     # a freeze at boot, then one later: on one host thread neither recurs
 
     def _watch_registers(self, proc: subprocess.Popen) -> None:
         """Sample the vCPUs every WATCH_GAP_S until QEMU ends; a frozen one (FreezeWatch)
-        stops the VM at once, so whatever waits on it fails now and says why."""
+        stops the VM at once, so whatever waits on it fails now and says why. One that had
+        answered SSH is booted again from its own disk at once (wait_ssh does it for a
+        boot that had not)."""
         watch = FreezeWatch()
         while proc.poll() is None:
             time.sleep(self.WATCH_GAP_S)
@@ -126,7 +140,13 @@ class VM:
             verdict = watch.sample(states, time.monotonic())
             if verdict and proc.poll() is None:
                 self.frozen = f"{verdict}, {time.monotonic() - self.t0:.0f} s after start"
+                self._rebooting = self._answering.is_set() and self.boots_again < self.MAX_BOOTS_AGAIN
                 proc.kill()
+                if self._rebooting:
+                    try:
+                        self._boot_again(keep_disk=True)
+                    finally:
+                        self._rebooting = False
                 return
 
     def wait_ssh(self, timeout: float = 900) -> float:
@@ -136,31 +156,37 @@ class VM:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                if self.frozen and self.restarted is None:
+                if self.frozen and self.boots_again < self.MAX_BOOTS_AGAIN and not self._answering.is_set():
                     self._boot_again()
                     deadline = time.monotonic() + timeout
+                    continue
+                if self._rebooting:     # the watch is starting it again from its disk
+                    time.sleep(1)
                     continue
                 raise RuntimeError(f"{self.name}: {self.frozen or f'qemu exited {self.proc.returncode}'} "
                                    f"during boot; see {self.console}\n{self.console_tail()}")
             try:
-                up = self.ssh("true", check=False, timeout=30).returncode == 0
+                up = self._ssh("true", timeout=30).returncode == 0
             except subprocess.TimeoutExpired:
                 up = False
             if up:
                 self.boot_s = time.monotonic() - self.t0
+                self._answering.set()
                 return self.boot_s
             time.sleep(3)
         raise RuntimeError(f"{self.name}: no SSH after {timeout:.0f} s; see {self.console}\n"
                            f"{self.console_tail()}")
 
-    def _boot_again(self) -> None:
+    def _boot_again(self, keep_disk: bool = False) -> None:
         first = self.dir / "console-frozen.log"
         shutil.copyfile(self.console, first)
         self.restarted = {"why": self.frozen, "first_boot_s": round(time.monotonic() - self.t0, 1),
-                          "first_console": str(first), "again_with": "tcg,thread=single"}
-        self.frozen = None
+                          "first_console": str(first), "again_with": "tcg,thread=single",
+                          "from": "its own disk" if keep_disk else "a fresh overlay"}
+        self.boots_again += 1
         self.tcg_thread = "single"
-        self.start()
+        self.start(keep_disk=keep_disk)
+        self.frozen = None
 
     def stop(self) -> None:
         if self.proc is None:
@@ -188,12 +214,25 @@ class VM:
     # ---- access ----
     def ssh(self, command: str, check: bool = True, timeout: float = 600,
             input: str | None = None) -> subprocess.CompletedProcess:
-        r = subprocess.run(["ssh", "-F", str(self.ssh_config), self.name, command], input=input,
-                           capture_output=True, text=True, timeout=timeout)
+        if self._rebooting or (self.restarted and self.boot_s is not None and not self._answering.is_set()):
+            self.wait_ssh()     # booted again after a freeze: wait for it to answer
+        r = self._ssh(command, timeout, input)
         if check and r.returncode != 0:
-            why = f" ({self.frozen}: stopped)" if self.frozen else ""
-            raise RuntimeError(f"{self.name}{why}: `{command}` exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
+            raise RuntimeError(f"{self.name}{self._freeze_said()}: `{command}` exited {r.returncode}:\n"
+                               f"{r.stdout}\n{r.stderr}")
         return r
+
+    def _ssh(self, command: str, timeout: float, input: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(["ssh", "-F", str(self.ssh_config), self.name, command], input=input,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def _freeze_said(self) -> str:
+        if self.frozen:
+            return f" ({self.frozen}: stopped)"
+        if self.restarted:
+            return (f" (froze: {self.restarted['why']}; booted again from {self.restarted['from']} with "
+                    f"{self.restarted['again_with']})")
+        return ""
 
     def put(self, local: Path, remote: str) -> None:
         subprocess.run(["scp", "-q", "-F", str(self.ssh_config), str(local), f"{self.name}:{remote}"],

@@ -247,19 +247,27 @@ def guest(booted):
 
 
 # ---------------------------------------------------------------- last, for each firmware
-def test_a_frozen_appliance_is_stopped_in_seconds(booted):
-    """Runs after every other check of its firmware (it ends the VM): the appliance's vCPUs,
-    busy, are stopped through QEMU's monitor, which is how a TCG freeze looks from outside.
-    The VM's watch (tests/ansible/vm.py) must see it and stop the VM within its window, not
-    leave it to a 15-minute SSH timeout; and it must not have judged the appliance frozen
-    during the checks above, while it booted, compiled and traced."""
+def test_a_frozen_appliance_is_stopped_and_booted_again_in_seconds(booted):
+    """Runs after every other check of its firmware: the appliance's vCPUs, busy, are stopped
+    through QEMU's monitor, which is how a TCG freeze looks from outside. The VM's watch
+    (tests/ansible/vm.py) must see it and stop the VM within its window, not leave it to a
+    15-minute SSH timeout, then boot it again from its own disk on one host thread; and it
+    must not have judged the appliance frozen during the checks above, while it booted,
+    compiled and traced."""
     fw, vm, host, _ = booted
-    assert vm.frozen is None and vm.proc.poll() is None
+    assert vm.frozen is None and vm.proc.poll() is None and vm.boots_again < vm.MAX_BOOTS_AGAIN
+    vm.ssh("sudo touch /var/tmp/spanprobe-before-freeze && sync", timeout=60)
     vm.ssh("for i in 1 2; do nohup sh -c 'while :; do :; done' </dev/null >/dev/null 2>&1 & done", timeout=60)
     time.sleep(5)
+    first = vm.proc
     monitor(vm.monitor_sock, "stop")
     t = time.monotonic()
     window = FreezeWatch().still_s
-    vm.proc.wait(timeout=window + 3 * vm.WATCH_GAP_S + 10)
+    first.wait(timeout=window + 3 * vm.WATCH_GAP_S + 10)
     SUMMARY[f"{fw}: stopped vCPUs seen frozen in (s)"] = round(time.monotonic() - t, 1)
-    assert vm.frozen and "not halted" in vm.frozen, vm.frozen
+    # the next command waits for the new boot to answer
+    assert vm.ssh("test -e /var/tmp/spanprobe-before-freeze && echo kept", timeout=60).stdout.strip() == "kept"
+    SUMMARY[f"{fw}: booted again from its disk, SSH answering in (s)"] = round(time.monotonic() - t, 1)
+    assert vm.restarted and "not halted" in vm.restarted["why"], vm.restarted
+    assert vm.restarted["from"] == "its own disk" and vm.proc is not first and vm.proc.poll() is None
+    assert "tcg,thread=single" in (vm.dir / "qemu.cmd").read_text()
