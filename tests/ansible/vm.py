@@ -18,23 +18,17 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from tests.support.procs import free_port
 from tests.support.tcg import FreezeWatch, monitor, vcpu_states
 
 MEMORY = os.environ.get("SPANPROBE_VM_MEMORY", "2048")
 ACCEL = os.environ.get("SPANPROBE_VM_ACCEL", "tcg")     # /dev/kvm cannot run guests here
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"

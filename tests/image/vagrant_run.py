@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from image_helpers import REPO, RESULTS, SUMMARY
-from vm import free_port  # noqa: E402  (tests/ansible/vm.py)
+from tests.support.procs import free_port
 
 VIRSH = ["virsh", "-c", "qemu:///system"]
 

@@ -4,7 +4,6 @@ receiver on loopback answers becomes accepted, "later" (with its delay) or refus
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from concurrent import futures
@@ -21,16 +20,11 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
 from spanprobe.otlp_senders import grpc_compression, grpc_exporter, http_exporter
+from tests.support.procs import free_port
 
 SPANS = [ReadableSpan(name="GET /x", context=SpanContext(0x1, 0x2, False, TraceFlags(1)),
                       resource=Resource({"service.name": "s"}), attributes={}, kind=SpanKind.SERVER,
                       start_time=1, end_time=2)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
