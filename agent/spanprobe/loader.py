@@ -20,6 +20,7 @@ from . import caps
 from . import events as ev
 from .errors import KernelUnsupported, PermissionProblem, ProbeAttachError
 from .kernel import KernelFeatures, detect, ensure_tracefs
+from .memory import release_after_compile
 from .probes import MODE_IDS, SYSCALLS, TRACEPOINTS, Plan, candidates, make_plan
 from .procfs import SysRoot
 
@@ -401,4 +402,6 @@ def open_session(settings, root: SysRoot, self_pid: int,
         raise PermissionProblem(problem)
     ensure_tracefs(root)
     feats = detect(root, SYSCALLS, TRACEPOINTS)
-    return load_best(feats, settings, self_pid, trace_all)
+    loaded = load_best(feats, settings, self_pid, trace_all)
+    log.info("%s", release_after_compile(root).describe())     # the compiler is not needed again
+    return loaded

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -87,6 +88,21 @@ def test_sigint_also_stops_cleanly(tmp):
     assert agent.stop(signal.SIGINT) == 0
     assert agent.stop_seconds < 5.0
     assert not ours & loaded_program_ids()
+
+
+def test_compiler_memory_is_given_back_after_loading(tmp):
+    """bcc's clang and LLVM run inside the agent once, at start: their freed heap and their
+    code must not stay in its RSS (spanprobe.memory). 120 MiB is issue 18's ceiling; 171 MiB
+    was measured here before, 62 after."""
+    agent = Agent(["--pid", str(os.getppid()), "--console"], tmp)
+    try:
+        said = agent.wait_for(r"after compiling: heap trimmed, ([0-9.]+) MiB of compiler code dropped(.*)")
+        assert float(said.group(1)) > 10 and not said.group(2), said.group(0)
+        status = Path(f"/proc/{agent.proc.pid}/status").read_text()
+        rss_kib = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))
+        assert rss_kib <= 120 * 1024, f"agent RSS {rss_kib / 1024:.0f} MiB after start"
+    finally:
+        assert agent.stop(signal.SIGTERM) == 0
 
 
 @pytest.mark.parametrize("content, key", [
