@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench import overhead, report, throughput
-from bench.procs import REPO, BenchError, Procs
+from bench.procs import REPO, BenchError, Procs, bpf_stats
 from bench.receiver import ReceiverProcess
 from bench.settings import plan_from
 
@@ -68,7 +68,7 @@ def run(plan) -> dict:
     logs = plan.out / f"{plan.name}-logs"     # every process's log, kept for a failed run
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
-    with Procs(logs) as procs:
+    with Procs(logs) as procs, bpf_stats():
         receiver = ReceiverProcess(procs, cpu=None)
         ctx = Context(plan, procs, receiver)
         ctx.say(plan.pinning)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import time
 
 from bench.load import fixed_rate, wrk
-from bench.procs import BenchError, cpu_seconds, memory_kib, start_app, tcp_sockets
+from bench.procs import (BenchError, bpf_run_time, cpu_seconds, memory_kib, session_cpu_seconds, start_app,
+                         tcp_sockets)
 from tests.support.procs import free_port
 
 # counters in the agent's `final` line that mean an event, exchange or span was lost
@@ -58,13 +59,23 @@ def run_one(ctx, app: str, config: str, rnd: int, rate: float | None) -> dict:
             if got == before:
                 raise BenchError(f"{tag}: the agent exported no span for {warm['completed']} "
                                  f"warm-up requests in 30 s (log {agent.err})")
+        # the app's own CPU and the kernel side's, over saturation and the fixed rate
+        app_cpu0 = session_cpu_seconds(app_proc.pid)
+        bpf0 = bpf_run_time(agent.proc.pid) if agent is not None else None
         sat = wrk(procs, port, plan.saturation_s, plan.wrk_connections)
         if sat["completed"] == 0:
             raise BenchError(f"{tag}: wrk completed no request ({sat['errors']})")
         rate = rate or sat["rps"] / 2
         fixed = fixed_rate(procs, port, rate, plan.fixed_s, plan.loadgen_connections)
         completed = warm["completed"] + sat["completed"] + fixed["completed"]
+        measured = sat["completed"] + fixed["completed"]
+        row["app_cpu_s"] = session_cpu_seconds(app_proc.pid) - app_cpu0
+        row["app_cpu_us_per_req"] = row["app_cpu_s"] / measured * 1e6
         if agent is not None:
+            ns, runs = (b - a for a, b in zip(bpf0, bpf_run_time(agent.proc.pid)))
+            row["bpf_run_time_ns"], row["bpf_runs"] = ns, runs
+            row["bpf_us_per_req"] = ns / measured / 1e3
+            row["bpf_runs_per_req"] = runs / measured
             row["agent_memory_kib"] = memory_kib(agent.proc.pid)
             # an agent that fell behind gets time to catch up before SIGTERM (and says how long)
             t0 = time.monotonic()
@@ -90,10 +101,12 @@ def run_one(ctx, app: str, config: str, rnd: int, rate: float | None) -> dict:
         cpu = agent.rusage_cpu - cpu0
         row.update({"agent_final": final, "lost_events": lost_events(final), "agent_cpu_s": cpu,
                     "agent_cpu_ms_per_1k": cpu / completed * 1e6 if completed else None,
+                    "agent_cpu_us_per_span": cpu / spans * 1e6 if spans else None,
                     "agent_exit": agent.proc.returncode, "agent_stop_s": agent.stop_seconds})
     lat = {k: "–" if v is None else f"{v:.2f}" for k, v in fixed["latency_ms"].items()}
     ctx.say(f"{tag}: {sat['rps']:.0f} req/s at saturation; fixed {fixed['rate_achieved']:.0f} req/s "
-            f"p50 {lat['p50']} ms p99 {lat['p99']} ms; "
+            f"p50 {lat['p50']} ms p99 {lat['p99']} ms; app CPU {row['app_cpu_us_per_req']:.0f} µs/req"
+            + (f" (BPF {row['bpf_us_per_req']:.1f})" if agent is not None else "") + "; "
             f"server spans {spans} for {completed}..{sent} requests"
             + (f"; agent {row['agent_cpu_ms_per_1k']:.1f} ms CPU/1k req, caught up in "
                f"{row['agent_catch_up_s']:.1f} s, lost {row['lost_events'] or 0}"

@@ -35,6 +35,60 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / CLK_TCK
 
 
+def session_cpu_seconds(sid: int) -> float:
+    """utime + stime of every live process of session `sid`, each its own only: an app is
+    one session (a gunicorn master and its worker, or uvicorn), and its worker is not
+    waited for while it serves, so the master's children's times would miss it. BPF
+    programs that run in the app's syscalls count here too (as its system time)."""
+    ticks = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue        # gone meanwhile
+        # fields[0] is state (field 3): session is field 6, utime and stime fields 14 and 15
+        if int(fields[3]) == sid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLK_TCK
+
+
+def bpf_run_time(pid: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) summed over the BPF programs `pid` holds, from their fds'
+    fdinfo: the kernel's own account of the time its programs ran, kept only while
+    kernel.bpf_stats_enabled is 1 (bpf_stats)."""
+    ns = runs = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        for line in info.splitlines():
+            key, _, value = line.partition(":")
+            if key == "run_time_ns":
+                ns += int(value)
+            elif key == "run_cnt":
+                runs += int(value)
+    return ns, runs
+
+
+class bpf_stats:
+    """kernel.bpf_stats_enabled=1 for the block, then as it was: the kernel times every BPF
+    program run (two clock reads per run) only while it is set."""
+    PATH = Path("/proc/sys/kernel/bpf_stats_enabled")
+
+    def __enter__(self):
+        self.before = self.PATH.read_text().strip()
+        self.PATH.write_text("1\n")
+        return self
+
+    def __exit__(self, *exc):
+        self.PATH.write_text(self.before + "\n")
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     """VmRSS (now) and VmHWM (peak) of a process, in KiB."""
     out = {}

@@ -30,6 +30,7 @@ APPS = ("flask", "fastapi")
 # it short on a loaded machine (seen: 322 s with QEMU guests running beside it).
 pytestmark = pytest.mark.timeout(960)
 CONFIGS = ("bare", "otel", "spanprobe")
+BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")   # set by the bench while it runs
 
 
 def _bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -107,7 +108,9 @@ def smoke(tmp_path_factory):
             pytest.fail(f"bench smoke cannot run in CI: {why}")
         pytest.skip(f"LOUD SKIP: {why}")
     out = tmp_path_factory.mktemp("bench")
+    stats_before = BPF_STATS.read_text()
     p = _bench("--smoke", "--out", str(out), timeout=900)
+    assert BPF_STATS.read_text() == stats_before, "kernel.bpf_stats_enabled was not restored"
     sys.stderr.write(p.stderr[-4000:])
     assert p.returncode == 0, f"python -m bench --smoke exited {p.returncode}:\n{p.stderr[-3000:]}"
     return {"out": out, "stdout": p.stdout, "json": json.loads((out / "smoke.json").read_text()),
@@ -134,10 +137,13 @@ def test_every_figure_for_every_app_and_configuration(smoke):
             assert 0 < f["p50_ms"] <= f["p99_ms"], where
             assert f["fixed_rate"] == pytest.approx(bare["rps"] / 2), where
             assert f["requests_completed"] <= f["requests_sent"], where
+            assert f["app_cpu_us_per_req"] > 0, where
             if config != "bare":
-                assert "throughput_overhead_pct" in f and "p99_overhead_pct" in f, where
+                assert {"throughput_overhead_pct", "p99_overhead_pct", "app_cpu_overhead_pct"} <= set(f), where
         sp = summary[app]["spanprobe"]
-        assert sp["agent_cpu_ms_per_1k"] > 0 and sp["agent_rss_mib"] > 10, sp
+        assert sp["agent_cpu_ms_per_1k"] > 0 and sp["agent_cpu_us_per_span"] > 0 and sp["agent_rss_mib"] > 10, sp
+        # the kernel side ran for every request (several syscalls each) and took time doing it
+        assert sp["bpf_runs_per_req"] >= 2 and 0 < sp["bpf_us_per_req"] < sp["app_cpu_us_per_req"], sp
         assert sp["agent_peak_rss_mib"] >= sp["agent_rss_mib"], sp
         assert isinstance(sp["lost_events"], int), sp
 
@@ -177,7 +183,7 @@ def test_throughput_ladder(smoke):
 
 def test_targets_are_reported_not_asserted(smoke):
     targets = smoke["json"]["targets"]
-    assert len(targets) == 2 * len(APPS) + 2
+    assert len(targets) == 3 * len(APPS) + 2
     for row in targets:
         assert isinstance(row["met"], bool) and row["target"] in smoke["md"]
 
