@@ -17,7 +17,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 import wheelhouse  # ansible/wheelhouse.py (pyproject.toml's pythonpath)
-from fleet_helpers import (BIN, GUESTS, RESULTS, SUMMARY, VM, Fleet, agent_pid, build_images,  # noqa: E402
+from fleet_helpers import (BIN, BOOT_TIMEOUT_S, GUESTS, RESULTS, SUMMARY, VM, Fleet, agent_pid, build_images,  # noqa: E402
                            parallel, run_playbook, write_inventory)
 from tests.support.gate import gate  # noqa: E402
 
@@ -66,7 +66,7 @@ def fleet():
         t = time.monotonic()
         for vm in vms.values():
             vm.start()
-        boots = parallel(lambda n: round(vms[n].wait_ssh(), 1), list(vms))
+        boots = parallel(lambda n: round(vms[n].wait_ssh(timeout=BOOT_TIMEOUT_S), 1), list(vms))
         SUMMARY["times"]["boot (s)"] = round(time.monotonic() - t, 1)
         for n, m in manifests.items():
             SUMMARY["guests"][n] = {"suite": m["suite"], "kernel": m["kernel"], "boot_s": boots[n]}

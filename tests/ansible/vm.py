@@ -144,32 +144,53 @@ class VM:
                 return
 
     def wait_ssh(self, timeout: float = 900) -> float:
-        """Seconds from start to SSH answering. A boot frozen by TCG is booted once more, with
-        tcg,thread=single (slower, so only then); the seconds are the second boot's, and
-        `restarted` says what happened to the first."""
+        """Seconds from start to SSH answering. A boot frozen by TCG, or one that does not
+        answer SSH within `timeout` (seen once: a fleet VM at its login prompt, SSH silent
+        for 15 minutes, its vCPUs not still), is booted once more with tcg,thread=single
+        (slower, so only then); the seconds are the second boot's, and `restarted` says
+        what happened to the first: why, with the vCPUs' instruction pointers and SSH's
+        last error."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                if self.frozen and self.boots_again < self.MAX_BOOTS_AGAIN and not self._answering.is_set():
-                    self._boot_again()
-                    deadline = time.monotonic() + timeout
-                    continue
-                if self._rebooting:     # the watch is starting it again from its disk
-                    time.sleep(1)
-                    continue
-                raise RuntimeError(f"{self.name}: {self.frozen or f'qemu exited {self.proc.returncode}'} "
-                                   f"during boot; see {self.console}\n{self.console_tail()}")
-            try:
-                up = self._ssh("true", timeout=30).returncode == 0
-            except subprocess.TimeoutExpired:
-                up = False
-            if up:
-                self.boot_s = time.monotonic() - self.t0
-                self._answering.set()
-                return self.boot_s
-            time.sleep(3)
-        raise RuntimeError(f"{self.name}: no SSH after {timeout:.0f} s; see {self.console}\n"
-                           f"{self.console_tail()}")
+        last = ""
+        while True:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    if self.frozen and self.boots_again < self.MAX_BOOTS_AGAIN and not self._answering.is_set():
+                        self._boot_again()
+                        deadline = time.monotonic() + timeout
+                        continue
+                    if self._rebooting:     # the watch is starting it again from its disk
+                        time.sleep(1)
+                        continue
+                    raise RuntimeError(f"{self.name}: {self.frozen or f'qemu exited {self.proc.returncode}'} "
+                                       f"during boot; see {self.console}\n{self.console_tail()}")
+                try:
+                    r = self._ssh("true", timeout=30)
+                    up, last = r.returncode == 0, r.stderr.strip()[-300:]
+                except subprocess.TimeoutExpired:
+                    up, last = False, "ssh did not finish in 30 s"
+                if up:
+                    self.boot_s = time.monotonic() - self.t0
+                    self._answering.set()
+                    return self.boot_s
+                time.sleep(3)
+            why = (f"no SSH after {timeout:.0f} s (vCPUs at {self._vcpus()}; ssh's last error: "
+                   f"{last or 'none'})")
+            if self.boots_again >= self.MAX_BOOTS_AGAIN or self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name}: {why}; see {self.console}\n{self.console_tail()}")
+            self.frozen = why
+            self.proc.kill()
+            self.proc.wait()
+            self._boot_again()
+            deadline = time.monotonic() + timeout
+
+    def _vcpus(self) -> str:
+        """Each vCPU's instruction pointer (and whether it is halted), for a report."""
+        try:
+            states = vcpu_states(monitor(self.monitor_sock, "info registers -a"))
+        except OSError as exc:
+            return f"unknown: {exc}"
+        return ", ".join(f"{cpu}: {ip}{' halted' if halted else ''}" for cpu, (ip, halted) in sorted(states.items()))
 
     def _boot_again(self, keep_disk: bool = False) -> None:
         first = self.dir / "console-frozen.log"
