@@ -24,6 +24,7 @@ The Debian mirror is the one this machine's apt sources already use
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -267,6 +268,16 @@ def find_vmlinuz(root: Path, release: str) -> Path:
 
 
 def build_all(pins: dict) -> Path:
+    """The guests' disk and kernels, built once per key. One build at a time (a lock file in
+    the cache): the test command starts this in the background on a cold machine
+    (scripts/dev.sh prebuild) and the kernel tier may ask for it while it runs."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_all(pins)
+
+
+def _build_all(pins: dict) -> Path:
     times = {}
     t0 = time.monotonic()
     site = build_site(pins, keys(pins)["site"])
