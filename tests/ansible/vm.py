@@ -56,9 +56,12 @@ class VM:
         self.ssh_config = self.dir / "ssh_config"
         self.proc: subprocess.Popen | None = None
         self.boot_s: float | None = None
-        # QEMU's human monitor, for the vCPUs' registers (tests.support.tcg); a short path:
-        # a unix socket's name must fit 108 bytes
-        self.monitor_sock = Path(tempfile.mkdtemp(prefix="spanprobe-vm-")) / "monitor"
+        # unix sockets (QEMU's human monitor, for the vCPUs' registers: tests.support.tcg;
+        # SSH's connection sharing) in a short path: a socket's name must fit 108 bytes, and
+        # a checkout's results directory may be deep (seen: a clone in /work/cold/clone left
+        # the VM "debian13-stock" no room for ssh's master socket, and so no SSH at all)
+        self.sockets = Path(tempfile.mkdtemp(prefix="spanprobe-vm-"))
+        self.monitor_sock = self.sockets / "monitor"
         self.tcg_thread = "multi"
         self.frozen: str | None = None       # what the watch saw, once it stopped the VM
         # the last boot that froze, once booted again: {"why", "first_boot_s", "first_console",
@@ -84,7 +87,7 @@ class VM:
             f"  IdentityFile {self.m['ssh_key']}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
             "  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  ConnectTimeout 10\n"
             "  ServerAliveInterval 15\n  ControlMaster auto\n"
-            f"  ControlPath {self.dir}/cm-%C\n  ControlPersist 300\n")
+            f"  ControlPath {self.sockets}/cm-%C\n  ControlPersist 300\n")
         accel = ["-accel", "kvm", "-cpu", "host"] if ACCEL == "kvm" else \
             ["-accel", f"tcg,thread={self.tcg_thread}", "-cpu", "max"]
         if self.m.get("vmlinuz"):
@@ -224,7 +227,7 @@ class VM:
         (self.dir / "overlay.qcow2").unlink(missing_ok=True)
         if self._watch is not None:
             self._watch.join(timeout=15)
-        shutil.rmtree(self.monitor_sock.parent, ignore_errors=True)
+        shutil.rmtree(self.sockets, ignore_errors=True)
 
     # ---- access ----
     def ssh(self, command: str, check: bool = True, timeout: float = 600,
