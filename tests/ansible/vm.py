@@ -148,8 +148,8 @@ class VM:
 
     def wait_ssh(self, timeout: float = 900) -> float:
         """Seconds from start to SSH answering. A boot frozen by TCG, or one that does not
-        answer SSH within `timeout` (seen once: a fleet VM at its login prompt, SSH silent
-        for 15 minutes, its vCPUs not still), is booted once more with tcg,thread=single
+        answer SSH within `timeout` for a reason not seen from outside, is booted once more
+        with tcg,thread=single
         (slower, so only then); the seconds are the second boot's, and `restarted` says
         what happened to the first: why, with the vCPUs' instruction pointers and SSH's
         last error."""
