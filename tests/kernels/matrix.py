@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import fcntl
 import hashlib
 import json
 import os
@@ -198,18 +199,23 @@ def probe_accel(manifest: dict) -> tuple[str, str]:
     qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256((os.uname().release + qemu + manifest["kernels"][0]["release"]).encode()).hexdigest()[:12]
     cached = CACHE / f"kvm-probe-{key}.json"
-    if cached.exists():
-        d = json.loads(cached.read_text())
-        return d["accel"], d["why"] + " (cached probe)"
-    rc, secs, console, _ = boot(manifest["kernels"][0], manifest["disk"], "kvm", CACHE / "kvm-probe",
-                                "spanprobe.probe=1", 30, marker="SPANPROBE-PROBE-OK")
-    ok = "SPANPROBE-PROBE-OK" in console.read_text(errors="replace") if console.exists() else False
-    log = (CACHE / "kvm-probe" / "qemu.log").read_text(errors="replace").strip().splitlines()
-    why = (f"KVM probe boot reached the guest in {secs:.0f} s" if ok else
-           f"KVM probe boot failed (rc {rc}, {secs:.0f} s: {(log[-1] if log else 'no guest output')[:160]})")
-    d = {"accel": "kvm" if ok else "tcg", "why": why}
-    cached.write_text(json.dumps(d) + "\n")
-    return d["accel"], why
+    # one probe at a time (the background prebuild, the stall test and matrix.py may all ask
+    # at once on a cold machine): they share the probe's directory, and the later ones find
+    # the first one's answer
+    with open(CACHE / "kvm-probe.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cached.exists():
+            d = json.loads(cached.read_text())
+            return d["accel"], d["why"] + " (cached probe)"
+        rc, secs, console, _ = boot(manifest["kernels"][0], manifest["disk"], "kvm", CACHE / "kvm-probe",
+                                    "spanprobe.probe=1", 30, marker="SPANPROBE-PROBE-OK")
+        ok = "SPANPROBE-PROBE-OK" in console.read_text(errors="replace") if console.exists() else False
+        log = (CACHE / "kvm-probe" / "qemu.log").read_text(errors="replace").strip().splitlines()
+        why = (f"KVM probe boot reached the guest in {secs:.0f} s" if ok else
+               f"KVM probe boot failed (rc {rc}, {secs:.0f} s: {(log[-1] if log else 'no guest output')[:160]})")
+        d = {"accel": "kvm" if ok else "tcg", "why": why}
+        cached.write_text(json.dumps(d) + "\n")
+        return d["accel"], why
 
 
 def select(kernels: list[dict], want: str | None) -> list[dict]:
@@ -397,9 +403,15 @@ def main(argv=None) -> int:
     ap.add_argument("--results", type=Path, default=REPO / "results")
     ap.add_argument("--fresh", action="store_true", help="boot every guest, even when a passing "
                     "result with the same inputs is cached")
+    ap.add_argument("--probe", action="store_true", help="only build the guests' disk and find the "
+                    "accelerator (cached): the test command's background prebuild")
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("matrix: run as root (QEMU guests, bcc on the host)")
+    if a.probe:
+        manifest, _ = build()
+        say("accelerator %s: %s" % probe_accel(manifest))
+        return 0
     t0 = time.monotonic()
     times: dict = {}
     manifest, secs = build()

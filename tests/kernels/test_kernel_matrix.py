@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 import matrix as matrix_runner  # tests/kernels/matrix.py, beside this file
 
 PINS = json.loads((HERE / "kernels.json").read_text())
@@ -36,21 +33,9 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def matrix() -> dict:
-    """matrix.py run once for the module: {kernel name: row}."""
-    if os.geteuid() != 0:
-        pytest.fail("the kernel matrix needs root (mmdebstrap, chroot, QEMU guests)")
-    args = [sys.executable, str(HERE / "matrix.py")]
-    if KERNEL:
-        args += ["--kernel", KERNEL]
-    if MODE:
-        args += ["--mode", MODE]
-    results = Path(os.environ.get("SPANPROBE_RESULTS", REPO / "results"))
-    doc_path = results / "kernel-matrix.json"
-    doc_path.unlink(missing_ok=True)
-    proc = subprocess.run(args + ["--results", str(results)], timeout=3500)
-    assert doc_path.exists(), f"matrix.py wrote no results (exit {proc.returncode})"
-    return {r["name"]: r for r in json.loads(doc_path.read_text())["rows"]}
+def matrix(matrix_run) -> dict:
+    """matrix.py's one run (conftest.py starts it), once it has ended: {kernel name: row}."""
+    return {r["name"]: r for r in json.loads(matrix_run.wait().read_text())["rows"]}
 
 
 def expected_cell(want: str, cell: dict | None) -> str | None:
