@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from tests.support.procs import free_port
-from tests.support.tcg import FreezeWatch, monitor, vcpu_states
+from tests.support.tcg import FreezeWatch, host_times, monitor, vcpu_states
 
 MEMORY = os.environ.get("SPANPROBE_VM_MEMORY", "2048")
 ACCEL = os.environ.get("SPANPROBE_VM_ACCEL", "tcg")     # /dev/kvm cannot run guests here
@@ -64,6 +64,7 @@ class VM:
         self.monitor_sock = self.sockets / "monitor"
         self.tcg_thread = "multi"
         self.frozen: str | None = None       # what the watch saw, once it stopped the VM
+        self.starved = 0                      # windows the watch saw starved (a busy host), not frozen
         # the last boot that froze, once booted again: {"why", "first_boot_s", "first_console",
         # "again_with", "from": "a fresh overlay" (froze before SSH answered) or "its own disk"}
         self.restarted: dict | None = None
@@ -134,7 +135,8 @@ class VM:
                 states = vcpu_states(monitor(self.monitor_sock, "info registers -a"))
             except OSError:         # not listening yet, or QEMU ending
                 continue
-            verdict = watch.sample(states, time.monotonic())
+            verdict = watch.sample(states, time.monotonic(), host_times(proc.pid))
+            self.starved = watch.starved
             if verdict and proc.poll() is None:
                 self.frozen = f"{verdict}, {time.monotonic() - self.t0:.0f} s after start"
                 self._rebooting = self._answering.is_set() and self.boots_again < self.MAX_BOOTS_AGAIN

@@ -79,15 +79,28 @@ class FreezeWatch:
     frozen when some vCPU, not halted, has stayed at one instruction in every sample for
     `still_s` seconds. A vCPU that runs moves between samples (timer interrupts alone break
     any loop), an idle one is halted; only a stopped or stale-translation vCPU does neither.
+    A vCPU whose host thread waited for a CPU does not move either: with `host` (QEMU's
+    threads' run and run-queue wait times, host_times), a window in which QEMU ran less
+    than STARVED_RUN of `still_s` and waited longer than it ran is starvation (a busy host,
+    a VM at low priority), not a freeze: counted in `starved`, and the vCPU stays watched.
+    A stale translation spins, so it runs; a vCPU stopped through the monitor sleeps, so it
+    neither runs nor waits: both are still seen.
 
-    Feed it with `sample(states, now)`: the verdict, or None."""
+    Feed it with `sample(states, now, host)`: the verdict, or None."""
+
+    STARVED_RUN = 0.2
 
     def __init__(self, still_s: float = 30.0):
         self.still_s = still_s
         self.since: dict[str, tuple[str, float]] = {}    # vCPU -> (its instruction, first seen there)
+        self.host_at: dict[float, tuple[float, float]] = {}  # sample time -> host_times then
+        self.starved = 0                                   # windows judged starved, not frozen
 
-    def sample(self, states: dict[str, tuple[str, bool]], now: float) -> str | None:
-        stuck = []
+    def sample(self, states: dict[str, tuple[str, bool]], now: float,
+               host: tuple[float, float] | None = None) -> str | None:
+        if host is not None:
+            self.host_at[now] = host
+        stuck, stuck_since = [], now
         for cpu, (ip, halted) in sorted(states.items()):
             seen = self.since.get(cpu)
             if halted or seen is None or seen[0] != ip:
@@ -95,9 +108,36 @@ class FreezeWatch:
                 continue
             if now - seen[1] >= self.still_s:
                 stuck.append(f"CPU#{cpu} at {ip}")
+                stuck_since = min(stuck_since, seen[1])
         for cpu in set(self.since) - set(states):
             del self.since[cpu]
+        oldest = min((t for _, t in self.since.values()), default=now)
+        for t in [t for t in self.host_at if t < oldest]:
+            del self.host_at[t]
         if not stuck:
             return None
+        if host is not None and stuck_since in self.host_at:
+            ran = host[0] - self.host_at[stuck_since][0]
+            waited = host[1] - self.host_at[stuck_since][1]
+            if ran < self.STARVED_RUN * self.still_s and waited > ran:
+                self.starved += 1
+                return None
         return (f"vCPU frozen by TCG ({', '.join(stuck)}: not halted, at the same instruction in every "
                 f"register sample for {self.still_s:.0f} s)")
+
+
+def host_times(pid: int, proc: Path = Path("/proc")) -> tuple[float, float] | None:
+    """Seconds a process's threads have run on a CPU and have waited, runnable, for one
+    (summed over its threads' schedstat: run ns, run-queue wait ns, slices); None once gone."""
+    ran = waited = 0
+    try:
+        for task in (proc / str(pid) / "task").iterdir():
+            try:
+                fields = (task / "schedstat").read_text().split()
+            except OSError:          # the thread ended meanwhile
+                continue
+            ran += int(fields[0])
+            waited += int(fields[1])
+    except OSError:
+        return None
+    return ran / 1e9, waited / 1e9

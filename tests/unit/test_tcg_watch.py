@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.tcg import FreezeWatch, vcpu_states
+from tests.support.tcg import FreezeWatch, host_times, vcpu_states
 
 IDLE = (Path(__file__).resolve().parents[1] / "kernels" / "data" / "registers-5.10-idle.txt").read_text()
 BUSY = IDLE.replace("HLT=1", "HLT=0")       # the same vCPUs, not halted
@@ -23,8 +23,13 @@ def test_before_long_mode_the_instruction_pointer_is_eip():
     assert vcpu_states(real_mode) == {"0": ("0000b7b9", True)}
 
 
-def feed(watch: FreezeWatch, dumps: list[str], gap: float = 3.0) -> list[str | None]:
-    return [watch.sample(vcpu_states(d), i * gap) for i, d in enumerate(dumps)]
+def feed(watch: FreezeWatch, dumps: list[str], gap: float = 3.0, ran_per_s: float | None = None,
+         waited_per_s: float = 0.0) -> list[str | None]:
+    """Samples `gap` s apart; with ran_per_s, QEMU's threads ran (and waited for a CPU)
+    that many seconds per second meanwhile."""
+    return [watch.sample(vcpu_states(d), i * gap,
+                         None if ran_per_s is None else (i * gap * ran_per_s, i * gap * waited_per_s))
+            for i, d in enumerate(dumps)]
 
 
 def test_an_idle_guest_is_never_frozen():
@@ -48,3 +53,34 @@ def test_one_vcpu_frozen_while_the_other_idles_is_frozen():
     half = BUSY.replace("HLT=0", "HLT=1", 1)             # CPU#0 halted, CPU#1 stuck
     verdict = next(v for v in feed(FreezeWatch(30), [half] * 12) if v)
     assert "CPU#1" in verdict and "CPU#0" not in verdict
+
+
+# ---- starvation: a host thread waiting for a CPU does not move its vCPU either
+def test_a_vcpu_whose_thread_waited_for_a_cpu_is_starved_not_frozen():
+    watch = FreezeWatch(30)
+    # a VM at low priority on a busy host: 5% of a CPU, waiting the rest of the time
+    verdicts = feed(watch, [BUSY] * 30, ran_per_s=0.05, waited_per_s=1.9)     # 87 s
+    assert verdicts == [None] * 30
+    assert watch.starved > 0
+
+
+def test_a_starved_vcpu_that_ran_long_enough_without_moving_is_frozen():
+    # 15% of a CPU: 6 s of running (FreezeWatch.STARVED_RUN of the window) after 40 s
+    verdicts = feed(FreezeWatch(30), [BUSY] * 20, ran_per_s=0.15, waited_per_s=1.8)
+    first = next(i for i, v in enumerate(verdicts) if v)
+    assert first * 3 >= 40 and "CPU#0" in verdicts[first]
+
+
+def test_a_spinning_vcpu_and_a_stopped_one_are_frozen_whatever_the_host_did():
+    spinning = feed(FreezeWatch(30), [BUSY] * 12, ran_per_s=1.0, waited_per_s=0.5)
+    stopped = feed(FreezeWatch(30), [BUSY] * 12, ran_per_s=0.0, waited_per_s=0.0)     # `stop` on the monitor
+    assert spinning[:10] == stopped[:10] == [None] * 10 and spinning[10] and stopped[10]
+
+
+def test_host_times_sums_the_threads_schedstat(tmp_path):
+    for tid, line in (("10", "2000000000 500000000 7"), ("11", "1000000000 1500000000 3")):
+        (tmp_path / "10" / "task" / tid).mkdir(parents=True)
+        (tmp_path / "10" / "task" / tid / "schedstat").write_text(line + "\n")
+    (tmp_path / "10" / "task" / "12").mkdir()            # a thread gone between listing and reading
+    assert host_times(10, proc=tmp_path) == (3.0, 2.0)
+    assert host_times(99, proc=tmp_path) is None
