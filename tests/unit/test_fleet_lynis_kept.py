@@ -1,0 +1,61 @@
+"""Whose a kept lynis index is (fleet_helpers.kept_index): an earlier run's is reused and
+says when and under which key; this run's own (the stock image's, audited in the
+background by lynis_before.py) is not. And the tier, once it waits for that background
+audit, puts its process and children back to normal priority (_hurry)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import fleet_helpers
+
+
+def keep(path, run):
+    path.write_text(json.dumps({"hardening_index": 66, "measured": "2026-12-04T21:00:00Z", "run": run}))
+
+
+def test_an_earlier_runs_index_is_reused_with_its_date_and_key(tmp_path, monkeypatch):
+    monkeypatch.setattr(fleet_helpers, "RUN", "20261205T000000Z-1")
+    path = tmp_path / "debian13-key" / "lynis-before-abc.json"
+    path.parent.mkdir()
+    keep(path, "20261204T000000Z-9")
+    assert fleet_helpers.kept_index(path) == (66, "2026-12-04T21:00:00Z, key debian13-key/lynis-before-abc")
+
+
+def test_this_runs_own_index_is_not_reused(tmp_path, monkeypatch):
+    monkeypatch.setattr(fleet_helpers, "RUN", "20261205T000000Z-1")
+    keep(tmp_path / "k.json", "20261205T000000Z-1")
+    assert fleet_helpers.kept_index(tmp_path / "k.json") == (66, None)
+
+
+def test_without_a_run_name_every_kept_index_is_reused(tmp_path, monkeypatch):
+    monkeypatch.setattr(fleet_helpers, "RUN", "")
+    keep(tmp_path / "k.json", "")
+    assert fleet_helpers.kept_index(tmp_path / "k.json")[1] is not None
+    assert fleet_helpers.kept_index(tmp_path / "missing.json") is None
+
+
+def test_hurry_raises_the_background_audit_and_its_children_to_normal_priority():
+    # a niced shell with a niced child, as `low` in scripts/dev.sh starts the audit
+    proc = subprocess.Popen(["nice", "-n", "10", "sh", "-c", "sleep 30 & wait"])
+    children: list[str] = []
+    try:
+        for _ in range(100):
+            children = open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()
+            if children:
+                break
+            subprocess.run(["sleep", "0.05"])
+        assert children and os.getpriority(os.PRIO_PROCESS, int(children[0])) == 10
+        fleet_helpers._hurry([str(proc.pid), "not-a-pid"])
+        if os.geteuid() == 0:
+            assert os.getpriority(os.PRIO_PROCESS, proc.pid) == 0
+            assert os.getpriority(os.PRIO_PROCESS, int(children[0])) == 0
+        else:                   # lowering a nice value needs root (the tier's): refused, nothing raised
+            assert os.getpriority(os.PRIO_PROCESS, proc.pid) == 10
+    finally:
+        for child in children:
+            os.kill(int(child), 9)
+        proc.kill()
+        proc.wait()
