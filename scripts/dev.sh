@@ -153,7 +153,7 @@ setup() {
 # in front come first. Each builder takes a lock, so a tier that needs a build still in
 # progress waits for it; on a warm machine each finds its build and returns at once.
 prebuild_start() {
-  rm -f "$RESULTS/prebuild.status" "$RESULTS/lynis-before.status"
+  rm -f "$RESULTS/prebuild.status" "$RESULTS/lynis-before.status" "$RESULTS/lynis-before.pid"
   (
     t0=$SECONDS rc=0
     low() { nice -n 10 ionice -c 2 -n 7 /usr/bin/python3 "$@"; }
@@ -162,7 +162,7 @@ prebuild_start() {
     # the stock fleet image's lynis index, unless a run kept it: ~10 minutes of one core,
     # beside the rest in what the kernel and image tiers leave idle (its lock makes the
     # ansible tier wait for it, at normal priority then, instead of auditing it again)
-    ( low tests/ansible/lynis_before.py; echo "$? $SECONDS" > "$RESULTS/lynis-before.status" ) \
+    ( s=0; low tests/ansible/lynis_before.py || s=$?; echo "$s $SECONDS" > "$RESULTS/lynis-before.status" ) \
       > "$RESULTS/lynis-before.log" 2>&1 &
     echo $! > "$RESULTS/lynis-before.pid"
     low packer/base/disk.py build "${SPANPROBE_IMAGE_TARGET:-debian-13-amd64}" || rc=$?
@@ -177,10 +177,13 @@ prebuild_report() {  # after the tiers: how long the background builds took (not
   read -r secs rc < "$RESULTS/prebuild.status" 2>/dev/null || { secs="?"; rc="?"; }
   say "prebuild in the background, beside the host tiers: $secs s, rc $rc (log $RESULTS/prebuild.log;" \
       "a failed build is made again by the tier that needs it)"
-  if [ -e "$RESULTS/lynis-before.status" ]; then
-    say "lynis before, in the background: $(tail -n 3 "$RESULTS/lynis-before.log" | grep '^lynis before' || echo 'no index, see the log'), ended $(( $(cut -d' ' -f2 "$RESULTS/lynis-before.status") - PREBUILD_T0 )) s after the background builds began"
-  else      # the ansible tier did not wait for it (it did not run, or ended early): not left running
-    pkill -TERM -P "$(cat "$RESULTS/lynis-before.pid" 2>/dev/null || echo 0)" 2>/dev/null
+  local lpid lrc lend
+  lpid=$(cat "$RESULTS/lynis-before.pid" 2>/dev/null || true)
+  if [ -e "$RESULTS/lynis-before.status" ] && read -r lrc lend < "$RESULTS/lynis-before.status"; then
+    say "lynis before, in the background: $(grep '^lynis before' "$RESULTS/lynis-before.log" ||
+      echo "no index (rc $lrc, log $RESULTS/lynis-before.log)"), ended $((lend - PREBUILD_T0)) s after the background builds began"
+  elif [ -n "$lpid" ]; then   # the ansible tier did not wait for it (did not run, or ended early): not left running
+    pkill -TERM -P "$lpid" 2>/dev/null || true
     say "lynis before, in the background: stopped unfinished (log $RESULTS/lynis-before.log)"
   fi
 }

@@ -86,8 +86,8 @@ def fleet():
         for n, vm in vms.items():
             if vm.restarted and vm.restarted["from"] == "its own disk":     # froze after boot: said
                 SUMMARY["times"][f"{n} froze after boot, booted again"] = vm.restarted
-            if vm.starved:          # windows its watch saw starved by a busy host, not frozen
-                SUMMARY["times"][f"{n} starved windows (not frozen)"] = vm.starved
+            if vm.starved:          # samples its watch let off as starved by a busy host, not frozen
+                SUMMARY["times"][f"{n} starved samples (not frozen)"] = vm.starved
         parallel(lambda n: vms[n].stop(), list(vms))
         SUMMARY["times"]["tier total (s)"] = round(time.monotonic() - t0, 1)
 

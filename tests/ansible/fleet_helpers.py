@@ -211,36 +211,45 @@ def lynis_before(name: str, manifest: dict, boot_timeout: float = BOOT_TIMEOUT_S
     earlier run kept it, a throw-away boot of the stock image is audited. The test command
     starts that in the background as soon as the fleet images are built (lynis_before.py,
     at low priority, in the CPU the VM tiers leave idle); the tier's test waits for it,
-    raising its priority, or audits it itself beside lynis "after" when nothing started it.
+    raising its CPU priority, or audits it itself beside lynis "after" when nothing started it.
     One lock per key: one audit, whoever asks first."""
     key = hashlib.sha256(_lynis_how()).hexdigest()[:12]
     path = Path(manifest["ssh_key"]).parent / f"lynis-before-{key}.json"
     with open(path.with_suffix(".lock"), "a+") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:     # audited in the background: now awaited, so hurried
+                lock.seek(0)
+                _hurry(lock.read().split())
+                time.sleep(5)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:         # being audited in the background: now it is awaited
-            lock.seek(0)
-            _hurry(lock.read().split())
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        kept = kept_index(path)
-        if kept is not None:
-            if kept[1] is None:     # this run's own, audited in the background
-                SUMMARY["times"][f"lynis before {name}: audited"] = "by this run, in the background (lynis_before.py)"
-            return kept
-        lock.truncate(0)
-        lock.write(f"{os.getpid()}\n")     # whose QEMU (a child, booted again maybe) _hurry finds
-        lock.flush()
-        vm = VM(dict(manifest, name=f"{name}-stock"), RESULTS / f"{name}-stock")
-        try:
-            vm.start()
-            vm.wait_ssh(timeout=boot_timeout)
-            if vm.restarted:        # said in the tier's summary
-                SUMMARY["times"][f"{name}-stock first boot stopped"] = vm.restarted
-            return _measured_once(vm, path)
+            lock.truncate(0)
+            lock.write(f"{os.getpid()}\n")    # whose QEMU (a child, booted again maybe) _hurry finds
+            lock.flush()
+            return _audit_stock(name, manifest, path, boot_timeout)
         finally:
-            vm.stop()
-            if vm.starved:      # at low priority in the background: windows starved, not frozen
-                SUMMARY["times"][f"{name}-stock starved windows (not frozen)"] = vm.starved
+            lock.truncate(0)                # released: no pid left for a later waiter to hurry
+
+
+def _audit_stock(name: str, manifest: dict, path: Path, boot_timeout: float) -> tuple[int | None, str | None]:
+    kept = kept_index(path)
+    if kept is not None:
+        if kept[1] is None:     # this run's own, audited in the background
+            SUMMARY["times"][f"lynis before {name}: audited"] = "by this run, in the background (lynis_before.py)"
+        return kept
+    vm = VM(dict(manifest, name=f"{name}-stock"), RESULTS / f"{name}-stock")
+    try:
+        vm.start()
+        vm.wait_ssh(timeout=boot_timeout)
+        if vm.restarted:        # said in the tier's summary
+            SUMMARY["times"][f"{name}-stock first boot stopped"] = vm.restarted
+        return _measured_once(vm, path)
+    finally:
+        vm.stop()
+        if vm.starved:      # at low priority in the background: samples starved, not frozen
+            SUMMARY["times"][f"{name}-stock starved samples (not frozen)"] = vm.starved
 
 
 def _hurry(pids: list[str]) -> None:
@@ -251,10 +260,10 @@ def _hurry(pids: list[str]) -> None:
         pid = todo.pop()
         for task in (Path("/proc") / pid / "task").glob("*"):
             try:
-                os.setpriority(os.PRIO_PROCESS, int(task.name), 0)
                 todo += (task / "children").read_text().split()
-            except (OSError, ValueError):
-                pass        # gone meanwhile
+                os.setpriority(os.PRIO_PROCESS, int(task.name), 0)
+            except OSError:
+                pass        # gone meanwhile, or not ours to raise
 
 
 # what decides the converged guest lynis audits last, besides its image: the roles and

@@ -64,7 +64,7 @@ class VM:
         self.monitor_sock = self.sockets / "monitor"
         self.tcg_thread = "multi"
         self.frozen: str | None = None       # what the watch saw, once it stopped the VM
-        self.starved = 0                      # windows the watch saw starved (a busy host), not frozen
+        self.starved = 0                      # samples the watch let off as starved (a busy host), not frozen
         # the last boot that froze, once booted again: {"why", "first_boot_s", "first_console",
         # "again_with", "from": "a fresh overlay" (froze before SSH answered) or "its own disk"}
         self.restarted: dict | None = None
@@ -102,7 +102,8 @@ class VM:
         else:
             boot = []
         fwd = "".join(f",guestfwd=tcp:{addr}-tcp:127.0.0.1:{port}" for addr, port in self.guestfwd.items())
-        cmd = ["qemu-system-x86_64", *accel, "-smp", "2", "-m", MEMORY,
+        # named vCPU threads ("CPU 0/TCG"): the freeze watch reads their scheduling times
+        cmd = ["qemu-system-x86_64", "-name", f"{self.name},debug-threads=on", *accel, "-smp", "2", "-m", MEMORY,
                "-nodefaults", "-no-user-config", "-display", "none",
                "-monitor", f"unix:{self.monitor_sock},server=on,wait=off",
                "-serial", f"file:{self.console}", "-no-reboot", *boot,
@@ -129,6 +130,7 @@ class VM:
         answered SSH is booted again from its own disk at once (wait_ssh does it for a
         boot that had not)."""
         watch = FreezeWatch()
+        before = self.starved       # of the boots before this one
         while proc.poll() is None:
             time.sleep(self.WATCH_GAP_S)
             try:
@@ -136,7 +138,7 @@ class VM:
             except OSError:         # not listening yet, or QEMU ending
                 continue
             verdict = watch.sample(states, time.monotonic(), host_times(proc.pid))
-            self.starved = watch.starved
+            self.starved = before + watch.starved
             if verdict and proc.poll() is None:
                 self.frozen = f"{verdict}, {time.monotonic() - self.t0:.0f} s after start"
                 self._rebooting = self._answering.is_set() and self.boots_again < self.MAX_BOOTS_AGAIN

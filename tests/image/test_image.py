@@ -155,8 +155,8 @@ def booted(request, appliances):
     finally:
         vm.stop()
         SUMMARY[f"{fw}: boot and checks (s)"] = round(time.monotonic() - vm.t0, 1)
-        if vm.starved:      # windows its watch saw starved by a busy host, not frozen
-            SUMMARY[f"{fw}: starved windows (not frozen)"] = vm.starved
+        if vm.starved:      # samples its watch let off as starved by a busy host, not frozen
+            SUMMARY[f"{fw}: starved samples (not frozen)"] = vm.starved
 
 
 def test_boots_with_its_firmware(booted):
@@ -252,6 +252,8 @@ def guest(booted):
 # Once, with the firmware whose reboot keeps the most (OVMF's variables beside the disk):
 # the watch and the boot again are the harness's, the same for either firmware, and each
 # check costs ~2 minutes of the tier's critical path (the BIOS appliance waits meanwhile).
+# (pytest reuses the UEFI appliance of `booted`'s own params for it, and runs it after that
+# appliance's other checks: "uefi" is `booted`'s first param, index 0 like this one's)
 @pytest.mark.parametrize("booted", ["uefi"], indirect=True)
 def test_a_frozen_appliance_is_stopped_and_booted_again_in_seconds(booted):
     """Runs after every other check of its firmware: the appliance's vCPUs, busy, are stopped

@@ -8,8 +8,10 @@ after it; test_kernel_matrix.py's tests wait for it to end."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,8 @@ MATRIX_TIMEOUT_S = 3500
 
 
 class MatrixRun:
-    """matrix.py running in the background: `wait()` gives its results document's path."""
+    """matrix.py running in the background, in a process group of its own (its QEMU guests
+    with it): `wait()` gives its results document's path."""
 
     def __init__(self, kernel: str | None, mode: str | None):
         args = [sys.executable, str(HERE / "matrix.py")]
@@ -31,21 +34,35 @@ class MatrixRun:
         results = Path(os.environ.get("SPANPROBE_RESULTS", REPO / "results"))
         self.doc = results / "kernel-matrix.json"
         self.doc.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(args + ["--results", str(results)])
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(args + ["--results", str(results)], start_new_session=True)
 
     def wait(self) -> Path:
-        rc = self.proc.wait(timeout=MATRIX_TIMEOUT_S)
+        rc = self.proc.wait(timeout=max(1.0, MATRIX_TIMEOUT_S - (time.monotonic() - self.started)))
         assert self.doc.exists(), f"matrix.py wrote no results (exit {rc})"
         return self.doc
 
     def stop(self) -> None:
+        """The session ended first (a failure, -x, Ctrl-C): matrix.py and its guests go."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                    self.proc.wait(timeout=grace)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+                except ProcessLookupError:
+                    break
 
 
 @pytest.fixture(scope="session")
-def matrix_run():
+def matrix_run(request):
+    """The run, started once the session has a test that needs its rows (test_kernel_matrix.py's
+    `matrix` fixture); None in a session without one (the stall test alone)."""
+    if not any("matrix" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield None
+        return
     if os.geteuid() != 0:
         pytest.fail("the kernel matrix needs root (mmdebstrap, chroot, QEMU guests)")
     run = MatrixRun(os.environ.get("SPANPROBE_KERNEL"), os.environ.get("SPANPROBE_MODE"))

@@ -79,12 +79,13 @@ class FreezeWatch:
     frozen when some vCPU, not halted, has stayed at one instruction in every sample for
     `still_s` seconds. A vCPU that runs moves between samples (timer interrupts alone break
     any loop), an idle one is halted; only a stopped or stale-translation vCPU does neither.
-    A vCPU whose host thread waited for a CPU does not move either: with `host` (QEMU's
-    threads' run and run-queue wait times, host_times), a window in which QEMU ran less
-    than STARVED_RUN of `still_s` and waited longer than it ran is starvation (a busy host,
-    a VM at low priority), not a freeze: counted in `starved`, and the vCPU stays watched.
-    A stale translation spins, so it runs; a vCPU stopped through the monitor sleeps, so it
-    neither runs nor waits: both are still seen.
+    A vCPU whose host thread waited for a CPU does not move either: with `host` (the run and
+    run-queue wait times of QEMU's vCPU threads, host_times), a still vCPU is let off as
+    starved (a busy host, a VM at low priority), not frozen, while its threads have together
+    run less than STARVED_RUN of `still_s` and waited for a CPU at least half the time since
+    it stopped moving; `starved` counts the samples let off, and it stays watched. A stale
+    translation spins, so it runs; a vCPU stopped through the monitor sleeps, so it neither
+    runs nor waits: both are still seen.
 
     Feed it with `sample(states, now, host)`: the verdict, or None."""
 
@@ -93,11 +94,11 @@ class FreezeWatch:
     def __init__(self, still_s: float = 30.0):
         self.still_s = still_s
         self.since: dict[str, tuple[str, float]] = {}    # vCPU -> (its instruction, first seen there)
-        self.host_at: dict[float, tuple[float, float]] = {}  # sample time -> host_times then
-        self.starved = 0                                   # windows judged starved, not frozen
+        self.host_at: dict[float, dict[int, tuple[float, float]]] = {}   # sample time -> host_times then
+        self.starved = 0                                   # samples of a still vCPU let off as starved
 
     def sample(self, states: dict[str, tuple[str, bool]], now: float,
-               host: tuple[float, float] | None = None) -> str | None:
+               host: dict[int, tuple[float, float]] | None = None) -> str | None:
         if host is not None:
             self.host_at[now] = host
         stuck, stuck_since = [], now
@@ -117,27 +118,32 @@ class FreezeWatch:
         if not stuck:
             return None
         if host is not None and stuck_since in self.host_at:
-            ran = host[0] - self.host_at[stuck_since][0]
-            waited = host[1] - self.host_at[stuck_since][1]
-            if ran < self.STARVED_RUN * self.still_s and waited > ran:
+            then = self.host_at[stuck_since]
+            both = host.keys() & then.keys()       # a thread that ended or began meanwhile says nothing
+            ran = sum(host[t][0] - then[t][0] for t in both)
+            waited = sum(host[t][1] - then[t][1] for t in both)
+            if both and ran < self.STARVED_RUN * self.still_s and waited >= 0.5 * (now - stuck_since):
                 self.starved += 1
                 return None
         return (f"vCPU frozen by TCG ({', '.join(stuck)}: not halted, at the same instruction in every "
                 f"register sample for {self.still_s:.0f} s)")
 
 
-def host_times(pid: int, proc: Path = Path("/proc")) -> tuple[float, float] | None:
-    """Seconds a process's threads have run on a CPU and have waited, runnable, for one
-    (summed over its threads' schedstat: run ns, run-queue wait ns, slices); None once gone."""
-    ran = waited = 0
+def host_times(pid: int, proc: Path = Path("/proc")) -> dict[int, tuple[float, float]] | None:
+    """{thread id: (seconds it has run on a CPU, seconds it has waited, runnable, for one)}
+    for a QEMU's vCPU threads (named "CPU 0/TCG", or "ALL CPUs/TCG" with one thread, when
+    QEMU runs with `-name ...,debug-threads=on`), from their schedstat; None once it is gone."""
+    out = {}
     try:
-        for task in (proc / str(pid) / "task").iterdir():
-            try:
-                fields = (task / "schedstat").read_text().split()
-            except OSError:          # the thread ended meanwhile
-                continue
-            ran += int(fields[0])
-            waited += int(fields[1])
+        tasks = list((proc / str(pid) / "task").iterdir())
     except OSError:
         return None
-    return ran / 1e9, waited / 1e9
+    for task in tasks:
+        try:
+            if not task.joinpath("comm").read_text().strip().endswith("/TCG"):
+                continue
+            fields = (task / "schedstat").read_text().split()
+        except OSError:          # the thread ended meanwhile
+            continue
+        out[int(task.name)] = (int(fields[0]) / 1e9, int(fields[1]) / 1e9)
+    return out

@@ -47,13 +47,14 @@ def test_hurry_raises_the_background_audit_and_its_children_to_normal_priority()
             if children:
                 break
             subprocess.run(["sleep", "0.05"])
-        assert children and os.getpriority(os.PRIO_PROCESS, int(children[0])) == 10
+        niced = min(os.getpriority(os.PRIO_PROCESS, 0) + 10, 19)     # this test may run niced itself
+        assert children and os.getpriority(os.PRIO_PROCESS, int(children[0])) == niced
         fleet_helpers._hurry([str(proc.pid), "not-a-pid"])
         if os.geteuid() == 0:
             assert os.getpriority(os.PRIO_PROCESS, proc.pid) == 0
             assert os.getpriority(os.PRIO_PROCESS, int(children[0])) == 0
         else:                   # lowering a nice value needs root (the tier's): refused, nothing raised
-            assert os.getpriority(os.PRIO_PROCESS, proc.pid) == 10
+            assert os.getpriority(os.PRIO_PROCESS, proc.pid) == niced
     finally:
         for child in children:
             os.kill(int(child), 9)

@@ -25,11 +25,11 @@ def test_before_long_mode_the_instruction_pointer_is_eip():
 
 def feed(watch: FreezeWatch, dumps: list[str], gap: float = 3.0, ran_per_s: float | None = None,
          waited_per_s: float = 0.0) -> list[str | None]:
-    """Samples `gap` s apart; with ran_per_s, QEMU's threads ran (and waited for a CPU)
-    that many seconds per second meanwhile."""
-    return [watch.sample(vcpu_states(d), i * gap,
-                         None if ran_per_s is None else (i * gap * ran_per_s, i * gap * waited_per_s))
-            for i, d in enumerate(dumps)]
+    """Samples `gap` s apart; with ran_per_s, each of QEMU's two vCPU threads ran (and
+    waited for a CPU) that many seconds per second meanwhile."""
+    def host(t: float):
+        return None if ran_per_s is None else {tid: (t * ran_per_s, t * waited_per_s) for tid in (101, 102)}
+    return [watch.sample(vcpu_states(d), i * gap, host(i * gap)) for i, d in enumerate(dumps)]
 
 
 def test_an_idle_guest_is_never_frozen():
@@ -58,29 +58,42 @@ def test_one_vcpu_frozen_while_the_other_idles_is_frozen():
 # ---- starvation: a host thread waiting for a CPU does not move its vCPU either
 def test_a_vcpu_whose_thread_waited_for_a_cpu_is_starved_not_frozen():
     watch = FreezeWatch(30)
-    # a VM at low priority on a busy host: 5% of a CPU, waiting the rest of the time
-    verdicts = feed(watch, [BUSY] * 30, ran_per_s=0.05, waited_per_s=1.9)     # 87 s
+    # a VM at low priority on a busy host: each vCPU thread 2% of a CPU, waiting the rest
+    verdicts = feed(watch, [BUSY] * 30, ran_per_s=0.02, waited_per_s=0.95)     # 87 s
     assert verdicts == [None] * 30
     assert watch.starved > 0
 
 
 def test_a_starved_vcpu_that_ran_long_enough_without_moving_is_frozen():
-    # 15% of a CPU: 6 s of running (FreezeWatch.STARVED_RUN of the window) after 40 s
-    verdicts = feed(FreezeWatch(30), [BUSY] * 20, ran_per_s=0.15, waited_per_s=1.8)
+    # 2 threads x 7.5%: 6 s of running (FreezeWatch.STARVED_RUN of the window) after 40 s
+    verdicts = feed(FreezeWatch(30), [BUSY] * 20, ran_per_s=0.075, waited_per_s=0.9)
     first = next(i for i, v in enumerate(verdicts) if v)
     assert first * 3 >= 40 and "CPU#0" in verdicts[first]
 
 
 def test_a_spinning_vcpu_and_a_stopped_one_are_frozen_whatever_the_host_did():
-    spinning = feed(FreezeWatch(30), [BUSY] * 12, ran_per_s=1.0, waited_per_s=0.5)
-    stopped = feed(FreezeWatch(30), [BUSY] * 12, ran_per_s=0.0, waited_per_s=0.0)     # `stop` on the monitor
+    spinning = feed(FreezeWatch(30), [BUSY] * 12, ran_per_s=0.5, waited_per_s=0.4)
+    # `stop` on the monitor: the vCPU threads sleep, bar a few wake-ups
+    stopped = feed(FreezeWatch(30), [BUSY] * 12, ran_per_s=0.001, waited_per_s=0.002)
     assert spinning[:10] == stopped[:10] == [None] * 10 and spinning[10] and stopped[10]
 
 
-def test_host_times_sums_the_threads_schedstat(tmp_path):
-    for tid, line in (("10", "2000000000 500000000 7"), ("11", "1000000000 1500000000 3")):
+def test_only_threads_seen_at_both_ends_of_the_window_count():
+    watch = FreezeWatch(30)
+    # the thread seen at the start is gone at the end (a reboot, a renamed thread): the
+    # one seen now alone waited; nothing compared, so no excuse of starvation
+    verdicts = [watch.sample(vcpu_states(BUSY), i * 3.0, {101 if i < 5 else 102: (0.01 * i, 2.0 * i)})
+                for i in range(12)]
+    assert verdicts[10] and watch.starved == 0
+
+
+def test_host_times_reads_the_vcpu_threads_schedstat(tmp_path):
+    for tid, comm, line in (("10", "qemu-system-x86", "9000000000 9000000000 9"),
+                            ("11", "CPU 0/TCG", "2000000000 500000000 7"),
+                            ("12", "CPU 1/TCG", "1000000000 1500000000 3")):
         (tmp_path / "10" / "task" / tid).mkdir(parents=True)
+        (tmp_path / "10" / "task" / tid / "comm").write_text(comm + "\n")
         (tmp_path / "10" / "task" / tid / "schedstat").write_text(line + "\n")
-    (tmp_path / "10" / "task" / "12").mkdir()            # a thread gone between listing and reading
-    assert host_times(10, proc=tmp_path) == (3.0, 2.0)
+    (tmp_path / "10" / "task" / "13").mkdir()            # a thread gone between listing and reading
+    assert host_times(10, proc=tmp_path) == {11: (2.0, 0.5), 12: (1.0, 1.5)}
     assert host_times(99, proc=tmp_path) is None
