@@ -202,7 +202,7 @@ def _measured_once(vm: VM, path: Path) -> tuple[int | None, str | None]:
     return idx, None
 
 
-def lynis_before(name: str, manifest: dict, boot_timeout: float = BOOT_TIMEOUT_S) -> tuple[int | None, str | None]:
+def lynis_before(name: str, manifest: dict, slow: float = 1.0) -> tuple[int | None, str | None]:
     """The index of the stock image, before any role ran: (index, where it was reused from,
     None when this run measured it).
 
@@ -228,21 +228,22 @@ def lynis_before(name: str, manifest: dict, boot_timeout: float = BOOT_TIMEOUT_S
             lock.truncate(0)
             lock.write(f"{os.getpid()}\n")    # whose QEMU (a child, booted again maybe) _hurry finds
             lock.flush()
-            return _audit_stock(name, manifest, path, boot_timeout)
+            return _audit_stock(name, manifest, path, slow)
         finally:
             lock.truncate(0)                # released: no pid left for a later waiter to hurry
 
 
-def _audit_stock(name: str, manifest: dict, path: Path, boot_timeout: float) -> tuple[int | None, str | None]:
+def _audit_stock(name: str, manifest: dict, path: Path, slow: float) -> tuple[int | None, str | None]:
     kept = kept_index(path)
     if kept is not None:
         if kept[1] is None:     # this run's own, audited in the background
             SUMMARY["times"][f"lynis before {name}: audited"] = "by this run, in the background (lynis_before.py)"
         return kept
     vm = VM(dict(manifest, name=f"{name}-stock"), RESULTS / f"{name}-stock")
+    vm.slow = slow
     try:
         vm.start()
-        vm.wait_ssh(timeout=boot_timeout)
+        vm.wait_ssh(timeout=BOOT_TIMEOUT_S * slow)
         if vm.restarted:        # said in the tier's summary
             SUMMARY["times"][f"{name}-stock first boot stopped"] = vm.restarted
         return _measured_once(vm, path)

@@ -65,6 +65,7 @@ class VM:
         self.tcg_thread = "multi"
         self.frozen: str | None = None       # what the watch saw, once it stopped the VM
         self.starved = 0                      # samples the watch let off as starved (a busy host), not frozen
+        self.slow = 1.0                       # its commands' timeouts scale (a VM at low priority: more)
         # the last boot that froze, once booted again: {"why", "first_boot_s", "first_console",
         # "again_with", "from": "a fresh overlay" (froze before SSH answered) or "its own disk"}
         self.restarted: dict | None = None
@@ -238,7 +239,7 @@ class VM:
             input: str | None = None) -> subprocess.CompletedProcess:
         if self._rebooting or (self.restarted and self.boot_s is not None and not self._answering.is_set()):
             self.wait_ssh()     # booted again after a freeze: wait for it to answer
-        r = self._ssh(command, timeout, input)
+        r = self._ssh(command, timeout * self.slow, input)
         if check and r.returncode != 0:
             raise RuntimeError(f"{self.name}{self._freeze_said()}: `{command}` exited {r.returncode}:\n"
                                f"{r.stdout}\n{r.stderr}")
