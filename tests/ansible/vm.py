@@ -144,6 +144,9 @@ class VM:
                 self.frozen = f"{verdict}, {time.monotonic() - self.t0:.0f} s after start"
                 self._rebooting = self._answering.is_set() and self.boots_again < self.MAX_BOOTS_AGAIN
                 proc.kill()
+                # gone before the next boot opens its disk: a QEMU still dying holds the
+                # overlay's write lock (seen once under load: "Failed to get "write" lock")
+                proc.wait()
                 if self._rebooting:
                     try:
                         self._boot_again(keep_disk=True)
