@@ -25,11 +25,30 @@ from .spans import SpanBuilder
 from .streams import Assembler, Connection, Exchange
 
 log = logging.getLogger("spanprobe")
+# One line per kernel record when debugging (`--log-level debug`): what the kernel side
+# reported, in the order the agent handled it, so that a span that never came can be traced
+# to the record that was missing. Headers and sizes only, never the captured bytes.
+records_log = logging.getLogger("spanprobe.records")
 
 # The stop flag is looked at every this many events: a huge batch still stops within
 # milliseconds of SIGTERM, and the check costs nothing per event.
 STOP_CHECK_EVERY = 256
 PROC_KINDS = frozenset((ev.EV_PROC_EXEC, ev.EV_PROC_FORK, ev.EV_PROC_EXIT))
+
+
+def describe_record(e) -> str:
+    """A decoded record as one line for the debug log: its header, its sizes and endpoints,
+    not one byte of what it captured (credentials stay out of logs too)."""
+    h = e.h
+    out = f"kind={h.kind} ts={h.ts_ns} pid={h.tgid} tid={h.tid} fd={h.fd} conn={h.conn_id}"
+    if isinstance(e, ev.DataEvent):
+        return (f"{out} dir={e.direction} len={e.length} captured={len(e.data)} flags={e.flags}"
+                f" iov={e.iov_index} owner_fd={e.owner_fd} lost={e.lost}")
+    if isinstance(e, ev.WriteResult):
+        return f"{out} ret={e.ret} asked={e.asked}"
+    if isinstance(e, ev.ConnEvent):
+        return f"{out} role={e.role} listen_fd={e.listen_fd} peer={e.peer} local={e.local}"
+    return f"{out} ppid={e.ppid} comm={e.comm!r} file={e.filename!r}"
 
 
 class RuleScopes:
@@ -180,6 +199,7 @@ class Router:
         """Handle a batch of raw records in order; the exchanges they finished."""
         decode = ev.decode
         handlers = self.handlers
+        describe = records_log.isEnabledFor(logging.DEBUG)
         for i, raw in enumerate(batch):
             if not i % STOP_CHECK_EVERY and should_stop():
                 self.abandoned += len(batch) - i
@@ -194,6 +214,8 @@ class Router:
             except Exception as exc:
                 self.faults.record("decode", exc)
                 continue
+            if describe:
+                records_log.debug("record %s", describe_record(e))
             try:
                 handlers[e.h.kind](e)
             except Exception as exc:

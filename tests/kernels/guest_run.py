@@ -96,6 +96,18 @@ def owned_programs(pid: int) -> dict[int, str]:
             if p["id"] in ids or any(o.get("pid") == pid for o in p.get("pids", []))}
 
 
+def recursion_misses(ids) -> dict[str, int]:
+    """Runs of the given programs the kernel skipped (another BPF program was running on
+    that CPU): events the agent cannot count itself, recorded to explain a missing span."""
+    try:
+        out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, timeout=60)
+        progs = json.loads(out.stdout or "[]")
+    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+        return {f"<bpftool failed: {exc}>": -1}
+    return {f"{p.get('name', '')}#{p['id']}": p["recursion_misses"] for p in progs
+            if p["id"] in ids and p.get("recursion_misses")}
+
+
 def probe_events() -> dict[str, list[str]]:
     out = {}
     for name in ("kprobe_events", "uprobe_events"):
@@ -210,6 +222,7 @@ class Cell:
                 sent = self.traffic(self.front)
                 self.res["requests"] = sent["count"]
                 self.collect(self.rcv, sent)
+                self.res["recursion_misses"] = recursion_misses(self.owned)
                 self.res["stop_s"] = self.stop(self.agent)
                 final = self.final_counters()
                 self.res["counters"] = final

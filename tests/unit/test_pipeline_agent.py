@@ -396,3 +396,27 @@ def test_head_sampling_drops_unsampled_exchanges_before_a_span_is_built(root, ca
         assert exporter.spans[0].context.trace_flags.sampled
     c = final_counters(caplog)
     assert (c["spans_unsampled"], c["spans_built"]) == (1 - exported, exported)
+
+
+def test_debug_logs_each_record_header_in_order_and_never_its_bytes(root, caplog):
+    """`--log-level debug` names every record the kernel side reported, so that a span that
+    never came can be traced to the record that was missing; the captured bytes stay out."""
+    agent, session, _ = make_agent(root)
+    agent.start()
+    secret = REQ.replace(b"User-Agent: t/1", b"Authorization: Bearer s3cr3t-t0ken")
+    caplog.set_level(logging.INFO, "spanprobe")
+    session.inject(*exchange(1_000, req=secret, close=False))
+    step(agent)
+    assert not [r for r in caplog.records if r.name == "spanprobe.records"]
+    caplog.set_level(logging.DEBUG, "spanprobe")
+    session.inject(*exchange(2_000, fd=6, conn_id=8, req=secret))
+    step(agent)
+    lines = [r.getMessage() for r in caplog.records if r.name == "spanprobe.records"]
+    assert [re.search(r"kind=(\d+) ts=(\d+)", x).groups() for x in lines] == [
+        (str(ev.EV_CONN_OPEN), "2000"), (str(ev.EV_DATA), "2010"), (str(ev.EV_DATA), "2020"),
+        (str(ev.EV_CONN_CLOSE), "2030")]
+    assert f"pid={APP} " in lines[1] and "fd=6 conn=8" in lines[1]
+    assert f"dir={ev.DIR_INGRESS} len={len(secret)}" in lines[1]
+    assert "role=1" in lines[0] and "peer=('127.0.0.1', 40000)" in lines[0]
+    assert "s3cr3t" not in caplog.text and "GET /users" not in "".join(lines)
+    agent.shutdown()
