@@ -70,11 +70,6 @@ class BpfSession:
         t = self.table("traced")
         t[t.Key(pid)] = t.Leaf(capture=capture, excluded=1 if excluded else 0)
 
-    def forget_pid(self, pid: int) -> None:
-        t = self.table("traced")
-        with contextlib.suppress(KeyError):
-            del t[t.Key(pid)]
-
     def select_comm(self, comm: str) -> None:
         t = self.table("exe_names")
         key = t.Key()

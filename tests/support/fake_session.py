@@ -54,9 +54,6 @@ class FakeSession:
     def select_pid(self, pid: int, excluded: bool = False, capture: int = 0) -> None:
         self.traced[pid] = {"excluded": excluded, "capture": capture}
 
-    def forget_pid(self, pid: int) -> None:
-        self.traced.pop(pid, None)
-
     def select_comm(self, comm: str) -> None:
         self.comms.add(comm[:15])
 
