@@ -21,7 +21,7 @@ from tests.support.procs import free_port
 
 # counters in the agent's `final` line that mean an event, exchange or span was lost
 LOSS_KEYS = ("kernel_events_lost", "perf_events_lost", "kernel_active_map_full", "kernel_conn_map_full",
-             "decode_errors", "span_build_errors", "spans_dropped_queue_full", "spans_export_failed")
+             "kernel_prog_misses", "decode_errors", "span_build_errors", "spans_dropped_queue_full", "spans_export_failed")
 
 
 def lost_events(final: dict | None) -> dict[str, int]:

@@ -140,7 +140,14 @@ BPF_PERCPU_ARRAY(scratch, struct sp_data_event, 1);
 BPF_HASH(pyrt, __u32, struct sp_pyrt, 4096);
 BPF_TABLE("lru_hash", __u64, struct sp_conn_key, ctx_owner, 65536);
 
-BPF_PERCPU_ARRAY(counters, __u64, SP_CNT_MAX);
+/* Losses, read by the agent through mmap(2). Not a per-CPU array read with bpf(2): on a
+ * preemptible kernel (PREEMPT_LAZY is Debian's default from 7.x) a map syscall that is
+ * preempted holds the CPU's bpf_prog_active, and every tracepoint or kprobe program that
+ * runs on that CPU meanwhile is skipped by the kernel, silently (the agent reads these
+ * once a second). */
+BPF_F_TABLE("array", __u32, __u64, counters, SP_CNT_MAX, BPF_F_MMAPABLE);
+/* Events output on this CPU, for batched wake-ups: kernel-only, never read. */
+BPF_PERCPU_ARRAY(wakeup_tick, __u64, 1);
 
 #if SP_USE_RINGBUF
 BPF_RINGBUF_OUTPUT(events, SP_RINGBUF_PAGES);
@@ -152,7 +159,7 @@ static __always_inline void count(__u32 which)
 {
     __u64 *v = counters.lookup(&which);
     if (v)
-        *v += 1;   /* per-CPU slot: no atomics needed */
+        __sync_fetch_and_add(v, 1);   /* shared by every CPU; losses are rare */
 }
 
 /* 0 when the record was queued. */
@@ -163,8 +170,8 @@ static __always_inline int output(void *ctx, void *data, __u64 size)
      * event only costs the traced app (~20% throughput measured; 3-5% batched).
      * Wake it every SP_WAKEUP_EVERY events per CPU so a burst cannot fill the
      * buffer between two timer ticks. (bcc 0.26 has no ringbuf_query.) */
-    __u32 slot = SP_CNT_WAKEUP_TICK;
-    __u64 *tick = counters.lookup(&slot);
+    __u32 slot = 0;
+    __u64 *tick = wakeup_tick.lookup(&slot);
     __u64 flags = BPF_RB_NO_WAKEUP;
     if (tick && ++(*tick) % SP_WAKEUP_EVERY == 0)
         flags = BPF_RB_FORCE_WAKEUP;

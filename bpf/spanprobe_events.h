@@ -53,7 +53,8 @@ enum sp_open_flags {
     SP_OPEN_ADOPTED = 1,   /* socket existed before tracing: seen first speaking HTTP */
 };
 
-/* Counters the kernel side keeps (one per-CPU array slot each). */
+/* Counters the kernel side keeps: one slot each of an array the agent reads through
+ * mmap(2), never through a bpf(2) map lookup (see `counters` in spanprobe.bpf.c). */
 enum sp_counter {
     SP_CNT_EVENTS_LOST = 0,      /* ring/perf buffer full */
     SP_CNT_READ_FAULTS = 1,      /* bpf_probe_read_user failed */
@@ -61,9 +62,8 @@ enum sp_counter {
     SP_CNT_CONN_FULL = 3,        /* connection map update failed */
     SP_CNT_IOV_TRUNCATED = 4,    /* vectored call with more than SP_MAX_IOV buffers */
     SP_CNT_NON_HTTP = 5,         /* connections classified as not HTTP */
-    SP_CNT_WAKEUP_TICK = 6,      /* events output, for batched wake-ups (not a loss) */
-    SP_CNT_ACCEPTED_FULL = 7,    /* accepted-connection address map full: no local address */
-    SP_CNT_MAX = 8,
+    SP_CNT_ACCEPTED_FULL = 6,    /* accepted-connection address map full: no local address */
+    SP_CNT_MAX = 7,
 };
 
 struct sp_header {

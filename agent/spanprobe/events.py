@@ -42,9 +42,9 @@ COUNTERS = {
     3: "conn_map_full",
     4: "iov_truncated",
     5: "non_http_connections",
-    7: "accepted_map_full",
+    6: "accepted_map_full",
 }
-COUNTER_SLOTS = 8
+COUNTER_SLOTS = 7
 MAX_CAPTURE = 4096
 TAIL_BYTES = 8
 

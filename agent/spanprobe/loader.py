@@ -20,6 +20,7 @@ from . import caps
 from . import events as ev
 from .errors import KernelUnsupported, PermissionProblem, ProbeAttachError
 from .kernel import KernelFeatures, detect, ensure_tracefs
+from .kstats import MappedCounters, program_misses
 from .memory import release_after_compile
 from .probes import MODE_IDS, SYSCALLS, TRACEPOINTS, Plan, candidates, make_plan
 from .procfs import SysRoot
@@ -61,6 +62,7 @@ class BpfSession:
     compile_s: float = 0.0
     python_pids: dict[int, str] = field(default_factory=dict)     # asyncio linking on: pid -> binary
     python_warned: set[str] = field(default_factory=set)          # binaries whose uprobes failed once
+    losses: MappedCounters | None = None                          # the counters map, mmapped at load
 
     # ---- maps ----
     def table(self, name: str):
@@ -147,13 +149,15 @@ class BpfSession:
         return time.monotonic_ns()      # bpf_ktime_get_ns is CLOCK_MONOTONIC
 
     def counters(self) -> dict[str, int]:
-        t = self.table("counters")
-        out = {}
-        for slot, name in ev.COUNTERS.items():
-            try:
-                out[name] = int(sum(t[t.Key(slot)]))
-            except KeyError:
-                out[name] = 0
+        """Read without a bpf(2) map call (kstats.py says why); `prog_misses` only where
+        the kernel counts them (5.12+)."""
+        if self.losses is None:
+            self.losses = MappedCounters(self.table("counters").map_fd, ev.COUNTER_SLOTS)
+        values = self.losses.read()
+        out = {name: values[slot] for slot, name in ev.COUNTERS.items()}
+        misses = program_misses([f.fd for f in list(self.bpf.funcs.values())])
+        if misses is not None:
+            out["prog_misses"] = misses
         return out
 
     # ---- events ----
@@ -186,6 +190,8 @@ class BpfSession:
             except Exception as exc:   # cleanup() below retries whatever is left
                 log.debug("detach %s: %s", tp, exc)
 
+        if self.losses is not None:
+            self.losses.close()
         tps = list(b.tracepoint_fds)
         if tps:
             with ThreadPoolExecutor(min(16, len(tps))) as pool:
