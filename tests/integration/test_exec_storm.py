@@ -39,7 +39,8 @@ def test_an_exec_storm_elsewhere_leaves_the_agent_holding_only_what_it_traces(tm
         assert after <= baseline + 5, (baseline, after)
         with urllib.request.urlopen(f"{app.url}/users/42", timeout=10) as r:
             assert r.status == 200
-        receiver.wait_for(lambda s: s["kind"] == "SERVER" and s["attributes"].get("url.path") == "/users/42")
+        receiver.wait_for(lambda s: s["kind"] == "SERVER" and s["attributes"].get("server.port") == app.port
+                          and s["attributes"].get("url.path") == "/users/42")   # not an earlier test's
         assert agent.stop() == 0
         assert agent.final_counters()["kernel_events_lost"] == 0
     finally:

@@ -19,8 +19,11 @@ def test_services_are_described_by_their_own_otel_variables(tmp, receiver):
                       env={"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=ci,service.namespace=agent-ns"})
         assert requests.get(f"{own.url}/users/41", timeout=10).status_code == 200
         assert requests.get(f"{both.url}/users/42", timeout=10).status_code == 200
-        (a,) = receiver.wait_for(lambda s: s["kind"] == "SERVER" and s["attributes"].get("url.path") == "/users/41")
-        (b,) = receiver.wait_for(lambda s: s["kind"] == "SERVER" and s["attributes"].get("url.path") == "/users/42")
+        # the receiver is the worker's, shared with the tests before: these apps' spans only
+        (a,) = receiver.wait_for(lambda s: s["kind"] == "SERVER" and s["attributes"].get("server.port") == own.port
+                                 and s["attributes"].get("url.path") == "/users/41")
+        (b,) = receiver.wait_for(lambda s: s["kind"] == "SERVER" and s["attributes"].get("server.port") == both.port
+                                 and s["attributes"].get("url.path") == "/users/42")
         # gunicorn, named by its OTEL_RESOURCE_ATTRIBUTES (it was "gunicorn" before issue 17)
         assert a["resource"]["service.name"] == "catalogue"
         assert a["resource"]["service.namespace"] == "shop"          # the target's value wins
