@@ -166,12 +166,16 @@ class VM:
         while True:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
+                    # first: while the watch boots it again from its disk, start() has cleared
+                    # `answering` before the new QEMU replaces the dead one, and a second boot
+                    # from here (a fresh overlay) would race it (seen in a cold run: the freeze
+                    # check's marker file gone, and once the overlay's write lock taken)
+                    if self._rebooting:
+                        time.sleep(1)
+                        continue
                     if self.frozen and self.boots_again < self.MAX_BOOTS_AGAIN and not self._answering.is_set():
                         self._boot_again()
                         deadline = time.monotonic() + timeout
-                        continue
-                    if self._rebooting:     # the watch is starting it again from its disk
-                        time.sleep(1)
                         continue
                     raise RuntimeError(f"{self.name}: {self.frozen or f'qemu exited {self.proc.returncode}'} "
                                        f"during boot; see {self.console}\n{self.console_tail()}")
