@@ -316,7 +316,9 @@ class Cell:
         self.check("events_received", final.get("events_received", 0) > 0,
                    {k: final.get(k) for k in ("events_received", "kernel_events_lost", "perf_events_lost",
                                               "decode_errors", "kernel_read_faults", "kernel_prog_misses")})
-        lost = sum(final.get(k, 0) or 0 for k in ("kernel_events_lost", "perf_events_lost", "kernel_prog_misses"))
+        # kernel_prog_misses stays in the detail above, not here: a skipped run is often of no
+        # consequence (another process's fork), and the spans checks below catch one that was
+        lost = (final.get("kernel_events_lost", 0) or 0) + (final.get("perf_events_lost", 0) or 0)
         self.check("no_events_lost", lost == 0, lost)
         self.check("spans_exported", final.get("spans_exported", 0) >= 10 and len(spans) >= 10,
                    {"exported": final.get("spans_exported"), "received": len(spans)})
