@@ -13,6 +13,7 @@ anyone's map calls cost the tracing is counted, not silent.
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
 import platform
 import struct
@@ -40,7 +41,9 @@ class MappedCounters:
         self._mem.close()
 
 
+@functools.cache
 def _libc_syscall():
+    """libc's syscall(2), looked up once (the counters are read every second)."""
     return ctypes.CDLL(None, use_errno=True).syscall
 
 
