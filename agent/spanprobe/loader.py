@@ -62,7 +62,7 @@ class BpfSession:
     compile_s: float = 0.0
     python_pids: dict[int, str] = field(default_factory=dict)     # asyncio linking on: pid -> binary
     python_warned: set[str] = field(default_factory=set)          # binaries whose uprobes failed once
-    losses: MappedCounters | None = None                          # the counters map, mmapped at load
+    losses: MappedCounters | None = None                          # the counters map, mmapped at the first read
 
     # ---- maps ----
     def table(self, name: str):
