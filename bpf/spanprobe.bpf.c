@@ -54,11 +54,17 @@ struct sp_conn_key {
     __s32 fd;
 };
 
+/* Which ends of a connection its open event already told the agent. */
+enum sp_known { SP_KNOWN_PEER = 1, SP_KNOWN_LOCAL = 2 };
+
 struct sp_conn_state {
     __u64 conn_id;
     __u8 role;
     __u8 proto;        /* enum sp_proto, decided on the first bytes */
-    __u8 pad[2];
+    __u8 known;        /* enum sp_known: a getpeername/getsockname that can tell the
+                          agent nothing new is not reported (gunicorn asks every
+                          accepted connection its local address: a record per request) */
+    __u8 pad;
     __u32 lost;        /* its data this side failed to send: carried in every data event,
                           so the agent sees a gap where the value changes (see conn_lost) */
 };
@@ -492,6 +498,9 @@ static __always_inline int sp_on_enter(void *ctx, __u32 op, __u64 a0, __u64 a1, 
     if (!cs)
         return 0;
     if (op == OP_GETPEERNAME || op == OP_GETSOCKNAME) {
+        __u8 told = op == OP_GETSOCKNAME ? SP_KNOWN_LOCAL : SP_KNOWN_PEER | SP_KNOWN_LOCAL;
+        if ((cs->known & told) == told)
+            return 0;   /* the agent has what the exit would report */
         a.ptr = a1;
         a.conn_id = cs->conn_id;
         a.role = cs->role;
@@ -571,13 +580,32 @@ static __always_inline void local_of_accepted(struct sp_conn_event *ev)
 #endif
 }
 
+/* An end is known when it has a port and an address that is not a wildcard: what
+ * the agent needs to name and link the connection (a wildcard listener's accepted
+ * socket whose local address the `accepted` map did not give is not). */
+static __always_inline int addr_set(const __u8 *addr)
+{
+    __u64 hi = 0, lo = 0;
+    __builtin_memcpy(&hi, addr, 8);
+    __builtin_memcpy(&lo, addr + 8, 8);
+    return (hi | lo) != 0;
+}
+
+static __always_inline __u8 known_ends(struct sp_conn_event *ev)
+{
+    if (ev->family != SP_AF_INET && ev->family != SP_AF_INET6)
+        return 0;
+    __u8 known = 0;
+    if (ev->peer_port && addr_set(ev->peer_addr))
+        known |= SP_KNOWN_PEER;
+    if (ev->local_port && addr_set(ev->local_addr))
+        known |= SP_KNOWN_LOCAL;
+    return known;
+}
+
 static __always_inline void open_conn(void *ctx, __u64 pid_tgid, struct sp_active *a,
                                       __s32 fd, __u8 role, __u64 conn_id, __u64 ts)
 {
-    struct sp_conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
-    struct sp_conn_state cs = {.conn_id = conn_id, .role = role};
-    if (conns.update(&key, &cs) != 0)
-        count(SP_CNT_CONN_FULL);
     struct sp_conn_event ev = {};
     fill_header(&ev.h, SP_EV_CONN_OPEN, ts, pid_tgid, fd, conn_id);
     ev.role = role;
@@ -587,6 +615,11 @@ static __always_inline void open_conn(void *ctx, __u64 pid_tgid, struct sp_activ
         if (role == SP_ROLE_SERVER)
             local_of_accepted(&ev);
     }
+    struct sp_conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
+    struct sp_conn_state cs = {.conn_id = conn_id, .role = role,
+                               .known = known_ends(&ev)};
+    if (conns.update(&key, &cs) != 0)
+        count(SP_CNT_CONN_FULL);
     output(ctx, &ev, sizeof(ev));
 }
 
