@@ -5,7 +5,9 @@
 Feeds synthetic kernel records (the same bytes the ring buffer delivers) through
 decode -> assemble -> build, then encodes the spans as OTLP protobuf (the agent's encoder,
 and the SDK's on the same spans), and compares with creating the same spans through the
-OpenTelemetry SDK's tracer API. CPU time
+OpenTelemetry SDK's tracer API. Two shapes of traffic: requests on one keep-alive
+connection (uvicorn), and a connection per request (gunicorn's sync worker: five
+records a span), whose total includes the same encoding. CPU time
 (time.process_time), medians of 5 rounds, one process: ratios are what matter.
 """
 
@@ -35,21 +37,49 @@ REQ = (b"GET /users/%d?page=2 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: be
 RESP = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 27\r\n\r\n{\"id\": 42, \"name\": \"bench\"}"
 
 
+RESP_HEAD, RESP_BODY = RESP.split(b"\r\n\r\n", 1)
+RESP_HEAD += b"\r\n\r\n"
+LOOPBACK = b"\x7f\0\0\x01" + b"\0" * 12
+
+
 def header(kind, ts, fd=5, conn_id=1, tgid=4242, tid=4242):
     return ev.HEADER.pack(ts, kind, tgid, tid, fd, conn_id)
 
 
-def data(ts, direction, payload):
-    return header(ev.EV_DATA, ts) + ev.DATA.pack(len(payload), len(payload), direction, 0, 0, -1, 0, b"\0" * 8) + payload
+def data(ts, direction, payload, conn_id=1):
+    flags = ev.DATA_AT_ENTRY if direction == ev.DIR_EGRESS else 0
+    return (header(ev.EV_DATA, ts, conn_id=conn_id)
+            + ev.DATA.pack(len(payload), len(payload), direction, flags, 0, -1, 0, b"\0" * 8) + payload)
 
 
-def records(n: int) -> list[bytes]:
-    peer = b"\x7f\0\0\x01" + b"\0" * 12
-    out = [header(ev.EV_CONN_OPEN, 1) + ev.CONN.pack(3, ev.AF_INET, ev.ROLE_SERVER, 0, 50000, 8000, 0, peer, peer)]
+def conn(kind, ts, conn_id, peer_port=50000):
+    return header(kind, ts, conn_id=conn_id) + ev.CONN.pack(
+        3 if kind == ev.EV_CONN_OPEN else -1, ev.AF_INET, ev.ROLE_SERVER, 0, peer_port, 8000, 0,
+        LOOPBACK, LOOPBACK)
+
+
+def records(n: int, per_request: bool = False) -> list[bytes]:
+    """The records the kernel side sends for n requests of `GET /users/<i>`.
+
+    Keep-alive (uvicorn): one connection, then a request and a response record each.
+    `per_request` (gunicorn's sync worker, as its records read in the agent's debug log):
+    a connection per request, so open, request, response head, response body (two
+    writes) and close: five records a span."""
+    if not per_request:
+        out = [conn(ev.EV_CONN_OPEN, 1, 1)]
+        ts = 10
+        for i in range(n):
+            out.append(data(ts, ev.DIR_INGRESS, REQ % i))
+            out.append(data(ts + 50_000, ev.DIR_EGRESS, RESP))
+            ts += 100_000
+        return out
+    out = []
     ts = 10
     for i in range(n):
-        out.append(data(ts, ev.DIR_INGRESS, REQ % i))
-        out.append(data(ts + 50_000, ev.DIR_EGRESS, RESP))
+        cid, port = ts, 32768 + i % 28000
+        out += [conn(ev.EV_CONN_OPEN, ts, cid, port), data(ts + 10_000, ev.DIR_INGRESS, REQ % i, cid),
+                data(ts + 50_000, ev.DIR_EGRESS, RESP_HEAD, cid),
+                data(ts + 51_000, ev.DIR_EGRESS, RESP_BODY, cid), conn(ev.EV_CONN_CLOSE, ts + 60_000, cid, port)]
         ts += 100_000
     return out
 
@@ -71,8 +101,10 @@ def agent_path(raw: list[bytes], sampler: str = "parentbased_always_on"):
         e = ev.decode(r)
         if e.h.kind == ev.EV_DATA:
             asm.data(e)
-        else:
+        elif e.h.kind == ev.EV_CONN_OPEN:
             asm.open(e)
+        else:
+            asm.close(e)
     asm.drain()
     t1 = time.process_time()
     return spans, t1 - t0
@@ -129,8 +161,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args()
     raw = records(a.spans)
+    raw_per_request = records(a.spans, per_request=True)
     rows = {"agent: decode + assemble + build": [], "agent: OTLP encode (otlp_wire)": [],
             "agent: total per span": [], "agent: an unsampled request": [],
+            "agent, a connection per request": [],
             "SDK's OTLP encoder, same spans": [], "SDK tracer API (no export)": []}
     for _ in range(a.rounds):
         spans, t_build = agent_path(raw)
@@ -138,6 +172,8 @@ def main() -> None:
         none, t_unsampled = agent_path(raw, "always_off")
         assert none == []
         rows["agent: an unsampled request"].append(t_unsampled / a.spans * 1e6)
+        per_request, t_per_request = agent_path(raw_per_request)
+        assert len(per_request) == a.spans, len(per_request)
         t_enc = encode_wire(spans)
         t_sdk_enc = encode_sdk(spans)
         t_sdk = sdk_path(a.spans)
@@ -145,6 +181,7 @@ def main() -> None:
         rows["agent: OTLP encode (otlp_wire)"].append(t_enc / a.spans * 1e6)
         rows["SDK's OTLP encoder, same spans"].append(t_sdk_enc / a.spans * 1e6)
         rows["agent: total per span"].append((t_build + t_enc) / a.spans * 1e6)
+        rows["agent, a connection per request"].append((t_per_request + t_enc) / a.spans * 1e6)
         rows["SDK tracer API (no export)"].append(t_sdk / a.spans * 1e6)
     print(f"CPU µs per span, median of {a.rounds} rounds of {a.spans} spans (same process, same run)")
     print(f"{'path':<36}{'µs/span':>10}")
