@@ -146,6 +146,14 @@ class Connection:
         return self.tgid, self.fd
 
 
+def _unwire(conn: Connection) -> None:
+    """Let a connection that is no longer tracked go as soon as nothing refers to it: its
+    parsers' callbacks refer to it, a cycle that only the cyclic garbage collector would
+    free, and a connection per request made those cycles the agent's largest cost
+    (bench/span_cost.py: 50 µs a span with them, 35 without)."""
+    conn.requests = conn.responses = conn.ingress = conn.egress = None
+
+
 class Assembler:
     """Turns decoded events into finished Exchanges, handed to `emit`."""
 
@@ -258,6 +266,7 @@ class Assembler:
         for x in conn.inflight:
             self._unserve(x)
         conn.inflight.clear()
+        _unwire(conn)
 
     def _index_client(self, conn: Connection) -> None:
         """(Re-)index a client connection by its endpoints, once both are known."""
@@ -341,6 +350,7 @@ class Assembler:
                 x.response.end_ts = ts
             self._finish(x, ts)
         self._unindex_client(conn)
+        _unwire(conn)
 
     def process_exit(self, tgid: int, ts: int) -> None:
         self.task_trust.pop(tgid, None)

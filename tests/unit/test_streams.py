@@ -135,6 +135,31 @@ def test_server_request_and_response_make_one_exchange_on_drain():
     assert sim.drain() == []                   # emitted once
 
 
+@pytest.mark.parametrize("end", ["close", "evict", "drop"])
+def test_a_connection_no_longer_tracked_leaves_no_reference_cycle(end):
+    """A connection per request must be freed by reference counting when it ends: a cycle
+    per connection (its parsers' callbacks refer to it) left the cyclic collector's passes
+    as the agent's largest cost."""
+    import gc
+    sim = Sim()
+    sim.asm.limits = streams.AssemblerLimits(connections=1)
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(1, 21):
+            server(sim, ts=i * 100, fd=5 if end != "evict" else i, conn_id=i)
+            sim.read(i * 100 + 1, req("GET", f"/users/{i}"), fd=5 if end != "evict" else i, conn_id=i)
+            if end == "close":
+                sim.write(i * 100 + 2, resp(200), conn_id=i)
+                sim.close(i * 100 + 3, conn_id=i)
+            elif end == "drop":
+                assert sim.asm.drop_connection(SRV_TGID, 5)
+        sim.drain()
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
 def test_no_exchange_before_the_response_is_complete():
     sim = Sim()
     server(sim)
