@@ -61,6 +61,7 @@ def _logging(level: str) -> None:
 
 
 def cmd_run(args) -> int:
+    from .memory import settle_heap
     from .pipeline import Agent, install_signal_handlers
 
     settings = resolve(_flags(args), file=args.config)
@@ -68,6 +69,7 @@ def cmd_run(args) -> int:
     agent = Agent(settings, stop_after=args.duration)
     install_signal_handlers(agent)
     agent.start()
+    settle_heap()
     return agent.run()
 
 

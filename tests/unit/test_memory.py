@@ -1,8 +1,15 @@
 """What the agent gives back after compiling (spanprobe.memory): which mappings it drops,
-read from a fake /proc/self/smaps, with libc's calls recorded instead of made."""
+read from a fake /proc/self/smaps, with libc's calls recorded instead of made; and how
+its heap is settled for the loop."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from spanprobe import memory
 from spanprobe.memory import MADV_DONTNEED, compiler_code, mappings, release_after_compile
 from spanprobe.procfs import SysRoot
 
@@ -78,3 +85,17 @@ def test_this_process_really_gives_back_memory():
     (a test process that loaded no compiler has nothing to drop)."""
     done = release_after_compile()
     assert done.heap_trimmed and not done.errors
+
+
+def test_settle_heap_freezes_what_start_up_made_and_collects_less_often():
+    """In a child interpreter (freezing this one would keep the test run's objects for good):
+    the objects alive at the call leave the collector's passes, and the youngest
+    generation waits for GC_GEN0_THRESHOLD allocations."""
+    code = ("import gc, sys; from spanprobe import memory\n"
+            "kept = [[i] for i in range(1000)]\n"
+            "assert gc.get_freeze_count() == 0\n"
+            "memory.settle_heap()\n"
+            "print(gc.get_freeze_count() >= 1000, gc.get_threshold()[0] == memory.GC_GEN0_THRESHOLD)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(memory.__file__).parents[1])})
+    assert out.stdout.split() == ["True", "True"], out.stderr
