@@ -137,11 +137,10 @@ def release_after_compile(root: SysRoot | None = None,
     return done
 
 
-def settle_heap(collector=gc) -> None:
+def settle_heap() -> None:
     """Once the agent is ready: the ~40,000 objects of start-up (bcc, the SDK's exporters,
     gRPC), which live as long as the agent, are frozen out of every later collection, and
-    the youngest generation is collected every GC_GEN0_THRESHOLD net allocations.
-    `collector` is the gc module unless a test passes another."""
-    collector.collect()
-    collector.freeze()
-    collector.set_threshold(GC_GEN0_THRESHOLD)
+    the youngest generation is collected every GC_GEN0_THRESHOLD net allocations."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD)
