@@ -19,9 +19,13 @@ from bench.procs import (BenchError, bpf_run_time, cpu_seconds, memory_kib, sess
                          tcp_sockets)
 from tests.support.procs import free_port
 
-# counters in the agent's `final` line that mean an event, exchange or span was lost
+# counters in the agent's `final` line that mean an event, exchange or span was lost.
+# Not `kernel_prog_misses` (kept with the rest of `agent_final` in the JSON): a program run
+# the kernel skipped often loses nothing (a close, a sock state change of another
+# process), and one that cost a span shows as SERVER spans short of the requests. The
+# cold run of 69a8f4d failed the smoke ladder on one such skip with every span there.
 LOSS_KEYS = ("kernel_events_lost", "perf_events_lost", "kernel_active_map_full", "kernel_conn_map_full",
-             "kernel_prog_misses", "decode_errors", "span_build_errors", "spans_dropped_queue_full", "spans_export_failed")
+             "decode_errors", "span_build_errors", "spans_dropped_queue_full", "spans_export_failed")
 
 
 def lost_events(final: dict | None) -> dict[str, int]:
