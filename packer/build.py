@@ -120,6 +120,13 @@ def build(target: str, out_root: Path, accelerator: str, fresh: bool = False) ->
         "ssh_private_key_file": base["ssh_key"], "seed_dir": str(seed_dir), "wheel": str(wheel),
         "wheelhouse": str(house), "output_directory": str(pk_out), "accelerator": accelerator,
     }
+    if accelerator == "tcg":
+        # One vCPU under emulation. With two, QEMU's multi-threaded TCG can run a translation
+        # another vCPU's live kernel patching has just replaced: a cold run's second build
+        # died of it (Debian 13's kernel, "Oops: int3" in hash_conntrack_raw as nftables'
+        # conntrack loaded, a static key being patched). One vCPU can't race itself, and a
+        # TCG build keeps about one core busy either way (the image tier runs two at once).
+        variables["cpus"] = "1"
     cmd = ["packer", "build", "-color=false", "-timestamp-ui", f"-var-file={HERE / f'{target}.pkrvars.hcl'}",
            *[a for k, v in variables.items() for a in ("-var", f"{k}={v}")], str(HERE)]
     # Packer's ansible provisioner runs ansible-playbook with Packer's environment, so the
