@@ -121,11 +121,12 @@ def build(target: str, out_root: Path, accelerator: str, fresh: bool = False) ->
         "wheelhouse": str(house), "output_directory": str(pk_out), "accelerator": accelerator,
     }
     if accelerator == "tcg":
-        # One vCPU under emulation. With two, QEMU's multi-threaded TCG can run a translation
-        # another vCPU's live kernel patching has just replaced: a cold run's second build
-        # died of it (Debian 13's kernel, "Oops: int3" in hash_conntrack_raw as nftables'
-        # conntrack loaded, a static key being patched). One vCPU can't race itself, and a
-        # TCG build keeps about one core busy either way (the image tier runs two at once).
+        # One vCPU under emulation. A cold run's second build died of a guest Oops (Debian
+        # 13's kernel, "int3" in hash_conntrack_raw as nftables' conntrack loaded: a static
+        # key being patched live), most likely QEMU's multi-threaded TCG running a stale
+        # translation of code another vCPU had just patched. One vCPU can't race itself,
+        # and a TCG build keeps about one core busy either way (the image tier runs two at
+        # once: 268 and 272 s with one vCPU each, against 438 s for a two-vCPU build).
         variables["cpus"] = "1"
     cmd = ["packer", "build", "-color=false", "-timestamp-ui", f"-var-file={HERE / f'{target}.pkrvars.hcl'}",
            *[a for k, v in variables.items() for a in ("-var", f"{k}={v}")], str(HERE)]
