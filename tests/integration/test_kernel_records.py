@@ -10,10 +10,11 @@ import time
 
 import pytest
 
+from spanprobe import events as ev
 from tests.support.checks import server_spans, uid
 from tests.support.procs import Agent, App
 
-OPEN, DATA, CLOSE, ADDR = 3, 1, 4, 9
+OPEN, DATA, CLOSE, ADDR = ev.EV_CONN_OPEN, ev.EV_DATA, ev.EV_CONN_CLOSE, ev.EV_CONN_ADDR
 RECORD = re.compile(r" record kind=(\d+) .*? conn=(\d+)(.*)$", re.M)
 
 
