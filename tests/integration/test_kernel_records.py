@@ -15,6 +15,7 @@ from tests.support.checks import server_spans, uid
 from tests.support.procs import Agent, App
 
 OPEN, DATA, CLOSE, ADDR = ev.EV_CONN_OPEN, ev.EV_DATA, ev.EV_CONN_CLOSE, ev.EV_CONN_ADDR
+WRITE_RESULT = ev.EV_WRITE_RESULT
 RECORD = re.compile(r" record kind=(\d+) .*? conn=(\d+)(.*)$", re.M)
 
 
@@ -68,7 +69,8 @@ def records_of(agent: Agent, client_port: int, last: int, timeout: float = 10.0)
 def test_an_accept_with_both_ends_needs_no_address_record(stack, receiver):
     """gunicorn accepts with the peer's address and then asks getsockname(): the open record
     already told the agent both ends, so the request is five records (open, request,
-    response head, response body, close) and the span still has both ends."""
+    response head, response body, close; a slow write adds its result) and the span
+    still has both ends."""
     apps, agent = stack
     app = apps["flask-gunicorn-sync"]
     port, path = one_request(app)
@@ -78,7 +80,8 @@ def test_an_accept_with_both_ends_needs_no_address_record(stack, receiver):
     assert (a["network.local.address"], a["network.local.port"]) == ("127.0.0.1", app.port)
     kinds = records_of(agent, port, last=CLOSE)
     assert kinds[0] == OPEN and kinds[-1] == CLOSE and ADDR not in kinds, kinds
-    assert kinds.count(DATA) == len(kinds) - 2, kinds
+    # a write slower than the kernel side's threshold also reports its result
+    assert set(kinds[1:-1]) <= {DATA, WRITE_RESULT} and kinds.count(DATA) >= 2, kinds
 
 
 def test_an_accept_without_the_peer_still_reports_getpeername(stack, receiver):
