@@ -19,6 +19,14 @@ def map_fds(pid: int) -> list[int]:
     return bpf_ids(pid, "map")
 
 
+def maps_held(pid: int) -> set[int]:
+    """The distinct maps a process holds. An id can sit behind two fds: the loss counters
+    are read through Python's mmap, which keeps a dup of the map's fd, and that mmap is
+    made at the first counters read, about a second after start (CI once sampled one
+    agent before it and the other after)."""
+    return set(map_fds(pid))
+
+
 def test_a_refused_strategy_releases_its_maps(tmp):
     fell_back = Agent(["--pid", str(os.getppid()), "--console", "--log-level", "info"], tmp)
     try:
@@ -27,16 +35,15 @@ def test_a_refused_strategy_releases_its_maps(tmp):
                             fell_back.stderr)
         if not passed:
             pytest.skip("no strategy was tried and refused on this kernel (nothing to release)")
-        fallback_maps = map_fds(fell_back.proc.pid)
+        fallback_maps = maps_held(fell_back.proc.pid)
     finally:
         assert fell_back.stop(signal.SIGTERM) == 0
     single = Agent(["--pid", str(os.getppid()), "--console", "--attach-mode", ready.group(1)], tmp)
     try:
-        single_maps = map_fds(single.proc.pid)
+        single_maps = maps_held(single.proc.pid)
     finally:
         assert single.stop(signal.SIGTERM) == 0
     assert single_maps, "the loaded plan holds no maps: fdinfo not readable?"
-    assert len(fallback_maps) == len(set(fallback_maps))
     assert len(fallback_maps) == len(single_maps), (passed, fallback_maps, single_maps)
 
 
