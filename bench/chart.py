@@ -17,8 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"bare": "#7f7f7f", "otel": "#d62728", "spanprobe": "#1f77b4"}
-LABELS = {"bare": "bare", "otel": "in-process OTel", "spanprobe": "spanprobe"}
+COLORS = {"bare": "#7f7f7f", "hooks": "#bcbd22", "otel": "#d62728", "spanprobe": "#1f77b4"}
+LABELS = {"bare": "bare", "hooks": "empty hooks", "otel": "in-process OTel", "spanprobe": "spanprobe"}
 
 
 def draw(result: dict, out: str) -> None:
@@ -26,7 +26,7 @@ def draw(result: dict, out: str) -> None:
     steps = (result.get("throughput") or {}).get("steps", [])
     fig, axes = plt.subplots(1, 3, figsize=(16, 5))
     apps = list(summary)
-    configs = [c for c in ("bare", "otel", "spanprobe") if any(c in summary[a] for a in apps)]
+    configs = [c for c in COLORS if any(c in summary[a] for a in apps)]
     width = 0.8 / max(1, len(configs))
 
     ax = axes[0]

@@ -1,7 +1,7 @@
 """The overhead comparison: each app under each configuration, rounds alternated.
 
 One run = start the app (pinned to the app CPU; under opentelemetry-instrument for `otel`),
-start the agent for `spanprobe`, warm up, wrk at saturation, then bench.loadgen at the fixed
+start the agent for `spanprobe` (for `hooks`, bench/hooks.py's empty programs on its hooks), warm up, wrk at saturation, then bench.loadgen at the fixed
 rate; give an agent that fell behind up to `catch_up_s` to export what it still holds; then
 stop the app (the SDK flushes its BatchSpanProcessor at exit) and the agent (SIGTERM flushes
 its queue; its `final` counters and exit rusage are read). The agent's CPU counts from its
@@ -51,8 +51,10 @@ def run_one(ctx, app: str, config: str, rnd: int, rate: float | None) -> dict:
     before = receiver.spans()
     app_proc = start_app(procs, app, port, plan.bench_python, plan.app_cpu,
                          receiver.endpoint if config == "otel" else None, tag)
-    agent = None
+    agent = hooks = None
     try:
+        if config == "hooks":
+            hooks = procs.start_hooks(port)
         if config == "spanprobe":
             agent = procs.start_agent(["--port", str(port), "--otlp-endpoint", receiver.endpoint,
                                        "--otlp-protocol", "http/protobuf"])
@@ -65,7 +67,8 @@ def run_one(ctx, app: str, config: str, rnd: int, rate: float | None) -> dict:
                                  f"warm-up requests in 30 s (log {agent.err})")
         # the app's own CPU and the kernel side's, over saturation and the fixed rate
         app_cpu0 = session_cpu_seconds(app_proc.pid)
-        bpf0 = bpf_run_time(agent.proc.pid) if agent is not None else None
+        bpf_holder = agent.proc.pid if agent is not None else hooks.pid if hooks is not None else None
+        bpf0 = bpf_run_time(bpf_holder) if bpf_holder is not None else None
         sat = wrk(procs, port, plan.saturation_s, plan.wrk_connections)
         if sat["completed"] == 0:
             raise BenchError(f"{tag}: wrk completed no request ({sat['errors']})")
@@ -75,11 +78,12 @@ def run_one(ctx, app: str, config: str, rnd: int, rate: float | None) -> dict:
         measured = sat["completed"] + fixed["completed"]
         row["app_cpu_s"] = session_cpu_seconds(app_proc.pid) - app_cpu0
         row["app_cpu_us_per_req"] = row["app_cpu_s"] / measured * 1e6
-        if agent is not None:
-            ns, runs = (b - a for a, b in zip(bpf0, bpf_run_time(agent.proc.pid)))
+        if bpf_holder is not None:
+            ns, runs = (b - a for a, b in zip(bpf0, bpf_run_time(bpf_holder)))
             row["bpf_run_time_ns"], row["bpf_runs"] = ns, runs
             row["bpf_us_per_req"] = ns / measured / 1e3
             row["bpf_runs_per_req"] = runs / measured
+        if agent is not None:
             row["agent_memory_kib"] = memory_kib(agent.proc.pid)
             # an agent that fell behind gets time to catch up before SIGTERM (and says how long)
             t0 = time.monotonic()
@@ -87,10 +91,12 @@ def run_one(ctx, app: str, config: str, rnd: int, rate: float | None) -> dict:
             row["agent_catch_up_s"] = time.monotonic() - t0
     finally:
         procs.stop(app_proc)
+        if hooks is not None:
+            procs.stop(hooks)
         if agent is not None:
             agent.stop()
     sent = warm["sent"] + sat["sent"] + fixed["sent"]
-    got, _ = receiver.wait_until(before + completed, timeout=8.0 if config != "bare" else 0.3,
+    got, _ = receiver.wait_until(before + completed, timeout=0.3 if config in ("bare", "hooks") else 8.0,
                                  quiet=0.3, stall=1.5)
     spans = got - before
     row.update({
@@ -98,7 +104,7 @@ def run_one(ctx, app: str, config: str, rnd: int, rate: float | None) -> dict:
         "requests_completed": completed, "requests_sent": sent,
         "server_spans_received": spans,
         # requests wrk had sent when it stopped may or may not have been served: in between
-        "spans_match": config == "bare" or completed <= spans <= sent,
+        "spans_match": config in ("bare", "hooks") or completed <= spans <= sent,
     })
     if agent is not None:
         final = agent.final()
@@ -110,7 +116,7 @@ def run_one(ctx, app: str, config: str, rnd: int, rate: float | None) -> dict:
     lat = {k: "–" if v is None else f"{v:.2f}" for k, v in fixed["latency_ms"].items()}
     ctx.say(f"{tag}: {sat['rps']:.0f} req/s at saturation; fixed {fixed['rate_achieved']:.0f} req/s "
             f"p50 {lat['p50']} ms p99 {lat['p99']} ms; app CPU {row['app_cpu_us_per_req']:.0f} µs/req"
-            + (f" (BPF {row['bpf_us_per_req']:.1f})" if agent is not None else "") + "; "
+            + (f" (BPF {row['bpf_us_per_req']:.1f})" if bpf_holder is not None else "") + "; "
             f"server spans {spans} for {completed}..{sent} requests"
             + (f"; agent {row['agent_cpu_ms_per_1k']:.1f} ms CPU/1k req, caught up in "
                f"{row['agent_catch_up_s']:.1f} s, lost {row['lost_events'] or 0}"

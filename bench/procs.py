@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -184,6 +185,20 @@ class Procs:
         if p in self.children:
             self.children.remove(p)
         return p.returncode
+
+    def start_hooks(self, port: int, timeout: float = 120.0) -> subprocess.Popen:
+        """bench/hooks.py's empty programs on the hooks the agent would take for `port`,
+        once they are attached (its `ready` line)."""
+        p = self.start("hooks", [sys.executable, "-m", "bench.hooks", "--port", str(port)])
+        deadline = time.monotonic() + timeout
+        while "ready hooks=" not in p.bench_log.read_text():
+            if p.poll() is not None or time.monotonic() > deadline:
+                tail = p.bench_log.read_text().strip().splitlines()[-1:] or ["no output"]
+                self.stop(p)
+                raise BenchError(f"bench.hooks did not attach within {timeout:.0f} s: {tail[0]} "
+                                 f"(log {p.bench_log})")
+            time.sleep(0.1)
+        return p
 
     def start_agent(self, args: list[str], env: dict[str, str] | None = None) -> "BenchAgent":
         agent = BenchAgent(args, self.workdir, env=env)

@@ -14,7 +14,8 @@ from pathlib import Path
 from bench.procs import BenchError
 
 APPS = ("flask", "fastapi")
-CONFIGS = ("bare", "otel", "spanprobe")
+# hooks: empty programs on spanprobe's own hooks (bench/hooks.py), the floor of its cost
+CONFIGS = ("bare", "hooks", "otel", "spanprobe")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # what a full run and a smoke run do, unless a flag says otherwise
@@ -107,7 +108,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true",
                    help="a short check that the harness works (1 round, seconds per configuration)")
     p.add_argument("--apps", type=_csv(APPS), default=list(APPS), help="flask,fastapi")
-    p.add_argument("--configs", type=_csv(CONFIGS), default=list(CONFIGS), help="bare,otel,spanprobe")
+    p.add_argument("--configs", type=_csv(CONFIGS), default=list(CONFIGS), help="bare,hooks,otel,spanprobe")
     p.add_argument("--rounds", type=_positive(int), help="alternated rounds (full: 3, the minimum)")
     p.add_argument("--warmup-s", type=_positive(float))
     p.add_argument("--saturation-s", type=_positive(float), help="seconds of wrk at saturation")
@@ -182,9 +183,9 @@ def check(plan: Plan) -> None:
     if "otel" in plan.configs and not (Path(plan.bench_python).parent / "opentelemetry-instrument").exists():
         raise BenchError(f"no opentelemetry-instrument beside {plan.bench_python}: "
                          "install requirements/bench.txt into that venv")
-    if "spanprobe" in plan.configs or plan.throughput:
+    if {"hooks", "spanprobe"} & set(plan.configs) or plan.throughput:
         if os.geteuid() != 0:
-            raise BenchError("the agent needs root (BPF): run as root, or pass "
+            raise BenchError("the agent and the hooks configuration need root (BPF): run as root, or pass "
                              "--configs bare,otel --no-throughput")
         try:
             import bcc  # noqa: F401

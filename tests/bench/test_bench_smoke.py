@@ -29,7 +29,7 @@ APPS = ("flask", "fastapi")
 # The smoke run (its fixture) is bounded by its own 900 s; pytest-timeout's 300 s default cut
 # it short on a loaded machine (seen: 322 s with QEMU guests running beside it).
 pytestmark = pytest.mark.timeout(960)
-CONFIGS = ("bare", "otel", "spanprobe")
+CONFIGS = ("bare", "hooks", "otel", "spanprobe")
 BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")   # set by the bench while it runs
 
 
@@ -145,6 +145,11 @@ def test_every_figure_for_every_app_and_configuration(smoke):
         # the kernel side ran for every request (several syscalls each) and took time doing it
         assert sp["bpf_runs_per_req"] >= 2 and 0 < sp["bpf_us_per_req"] < sp["app_cpu_us_per_req"], sp
         assert sp["agent_peak_rss_mib"] >= sp["agent_rss_mib"], sp
+        # the floor: empty programs on the same hooks run about as often a request (the
+        # agent's own few syscalls, per batch of spans, are the difference) and cost less
+        hooks = summary[app]["hooks"]
+        assert 0.75 < hooks["bpf_runs_per_req"] / sp["bpf_runs_per_req"] < 1.25, (hooks, sp)
+        assert 0 < hooks["bpf_us_per_req"] < sp["bpf_us_per_req"], (hooks, sp)
         assert isinstance(sp["lost_events"], int), sp
 
 

@@ -1,0 +1,65 @@
+"""Empty BPF programs on the agent's own hooks: the floor under what tracing costs an app.
+
+    python -m bench.hooks --port N      (as root, with bcc: the dev venv's python)
+
+Attaches a program that returns at once to every tracepoint the agent's tracepoint plan
+attaches to for `--port N` (each syscall's enter and exit, close's enter, the scheduler
+and socket tracepoints), prints `ready hooks=<count>` and holds them until SIGTERM. The
+benchmark runs it as its `hooks` configuration: what the app pays there is the price of
+being hooked at all (the kernel's syscall tracing path and one BPF program run per hook,
+for every process on the host), which no work inside the agent's programs can lower.
+spanprobe's cost above `hooks` is what its programs do; `hooks` above bare is the floor of
+this attach strategy on this kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
+
+from spanprobe import config, kernel, loader, probes  # noqa: E402
+from spanprobe.procfs import SysRoot  # noqa: E402
+
+PROGRAM = b"int sp_empty(void *ctx) { return 0; }"
+
+
+def hook_points(port: int) -> list[str]:
+    """The tracepoints ("category:event") the agent's tracepoint plan attaches to when it
+    selects `port`, in the order loader.attach takes them."""
+    settings = config.resolve({"select.ports": [port]}, {})
+    feats = kernel.detect(SysRoot("/"), probes.SYSCALLS, probes.TRACEPOINTS)
+    plan = probes.make_plan(feats, "tracepoint", settings, settings["buffer"])
+    points = []
+    for p in plan.syscalls:
+        points.append(f"syscalls:sys_enter_{p.name}")
+        if not p.entry_only:
+            points.append(f"syscalls:sys_exit_{p.name}")
+    return points + [p.name for p in plan.tracepoints]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.hooks", description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, required=True, help="the port the agent would select")
+    args = ap.parse_args(argv)
+    bcc = loader.import_bcc()
+    b = bcc.BPF(text=PROGRAM)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        points = hook_points(args.port)
+        for tp in points:
+            b.attach_tracepoint(tp=tp.encode(), fn_name=b"sp_empty")
+        print(f"ready hooks={len(points)}", flush=True)
+        stop.wait()
+    finally:
+        loader.release_bpf(b)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
