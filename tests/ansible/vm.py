@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from tests.support.procs import free_port
-from tests.support.tcg import FreezeWatch, host_times, monitor, vcpu_states
+from tests.support.tcg import FreezeWatch, host_times, monitor, vcpu_states, vcpus
 
 MEMORY = os.environ.get("SPANPROBE_VM_MEMORY", "2048")
 ACCEL = os.environ.get("SPANPROBE_VM_ACCEL", "tcg")     # /dev/kvm cannot run guests here
@@ -104,7 +104,7 @@ class VM:
             boot = []
         fwd = "".join(f",guestfwd=tcp:{addr}-tcp:127.0.0.1:{port}" for addr, port in self.guestfwd.items())
         # named vCPU threads ("CPU 0/TCG"): the freeze watch reads their scheduling times
-        cmd = ["qemu-system-x86_64", "-name", f"{self.name},debug-threads=on", *accel, "-smp", "2", "-m", MEMORY,
+        cmd = ["qemu-system-x86_64", "-name", f"{self.name},debug-threads=on", *accel, "-smp", vcpus(ACCEL), "-m", MEMORY,
                "-nodefaults", "-no-user-config", "-display", "none",
                "-monitor", f"unix:{self.monitor_sock},server=on,wait=off",
                "-serial", f"file:{self.console}", "-no-reboot", *boot,

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 if not __package__ and str(REPO) not in sys.path:     # run as a script: tests.support from this clone
     sys.path.insert(0, str(REPO))
-from tests.support.tcg import monitor, soft_lockup_stall, vcpu_states  # noqa: E402
+from tests.support.tcg import monitor, soft_lockup_stall, vcpu_states, vcpus  # noqa: E402
 MODES = ("tracepoint", "kprobe", "fentry")
 CACHE = Path(os.environ.get("SPANPROBE_CACHE", "/var/cache/spanprobe")) / "kernels"
 BOOT_TIMEOUT = float(os.environ.get("SPANPROBE_BOOT_TIMEOUT", "1200"))
@@ -59,7 +59,7 @@ def qemu_cmd(kernel: dict, disk: str, accel: str, results: Path, append: str, co
     accel_opt = "kvm" if accel == "kvm" else f"tcg,thread={tcg_thread}"
     # ttyS0 the console, ttyS1 the guest's heartbeat (guest_init.sh); the human monitor on a
     # socket, for the vCPUs' registers when the heartbeat stops (frozen_vcpus)
-    return ["qemu-system-x86_64", "-accel", accel_opt, *cpu, "-smp", "2", "-m", MEMORY,
+    return ["qemu-system-x86_64", "-accel", accel_opt, *cpu, "-smp", vcpus(accel), "-m", MEMORY,
             "-nodefaults", "-no-user-config", "-display", "none",
             "-monitor", f"unix:{monitor_sock},server=on,wait=off",
             "-serial", f"file:{console}", "-serial", f"file:{results / HEARTBEAT}", "-no-reboot", "-nic", "none",
