@@ -30,16 +30,17 @@ PROGRAM = b"int sp_empty(void *ctx) { return 0; }"
 
 def hook_points(port: int) -> list[str]:
     """The tracepoints ("category:event") the agent's tracepoint plan attaches to when it
-    selects `port`, in the order loader.attach takes them."""
+    selects `port`, each with whether the agent requires it."""
     settings = config.resolve({"select.ports": [port]}, {})
+    kernel.ensure_tracefs(SysRoot("/"))
     feats = kernel.detect(SysRoot("/"), probes.SYSCALLS, probes.TRACEPOINTS)
     plan = probes.make_plan(feats, "tracepoint", settings, settings["buffer"])
     points = []
     for p in plan.syscalls:
-        points.append(f"syscalls:sys_enter_{p.name}")
+        points.append((f"syscalls:sys_enter_{p.name}", p.required))
         if not p.entry_only:
-            points.append(f"syscalls:sys_exit_{p.name}")
-    return points + [p.name for p in plan.tracepoints]
+            points.append((f"syscalls:sys_exit_{p.name}", p.required))
+    return points + [(p.name, p.required) for p in plan.tracepoints]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,10 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        points = hook_points(args.port)
-        for tp in points:
-            b.attach_tracepoint(tp=tp.encode(), fn_name=b"sp_empty")
-        print(f"ready hooks={len(points)}", flush=True)
+        attached = 0
+        for tp, required in hook_points(args.port):
+            try:
+                b.attach_tracepoint(tp=tp.encode(), fn_name=b"sp_empty")
+                attached += 1
+            except Exception as exc:   # noqa: BLE001 - bcc raises plain Exception
+                if required:
+                    raise
+                print(f"optional hook {tp} not attached, as the agent would skip it: {exc}", flush=True)
+        print(f"ready hooks={attached}", flush=True)
         stop.wait()
     finally:
         loader.release_bpf(b)

@@ -156,8 +156,9 @@ class Cell:
             return ""
 
     # Three phases, so that the cells of one guest can start together: Python imports and
-    # the bcc compile (~50 s each under TCG) overlap on the guest's two vCPUs, while the
-    # traffic, the stop and the checks run one cell at a time.
+    # the bcc compile (~50 s each under TCG) overlap (on one vCPU under TCG, two with KVM:
+    # tests.support.tcg.vcpus), while the traffic, the stop and the checks run one cell at
+    # a time.
     def start(self) -> None:
         from tests.support.receiver import Receiver
 

@@ -94,7 +94,7 @@ def tcg_stale_int3(console_text: str) -> str | None:
 
 HEARTBEAT = "heartbeat.log"
 # The guest writes a line to ttyS1 every 2 s from its first shell on; silence this long
-# makes the vCPUs' registers looked at. A guest compiling BPF on both vCPUs under TCG still
+# makes the vCPUs' registers looked at. A guest compiling BPF on its vCPUs under TCG still
 # beats within a few seconds (CFS runs the loop); a frozen one does not beat at all.
 HEARTBEAT_SILENCE_S = 12.0
 REGISTER_SAMPLES, REGISTER_GAP_S = 3, 1.0
