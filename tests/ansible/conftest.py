@@ -17,8 +17,8 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 import wheelhouse  # ansible/wheelhouse.py (pyproject.toml's pythonpath)
-from fleet_helpers import (BIN, BOOT_TIMEOUT_S, GUESTS, RESULTS, SUMMARY, VM, Fleet, agent_pid, build_images,  # noqa: E402
-                           parallel, run_playbook, write_inventory)
+from fleet_helpers import (BIN, BOOT_TIMEOUT_S, GUESTS, LYNIS_GUESTS, LYNIS_SMP, RESULTS, SUMMARY, VM, Fleet,  # noqa: E402
+                           agent_pid, build_images, parallel, run_playbook, write_inventory)
 from tests.support.gate import gate  # noqa: E402
 
 ENABLED = os.environ.get("SPANPROBE_ANSIBLE") == "1"
@@ -61,7 +61,7 @@ def fleet():
     t = time.monotonic()
     houses = {n: wheelhouse.build(m["python"]) for n, m in manifests.items()}
     SUMMARY["times"]["wheelhouses (s)"] = round(time.monotonic() - t, 1)
-    vms = {n: VM(m, RESULTS / n) for n, m in manifests.items()}
+    vms = {n: VM(m, RESULTS / n, smp=LYNIS_SMP if n in LYNIS_GUESTS else None) for n, m in manifests.items()}
     try:
         t = time.monotonic()
         for vm in vms.values():

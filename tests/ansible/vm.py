@@ -43,8 +43,9 @@ class VM:
     address:port to a port on the host's 127.0.0.1 (a receiver on the host)."""
 
     def __init__(self, manifest: dict, workdir: Path, firmware: str = "bios", drives: tuple = (),
-                 guestfwd: dict[str, int] | None = None):
+                 guestfwd: dict[str, int] | None = None, smp: str | None = None):
         self.m = manifest
+        self.smp = smp or vcpus(ACCEL)
         self.firmware = firmware
         self.drives = drives
         self.guestfwd = guestfwd or {}
@@ -104,7 +105,7 @@ class VM:
             boot = []
         fwd = "".join(f",guestfwd=tcp:{addr}-tcp:127.0.0.1:{port}" for addr, port in self.guestfwd.items())
         # named vCPU threads ("CPU 0/TCG"): the freeze watch reads their scheduling times
-        cmd = ["qemu-system-x86_64", "-name", f"{self.name},debug-threads=on", *accel, "-smp", vcpus(ACCEL), "-m", MEMORY,
+        cmd = ["qemu-system-x86_64", "-name", f"{self.name},debug-threads=on", *accel, "-smp", self.smp, "-m", MEMORY,
                "-nodefaults", "-no-user-config", "-display", "none",
                "-monitor", f"unix:{self.monitor_sock},server=on,wait=off",
                "-serial", f"file:{self.console}", "-no-reboot", *boot,
