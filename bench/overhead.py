@@ -1,9 +1,9 @@
 """The overhead comparison: each app under each configuration, rounds alternated.
 
 One run = start the app (pinned to the app CPU; under opentelemetry-instrument for `otel`),
-start the agent for `spanprobe` (for `hooks`, bench/hooks.py's empty programs on its hooks), warm up, wrk at saturation, then bench.loadgen at the fixed
-rate; give an agent that fell behind up to `catch_up_s` to export what it still holds; then
-stop the app (the SDK flushes its BatchSpanProcessor at exit) and the agent (SIGTERM flushes
+start the agent for `spanprobe` (for `hooks`, bench/hooks.py's empty programs on its
+hooks), warm up, wrk at saturation, then bench.loadgen at the fixed rate; give an agent
+that fell behind up to `catch_up_s` to export what it still holds; then stop the app (the SDK flushes its BatchSpanProcessor at exit) and the agent (SIGTERM flushes
 its queue; its `final` counters and exit rusage are read). The agent's CPU counts from its
 `ready` line to its exit, over every request of the run (warm-up included). Every process
 of a run is new, so no run inherits another's state. Round r runs the configurations in
@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 
 from bench.load import fixed_rate, wrk
+from bench.settings import SPANLESS
 from bench.procs import (BenchError, bpf_run_time, cpu_seconds, memory_kib, session_cpu_seconds, start_app,
                          tcp_sockets)
 from tests.support.procs import free_port
@@ -96,7 +97,7 @@ def run_one(ctx, app: str, config: str, rnd: int, rate: float | None) -> dict:
         if agent is not None:
             agent.stop()
     sent = warm["sent"] + sat["sent"] + fixed["sent"]
-    got, _ = receiver.wait_until(before + completed, timeout=0.3 if config in ("bare", "hooks") else 8.0,
+    got, _ = receiver.wait_until(before + completed, timeout=0.3 if config in SPANLESS else 8.0,
                                  quiet=0.3, stall=1.5)
     spans = got - before
     row.update({
@@ -104,7 +105,7 @@ def run_one(ctx, app: str, config: str, rnd: int, rate: float | None) -> dict:
         "requests_completed": completed, "requests_sent": sent,
         "server_spans_received": spans,
         # requests wrk had sent when it stopped may or may not have been served: in between
-        "spans_match": config in ("bare", "hooks") or completed <= spans <= sent,
+        "spans_match": config in SPANLESS or completed <= spans <= sent,
     })
     if agent is not None:
         final = agent.final()

@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 from bench.procs import APP_LABELS
+from bench.settings import SPANLESS
 
 CONFIG_LABELS = {"bare": "bare", "hooks": "empty programs on spanprobe's hooks (floor)",
                  "otel": "in-process OpenTelemetry", "spanprobe": "spanprobe"}
@@ -134,7 +135,7 @@ def markdown(result: dict) -> str:
         ]
         for app, configs in result["overhead"]["summary"].items():
             for config, f in configs.items():
-                spans = "–" if config in ("bare", "hooks") else (
+                spans = "–" if config in SPANLESS else (
                     f"{f['server_spans_received']} / {f['requests_completed']}"
                     + ("" if f["requests_sent"] == f["requests_completed"] else f"..{f['requests_sent']}")
                     + (" ✓" if f["spans_match"] else " ✗"))

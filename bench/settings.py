@@ -16,6 +16,8 @@ from bench.procs import BenchError
 APPS = ("flask", "fastapi")
 # hooks: empty programs on spanprobe's own hooks (bench/hooks.py), the floor of its cost
 CONFIGS = ("bare", "hooks", "otel", "spanprobe")
+# the configurations that export no span (nothing to count or wait for)
+SPANLESS = ("bare", "hooks")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # what a full run and a smoke run do, unless a flag says otherwise
