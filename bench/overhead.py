@@ -3,8 +3,9 @@
 One run = start the app (pinned to the app CPU; under opentelemetry-instrument for `otel`),
 start the agent for `spanprobe` (for `hooks`, bench/hooks.py's empty programs on its
 hooks), warm up, wrk at saturation, then bench.loadgen at the fixed rate; give an agent
-that fell behind up to `catch_up_s` to export what it still holds; then stop the app (the SDK flushes its BatchSpanProcessor at exit) and the agent (SIGTERM flushes
-its queue; its `final` counters and exit rusage are read). The agent's CPU counts from its
+that fell behind up to `catch_up_s` to export what it still holds; then stop the app (the
+SDK flushes its BatchSpanProcessor at exit) and the agent (SIGTERM flushes its queue; its
+`final` counters and exit rusage are read). The agent's CPU counts from its
 `ready` line to its exit, over every request of the run (warm-up included). Every process
 of a run is new, so no run inherits another's state. Round r runs the configurations in
 an order rotated by r, so slow drift of the machine does not always hit the same one.
@@ -15,9 +16,9 @@ from __future__ import annotations
 import time
 
 from bench.load import fixed_rate, wrk
-from bench.settings import SPANLESS
 from bench.procs import (BenchError, bpf_run_time, cpu_seconds, memory_kib, session_cpu_seconds, start_app,
                          tcp_sockets)
+from bench.settings import SPANLESS
 from tests.support.procs import free_port
 
 # counters in the agent's `final` line that mean an event, exchange or span was lost.
