@@ -213,7 +213,7 @@ def lynis_before(name: str, manifest: dict, slow: float = 1.0) -> tuple[int | No
     It depends only on the image (its key names every input, lynis's package included) and
     on how lynis is run, so it is measured once per image and kept next to it. When no
     earlier run kept it, a throw-away boot of the stock image is audited. The test command
-    starts that in the background as soon as the fleet images are built (lynis_before.py,
+    starts that in the background as soon as its image is built (lynis_before.py,
     at low priority, in the CPU the VM tiers leave idle); the tier's test waits for it,
     raising its CPU priority, or audits it itself beside lynis "after" when nothing started it.
     One lock per key: one audit, whoever asks first."""

@@ -2,7 +2,7 @@
 """The stock fleet image's lynis index ("before" any role ran), audited now unless an earlier
 run kept it for the same key (fleet_helpers.lynis_before, whose lock makes it one audit).
 
-The test command starts this in the background once the fleet images are built, at low
+The test command starts this in the background once the Debian 13 fleet image is built, at low
 priority: a lynis run keeps about one core busy for ~10 minutes under TCG, and the kernel
 and image tiers leave part of a core idle. The Ansible tier's test then finds the index
 this run measured (said so, not counted as reused), or waits for it, raising its priority.
