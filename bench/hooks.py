@@ -4,7 +4,8 @@
 
 Attaches a program that returns at once to every tracepoint the agent's tracepoint plan
 attaches to for `--port N` (each syscall's enter and exit, close's enter, the scheduler
-and socket tracepoints), prints `ready hooks=<count>` and holds them until SIGTERM. The
+and socket tracepoints), prints `ready hooks=<count> strategy=tracepoint` and holds them
+until SIGTERM (the bench compares it with the strategy the agent reports in its row). The
 benchmark runs it as its `hooks` configuration: what the app pays there is the price of
 being hooked at all (the kernel's syscall tracing path and one BPF program run per hook,
 for every process on the host), which no work inside the agent's programs can lower.
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 if required:
                     raise
                 print(f"optional hook {tp} not attached, as the agent would skip it: {exc}", flush=True)
-        print(f"ready hooks={attached}", flush=True)
+        print(f"ready hooks={attached} strategy=tracepoint", flush=True)
         stop.wait()
     finally:
         loader.release_bpf(b)

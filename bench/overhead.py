@@ -57,9 +57,11 @@ def run_one(ctx, app: str, config: str, rnd: int, rate: float | None) -> dict:
     try:
         if config == "hooks":
             hooks = procs.start_hooks(port)
+            row["strategy"] = hooks.strategy
         if config == "spanprobe":
             agent = procs.start_agent(["--port", str(port), "--otlp-endpoint", receiver.endpoint,
                                        "--otlp-protocol", "http/protobuf"])
+            row["strategy"] = agent.strategy       # auto: what this kernel offers
             cpu0 = cpu_seconds(agent.proc.pid)      # from ready on: BPF compile excluded
         warm = wrk(procs, port, plan.warmup_s, plan.wrk_connections)
         if agent is not None:

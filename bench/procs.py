@@ -10,6 +10,7 @@ so the agent's CPU includes the final flush and export it does on SIGTERM.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -188,7 +189,7 @@ class Procs:
 
     def start_hooks(self, port: int, timeout: float = 120.0) -> subprocess.Popen:
         """bench/hooks.py's empty programs on the hooks the agent would take for `port`,
-        once they are attached (its `ready` line)."""
+        once they are attached (its `ready` line, whose strategy is kept as `p.strategy`)."""
         p = self.start("hooks", [sys.executable, "-m", "bench.hooks", "--port", str(port)])
         deadline = time.monotonic() + timeout
         while "ready hooks=" not in p.bench_log.read_text():
@@ -198,6 +199,7 @@ class Procs:
                 raise BenchError(f"bench.hooks did not attach within {timeout:.0f} s: {tail[0]} "
                                  f"(log {p.bench_log})")
             time.sleep(0.1)
+        p.strategy = re.search(r"ready hooks=\d+ strategy=(\S+)", p.bench_log.read_text()).group(1)
         return p
 
     def start_agent(self, args: list[str], env: dict[str, str] | None = None) -> "BenchAgent":
@@ -220,12 +222,13 @@ class BenchAgent(Agent):
 
     def __init__(self, args, tmp, env=None):
         self.rusage_cpu: float | None = None
+        self.strategy: str | None = None      # the attach strategy its ready line names
         self.killed = False
         super().__init__(args, tmp, env=env, wait_ready=False)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         try:
-            self.wait_for(r" ready strategy=", timeout)
+            self.strategy = self.wait_for(r" ready strategy=(\S+)", timeout).group(1)
         except (RuntimeError, TimeoutError) as exc:
             self.stop()
             raise BenchError(f"the agent did not start: {str(exc).splitlines()[0]} "

@@ -10,7 +10,7 @@ from pathlib import Path
 from bench.procs import APP_LABELS
 from bench.settings import SPANLESS
 
-CONFIG_LABELS = {"bare": "bare", "hooks": "empty programs on spanprobe's hooks (floor)",
+CONFIG_LABELS = {"bare": "bare", "hooks": "floor: empty programs on spanprobe's hooks",
                  "otel": "in-process OpenTelemetry", "spanprobe": "spanprobe"}
 # what issue 18 asks of spanprobe (bench reports whether each is met)
 TARGETS = {"throughput_overhead_pct": 5.0, "p99_overhead_pct": 10.0, "app_cpu_overhead_pct": 3.0,
@@ -46,6 +46,8 @@ def summarize(rows: list[dict]) -> dict:
                 "app_cpu_us_per_req": _median(r.get("app_cpu_us_per_req") for r in rs),
             }
             if config in ("hooks", "spanprobe"):
+                # the attach strategy (hooks: always the tracepoint plan; the agent's: auto)
+                f["strategies"] = sorted({r.get("strategy") or "?" for r in rs})
                 # the kernel side's own time (kernel.bpf_stats_enabled), part of the app's CPU
                 f["bpf_us_per_req"] = _median(r.get("bpf_us_per_req") for r in rs)
                 f["bpf_runs_per_req"] = _median(r.get("bpf_runs_per_req") for r in rs)
@@ -139,8 +141,9 @@ def markdown(result: dict) -> str:
                     f"{f['server_spans_received']} / {f['requests_completed']}"
                     + ("" if f["requests_sent"] == f["requests_completed"] else f"..{f['requests_sent']}")
                     + (" ✓" if f["spans_match"] else " ✗"))
+                label = CONFIG_LABELS[config] + (f" ({', '.join(f['strategies'])})" if f.get("strategies") else "")
                 lines.append(
-                    f"| {APP_LABELS.get(app, app)} | {CONFIG_LABELS[config]} | {_f(f['rps'], '{:,.0f}')} "
+                    f"| {APP_LABELS.get(app, app)} | {label} | {_f(f['rps'], '{:,.0f}')} "
                     f"| {'–' if config == 'bare' else _pct(-f.get('throughput_overhead_pct', 0.0))} "
                     f"| {_f(f['p50_ms'], '{:.2f}')} | {_f(f['p99_ms'], '{:.2f}')} "
                     f"| {'–' if config == 'bare' else _pct(f.get('p99_overhead_pct'))} "
@@ -156,7 +159,8 @@ def markdown(result: dict) -> str:
                   "syscalls, so their time is in it). BPF: the kernel's own account of the agent's "
                   "programs' run time (kernel.bpf_stats_enabled=1 for the whole benchmark), per "
                   "request (under the hooks configuration, the empty programs': the price of the hooks "
-                  "alone). Agent CPU: from its ready line to its exit (rusage), per SERVER span "
+                  "alone; in brackets, the attach strategy: the floor compares with spanprobe only "
+                  "when both name the same). Agent CPU: from its ready line to its exit (rusage), per SERVER span "
                   "received. Lost events: the agent's loss counters (kernel ring "
                   "buffer, maps, decode, export queue, failed exports); an agent that did not exit "
                   "within 20 s of SIGTERM is killed and its counters are unknown."]

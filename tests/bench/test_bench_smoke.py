@@ -150,6 +150,9 @@ def test_every_figure_for_every_app_and_configuration(smoke):
         # beside the background builds) and cost less than spanprobe's programs
         hooks = summary[app]["hooks"]
         assert hooks["bpf_runs_per_req"] >= 2 and 0 < hooks["bpf_us_per_req"] < sp["bpf_us_per_req"], (hooks, sp)
+        # each row names its attach strategy (the agent's from its ready line: this host
+        # offers only tracepoints, so both are the floor's own)
+        assert hooks["strategies"] == ["tracepoint"] and sp["strategies"] and "?" not in sp["strategies"], (hooks, sp)
         assert isinstance(sp["lost_events"], int), sp
 
 
