@@ -17,8 +17,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"bare": "#7f7f7f", "hooks": "#bcbd22", "otel": "#d62728", "spanprobe": "#1f77b4"}
-LABELS = {"bare": "bare", "hooks": "empty hooks", "otel": "in-process OTel", "spanprobe": "spanprobe"}
+COLORS = {"bare": "#7f7f7f", "hooks": "#bcbd22", "otel": "#d62728", "spanprobe": "#1f77b4",
+          "spanprobe-idle": "#17becf"}
+LABELS = {"bare": "bare", "hooks": "empty hooks", "otel": "in-process OTel", "spanprobe": "spanprobe",
+          "spanprobe-idle": "spanprobe, SCHED_IDLE"}
 
 
 def draw(result: dict, out: str) -> None:

@@ -18,7 +18,7 @@ import time
 from bench.load import fixed_rate, wrk
 from bench.procs import (BenchError, bpf_run_time, cpu_seconds, memory_kib, session_cpu_seconds, start_app,
                          tcp_sockets)
-from bench.settings import SPANLESS
+from bench.settings import AGENT_CONFIGS, SPANLESS
 from tests.support.procs import free_port
 
 # counters in the agent's `final` line that mean an event, exchange or span was lost.
@@ -58,9 +58,10 @@ def run_one(ctx, app: str, config: str, rnd: int, rate: float | None) -> dict:
         if config == "hooks":
             hooks = procs.start_hooks(port)
             row["strategy"] = hooks.strategy
-        if config == "spanprobe":
+        if config in AGENT_CONFIGS:
             agent = procs.start_agent(["--port", str(port), "--otlp-endpoint", receiver.endpoint,
-                                       "--otlp-protocol", "http/protobuf"])
+                                       "--otlp-protocol", "http/protobuf"],
+                                      prefix=["chrt", "--idle", "0"] if config == "spanprobe-idle" else [])
             row["strategy"] = agent.strategy       # auto: what this kernel offers
             cpu0 = cpu_seconds(agent.proc.pid)      # from ready on: BPF compile excluded
         warm = wrk(procs, port, plan.warmup_s, plan.wrk_connections)

@@ -202,8 +202,9 @@ class Procs:
         p.strategy = re.search(r"ready hooks=\d+ strategy=(\S+)", p.bench_log.read_text()).group(1)
         return p
 
-    def start_agent(self, args: list[str], env: dict[str, str] | None = None) -> "BenchAgent":
-        agent = BenchAgent(args, self.workdir, env=env)
+    def start_agent(self, args: list[str], env: dict[str, str] | None = None,
+                    prefix: list[str] | None = None) -> "BenchAgent":
+        agent = BenchAgent(args, self.workdir, env=env, prefix=prefix)
         self.agents.append(agent)      # registered before the wait: an interrupt still stops it
         agent.wait_ready()
         return agent
@@ -220,11 +221,11 @@ class BenchAgent(Agent):
     """The test tier's agent process (`python -m spanprobe run`), stopped with wait4 so the
     CPU it spent flushing and exporting on SIGTERM is counted too."""
 
-    def __init__(self, args, tmp, env=None):
+    def __init__(self, args, tmp, env=None, prefix=None):
         self.rusage_cpu: float | None = None
         self.strategy: str | None = None      # the attach strategy its ready line names
         self.killed = False
-        super().__init__(args, tmp, env=env, wait_ready=False)
+        super().__init__(args, tmp, env=env, wait_ready=False, prefix=prefix)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         try:

@@ -8,10 +8,11 @@ import statistics
 from pathlib import Path
 
 from bench.procs import APP_LABELS
-from bench.settings import SPANLESS
+from bench.settings import AGENT_CONFIGS, SPANLESS
 
 CONFIG_LABELS = {"bare": "bare", "hooks": "floor: empty programs on spanprobe's hooks",
-                 "otel": "in-process OpenTelemetry", "spanprobe": "spanprobe"}
+                 "otel": "in-process OpenTelemetry", "spanprobe": "spanprobe",
+                 "spanprobe-idle": "spanprobe under SCHED_IDLE"}
 # what issue 18 asks of spanprobe (bench reports whether each is met)
 TARGETS = {"throughput_overhead_pct": 5.0, "p99_overhead_pct": 10.0, "app_cpu_overhead_pct": 3.0,
            "cpu_us_per_span": 15.0, "spans_per_s": 66000.0}
@@ -45,13 +46,13 @@ def summarize(rows: list[dict]) -> dict:
                 # the app's own CPU (its processes' utime+stime) per request, saturation and fixed rate
                 "app_cpu_us_per_req": _median(r.get("app_cpu_us_per_req") for r in rs),
             }
-            if config in ("hooks", "spanprobe"):
+            if config in ("hooks", *AGENT_CONFIGS):
                 # the attach strategy (hooks: always the tracepoint plan; the agent's: auto)
                 f["strategies"] = sorted({r.get("strategy") or "?" for r in rs})
                 # the kernel side's own time (kernel.bpf_stats_enabled), part of the app's CPU
                 f["bpf_us_per_req"] = _median(r.get("bpf_us_per_req") for r in rs)
                 f["bpf_runs_per_req"] = _median(r.get("bpf_runs_per_req") for r in rs)
-            if config == "spanprobe":
+            if config in AGENT_CONFIGS:
                 f["agent_cpu_ms_per_1k"] = _median(r.get("agent_cpu_ms_per_1k") for r in rs)
                 f["agent_cpu_us_per_span"] = _median(r.get("agent_cpu_us_per_span") for r in rs)
                 f["agent_rss_mib"] = _median(r["agent_memory_kib"]["VmRSS"] / 1024 for r in rs)

@@ -16,6 +16,11 @@ from bench.procs import BenchError
 APPS = ("flask", "fastapi")
 # hooks: empty programs on spanprobe's own hooks (bench/hooks.py), the floor of its cost
 CONFIGS = ("bare", "hooks", "otel", "spanprobe")
+# not run unless asked for: the agent under SCHED_IDLE (`chrt --idle 0`), an experiment on
+# what the agent's place in the load core's queue does to the app's latency (issue 18's p99)
+OPTIONAL_CONFIGS = ("spanprobe-idle",)
+# the configurations that run the agent
+AGENT_CONFIGS = ("spanprobe", "spanprobe-idle")
 # the configurations that export no span (nothing to count or wait for)
 SPANLESS = ("bare", "hooks")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -110,7 +115,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true",
                    help="a short check that the harness works (1 round, seconds per configuration)")
     p.add_argument("--apps", type=_csv(APPS), default=list(APPS), help="flask,fastapi")
-    p.add_argument("--configs", type=_csv(CONFIGS), default=list(CONFIGS), help="bare,hooks,otel,spanprobe")
+    p.add_argument("--configs", type=_csv(CONFIGS + OPTIONAL_CONFIGS), default=list(CONFIGS),
+                   help="bare,hooks,otel,spanprobe (default), spanprobe-idle (the agent under SCHED_IDLE)")
     p.add_argument("--rounds", type=_positive(int), help="alternated rounds (full: 3, the minimum)")
     p.add_argument("--warmup-s", type=_positive(float))
     p.add_argument("--saturation-s", type=_positive(float), help="seconds of wrk at saturation")
@@ -185,7 +191,7 @@ def check(plan: Plan) -> None:
     if "otel" in plan.configs and not (Path(plan.bench_python).parent / "opentelemetry-instrument").exists():
         raise BenchError(f"no opentelemetry-instrument beside {plan.bench_python}: "
                          "install requirements/bench.txt into that venv")
-    if {"hooks", "spanprobe"} & set(plan.configs) or plan.throughput:
+    if {"hooks", *AGENT_CONFIGS} & set(plan.configs) or plan.throughput:
         if os.geteuid() != 0:
             raise BenchError("the agent and the hooks configuration need root (BPF): run as root, or pass "
                              "--configs bare,otel --no-throughput")

@@ -214,10 +214,11 @@ class Agent:
     """`python -m spanprobe run ...` as a child process."""
 
     def __init__(self, args: list[str], tmp: Path, env: dict[str, str] | None = None,
-                 wait_ready: bool = True, timeout: float = 90.0):
+                 wait_ready: bool = True, timeout: float = 90.0, prefix: list[str] | None = None):
         self.out = tmp / f"agent-{time.monotonic_ns()}.out"
         self.err = Path(str(self.out)[:-4] + ".err")
-        self.cmd = [sys.executable, "-m", "spanprobe", "run", *args]
+        # prefix: a command the agent runs under (the bench's `chrt --idle 0`)
+        self.cmd = [*(prefix or []), sys.executable, "-m", "spanprobe", "run", *args]
         self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=_env(env), stdout=open(self.out, "w"),
                                      stderr=open(self.err, "w"))
         self.stop_seconds: float | None = None
