@@ -47,21 +47,22 @@ def _libc_syscall():
     return ctypes.CDLL(None, use_errno=True).syscall
 
 
-def program_misses(fds, syscall=None, arch: str | None = None) -> int | None:
-    """The kernel's count of skipped runs, summed over the given program fds; None when
+def program_misses(programs: dict[str, int], syscall=None, arch: str | None = None) -> dict[str, int] | None:
+    """The kernel's count of skipped runs per program (name -> fd given): which hooks
+    lost events says what the loss cost, a fork seen late or a request's read. None when
     this kernel does not count them (before 5.12), the architecture is not known here, or
     the kernel would not say."""
     nr = BPF_SYSCALL.get(arch or platform.machine())
     if nr is None:
         return None
     call = syscall or _libc_syscall()
-    total = 0
-    for fd in fds:
+    out = {}
+    for name, fd in programs.items():
         info = ctypes.create_string_buffer(PROG_INFO_SIZE)
         attr = ctypes.create_string_buffer(struct.pack("<IIQ", fd, PROG_INFO_SIZE, ctypes.addressof(info)), 16)
         if call(ctypes.c_long(nr), ctypes.c_long(BPF_OBJ_GET_INFO_BY_FD), attr, ctypes.c_long(16)) != 0:
             return None
         if struct.unpack_from("<I", attr.raw, 4)[0] < RECURSION_MISSES_AT + 8:
             return None
-        total += struct.unpack_from("<Q", info.raw, RECURSION_MISSES_AT)[0]
-    return total
+        out[name] = struct.unpack_from("<Q", info.raw, RECURSION_MISSES_AT)[0]
+    return out

@@ -24,6 +24,7 @@ from .kstats import MappedCounters, program_misses
 from .memory import release_after_compile
 from .probes import MODE_IDS, SYSCALLS, TRACEPOINTS, Plan, candidates, make_plan
 from .procfs import SysRoot
+from .writeguard import WriteGuard
 
 log = logging.getLogger("spanprobe.loader")
 
@@ -63,6 +64,7 @@ class BpfSession:
     python_pids: dict[int, str] = field(default_factory=dict)     # asyncio linking on: pid -> binary
     python_warned: set[str] = field(default_factory=set)          # binaries whose uprobes failed once
     losses: MappedCounters | None = None                          # the counters map, mmapped at the first read
+    write_guard: WriteGuard = field(default_factory=WriteGuard)   # map writes unpreempted (writeguard.py)
 
     # ---- maps ----
     def table(self, name: str):
@@ -70,17 +72,20 @@ class BpfSession:
 
     def select_pid(self, pid: int, excluded: bool = False, capture: int = 0) -> None:
         t = self.table("traced")
-        t[t.Key(pid)] = t.Leaf(capture=capture, excluded=1 if excluded else 0)
+        with self.write_guard():
+            t[t.Key(pid)] = t.Leaf(capture=capture, excluded=1 if excluded else 0)
 
     def select_comm(self, comm: str) -> None:
         t = self.table("exe_names")
         key = t.Key()
         key.name = comm.encode()[:15]
-        t[key] = t.Leaf(1)
+        with self.write_guard():
+            t[key] = t.Leaf(1)
 
     def select_port(self, port: int) -> None:
         t = self.table("ports")
-        t[t.Key(port)] = t.Leaf(1)
+        with self.write_guard():
+            t[t.Key(port)] = t.Leaf(1)
 
     def set_python(self, pid: int, layout, runtime: int) -> bool:
         """Asyncio linking for one process: the context uprobes attached to it alone.
@@ -107,8 +112,10 @@ class BpfSession:
             return False
         self.python_pids[pid] = layout.binary
         t = self.table("pyrt")
-        t[t.Key(pid)] = t.Leaf(runtime=runtime, off_interp=layout.off_interp, off_head=layout.off_head,
-                               off_next=layout.off_next, off_tid=layout.off_tid, off_ctx=layout.off_ctx)
+        leaf = t.Leaf(runtime=runtime, off_interp=layout.off_interp, off_head=layout.off_head,
+                      off_next=layout.off_next, off_tid=layout.off_tid, off_ctx=layout.off_ctx)
+        with self.write_guard():
+            t[t.Key(pid)] = leaf
         return True
 
     def unset_python(self, pid: int) -> None:
@@ -118,7 +125,8 @@ class BpfSession:
         self._detach_python(binary, pid)
         t = self.table("pyrt")
         try:
-            del t[t.Key(pid)]
+            with self.write_guard():
+                del t[t.Key(pid)]
         except KeyError:
             pass
 
@@ -138,9 +146,11 @@ class BpfSession:
         from bcc.libbcc import lib
         t = self.table("conns")
         key, leaf = t.Key(tgid=pid, fd=fd), t.Leaf(conn_id=conn_id, role=role, proto=0)
-        if lib.bpf_update_elem(t.map_fd, ct.byref(key), ct.byref(leaf), BPF_NOEXIST) == 0:
+        with self.write_guard():
+            ok = lib.bpf_update_elem(t.map_fd, ct.byref(key), ct.byref(leaf), BPF_NOEXIST) == 0
+            err = 0 if ok else ct.get_errno()
+        if ok:
             return True
-        err = ct.get_errno()
         if err == errno.EEXIST:
             return False
         raise OSError(err, f"conns map: {os.strerror(err)}")
@@ -155,9 +165,12 @@ class BpfSession:
             self.losses = MappedCounters(self.table("counters").map_fd, ev.COUNTER_SLOTS)
         values = self.losses.read()
         out = {name: values[slot] for slot, name in ev.COUNTERS.items()}
-        misses = program_misses([f.fd for f in list(self.bpf.funcs.values())])
-        if misses is not None:
-            out["prog_misses"] = misses
+        each = program_misses({name.decode(): f.fd for name, f in list(self.bpf.funcs.items())})
+        if each is not None:
+            out["prog_misses"] = sum(each.values())
+            # which hooks skipped runs, only those that did (the stats line stays short)
+            out.update({f"prog_misses_{name}": n for name, n in sorted(each.items()) if n})
+        out["map_writes_unguarded"] = self.write_guard.unguarded
         return out
 
     # ---- events ----

@@ -316,7 +316,8 @@ class Cell:
                    sent["statuses"])
         self.check("events_received", final.get("events_received", 0) > 0,
                    {k: final.get(k) for k in ("events_received", "kernel_events_lost", "perf_events_lost",
-                                              "decode_errors", "kernel_read_faults", "kernel_prog_misses")})
+                                              "decode_errors", "kernel_read_faults", "kernel_prog_misses",
+                                              *sorted(k for k in final if k.startswith("kernel_prog_misses_")))})
         # kernel_prog_misses stays in the detail above, not here: a skipped run is often of no
         # consequence (another process's fork), and the spans checks below catch one that was
         lost = (final.get("kernel_events_lost", 0) or 0) + (final.get("perf_events_lost", 0) or 0)

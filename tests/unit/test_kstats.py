@@ -42,20 +42,21 @@ def kernel(misses: dict[int, int], filled: int = 232, fail: set[int] = frozenset
     return syscall, calls
 
 
-def test_program_misses_are_summed_over_the_programs():
+def test_program_misses_are_read_per_program():
     syscall, calls = kernel({10: 3, 11: 0, 12: 4})
-    assert kstats.program_misses([10, 11, 12], syscall=syscall, arch="x86_64") == 7
+    assert kstats.program_misses({"a": 10, "b": 11, "c": 12}, syscall=syscall, arch="x86_64") == \
+        {"a": 3, "b": 0, "c": 4}
     assert calls == [(321, kstats.BPF_OBJ_GET_INFO_BY_FD, 16)] * 3
 
 
 def test_a_kernel_that_does_not_count_them_says_unknown_not_zero():
     syscall, _ = kernel({10: 0}, filled=200)             # struct bpf_prog_info before 5.12
-    assert kstats.program_misses([10], syscall=syscall, arch="x86_64") is None
+    assert kstats.program_misses({"a": 10}, syscall=syscall, arch="x86_64") is None
     syscall, _ = kernel({10: 0}, fail={10})
-    assert kstats.program_misses([10], syscall=syscall, arch="x86_64") is None
-    assert kstats.program_misses([10], syscall=syscall, arch="riscv64") is None
+    assert kstats.program_misses({"a": 10}, syscall=syscall, arch="x86_64") is None
+    assert kstats.program_misses({"a": 10}, syscall=syscall, arch="riscv64") is None
 
 
 def test_no_programs_no_misses():
     syscall, calls = kernel({})
-    assert kstats.program_misses([], syscall=syscall, arch="aarch64") == 0 and calls == []
+    assert kstats.program_misses({}, syscall=syscall, arch="aarch64") == {} and calls == []
