@@ -2,10 +2,12 @@
 """The stock fleet image's lynis index ("before" any role ran), audited now unless an earlier
 run kept it for the same key (fleet_helpers.lynis_before, whose lock makes it one audit).
 
-The test command starts this in the background once the Debian 13 fleet image is built, at low
-priority: a lynis run keeps about one core busy for ~10 minutes under TCG, and the kernel
-and image tiers leave part of a core idle. The Ansible tier's test then finds the index
-this run measured (said so, not counted as reused), or waits for it, raising its priority.
+The test command starts this in the background once the Debian 13 fleet image is built,
+under SCHED_IDLE (`chrt --idle 0`): a lynis run keeps about one core busy for ~10 minutes
+under TCG, the tiers leave some CPU idle, and a SCHED_IDLE thread gets nothing else (a
+waking task of any other policy preempts it at once). The Ansible tier's test then finds
+the index this run measured (said so, not counted as reused), or waits for it, raising it
+to normal priority (fleet_helpers._hurry), beside lynis "after", which leaves a core idle.
 Usage: lynis_before.py [guest...] (default: the tier's LYNIS_GUESTS)."""
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ def main(argv: list[str]) -> int:
     rc = 0
     for name in names:
         t = time.monotonic()
-        # at low priority beside busy tiers, a boot and an audit take longer than the tier
-        # allows them (300 s, 30 min): seen, an audit at nice 10 beside the kernel and image
-        # tiers got ~40% of a core and was cut off at 30 minutes, close to its end
-        # one vCPU: a preempted vCPU's locks would make another spin (fleet_helpers.BACKGROUND_SMP)
-        idx, reused = fleet_helpers.lynis_before(name, manifests[name], slow=3.0, smp=fleet_helpers.BACKGROUND_SMP)
+        # with only the CPU the tiers leave idle, a boot and an audit take longer than the
+        # tier allows them (300 s, 30 min): seen, an audit at nice 10 beside the kernel and
+        # image tiers got ~40% of a core and was cut off at 30 minutes, close to its end;
+        # under SCHED_IDLE it may get less until the tier waits for it
+        idx, reused = fleet_helpers.lynis_before(name, manifests[name], slow=10.0)
         how = f"reused ({reused})" if reused else "measured now"
         print(f"lynis before {name}: {idx}, {how}, {time.monotonic() - t:.0f} s", flush=True)
         if idx is None:
