@@ -161,9 +161,9 @@ prebuild_start() {
     # tiers leave CPU idle; then each build in the order its tier needs it
     low tests/ansible/images.py build debian13 || rc=$?
     # the stock fleet image's lynis index, unless a run kept it: ~10 minutes of one core,
-    # under SCHED_IDLE, so only in what the tiers leave idle (at nice 10 it slowed the kernel
-    # and image tiers by ~6 minutes in a cold run); its lock makes the ansible tier wait for
-    # it, at normal priority then, instead of auditing it again
+    # under SCHED_IDLE, so only in what the tiers leave idle (at nice 10 the kernel and image
+    # tiers beside it took ~2 minutes more in a cold run); its lock makes the ansible tier
+    # wait for it, at normal priority then, instead of auditing it again
     ( s=0; chrt --idle 0 ionice -c 2 -n 7 /usr/bin/python3 tests/ansible/lynis_before.py || s=$?
       echo "$s $SECONDS" > "$RESULTS/lynis-before.status" ) \
       > "$RESULTS/lynis-before.log" 2>&1 &
