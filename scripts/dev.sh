@@ -157,6 +157,7 @@ prebuild_start() {
   (
     t0=$SECONDS rc=0
     low() { nice -n 10 ionice -c 2 -n 7 /usr/bin/python3 "$@"; }
+    idle() { chrt --idle 0 ionice -c 2 -n 7 /usr/bin/python3 "$@"; }
     # first the image lynis "before" audits (~2 minutes), so that audit starts while the host
     # tiers leave CPU idle; then each build in the order its tier needs it
     low tests/ansible/images.py build debian13 || rc=$?
@@ -164,8 +165,7 @@ prebuild_start() {
     # under SCHED_IDLE, so only in what the tiers leave idle (at nice 10 the kernel and image
     # tiers beside it took ~2 minutes more in a cold run); its lock makes the ansible tier
     # wait for it, at normal priority then, instead of auditing it again
-    ( s=0; chrt --idle 0 ionice -c 2 -n 7 /usr/bin/python3 tests/ansible/lynis_before.py || s=$?
-      echo "$s $SECONDS" > "$RESULTS/lynis-before.status" ) \
+    ( s=0; idle tests/ansible/lynis_before.py || s=$?; echo "$s $SECONDS" > "$RESULTS/lynis-before.status" ) \
       > "$RESULTS/lynis-before.log" 2>&1 &
     echo $! > "$RESULTS/lynis-before.pid"
     low tests/kernels/matrix.py --probe || rc=$?     # the kernel guests' disk, then the KVM probe boot
