@@ -263,11 +263,13 @@ def scan(root: SysRoot, selection: Selection, self_pid: int) -> tuple[list[int],
 
 
 def listen_address(root: SysRoot, pid: int, fd: int) -> tuple[str, int] | None:
-    """Local address of a listening socket, from its inode (cached by the caller)."""
+    """Local address of a listening socket, from its inode (cached by the caller): looked
+    for among the listening sockets first, read without the rest of the table."""
     inode = root.socket_inodes(pid).get(fd)
     if inode is None:
         return None
-    for s in root.tcp_sockets(pid):
-        if s.inode == inode:
-            return s.local_addr, s.local_port
+    for listening_only in (True, False):
+        for s in root.tcp_sockets(pid, listening_only):
+            if s.inode == inode:
+                return s.local_addr, s.local_port
     return None

@@ -154,6 +154,15 @@ def test_tcp_sockets(root):
     ]
 
 
+def test_tcp_sockets_listening_only_stops_at_the_first_row_in_another_state(root):
+    # the fake tables list a LISTEN row after an ESTABLISHED one, which the kernel never
+    # does: the reading has stopped before it (listen_address then reads all of it)
+    assert root.tcp_sockets(4321, listening_only=True) == [
+        Socket(41234, "127.0.0.1", 8000, "0.0.0.0", 0, TCP_LISTEN),
+        Socket(50001, "::", 8080, "::", 0, TCP_LISTEN),
+    ]
+
+
 def test_tcp_sockets_skips_short_rows_and_missing_tcp6(root, tmp_path):
     net = tmp_path / "proc" / "77" / "net"
     net.mkdir()
@@ -204,3 +213,37 @@ def test_read_helpers(root, tmp_path):
     assert root.read_text("proc", "4321") is None            # a directory
     (tmp_path / "bin.dat").write_bytes(b"ok\xff")
     assert root.read_text("bin.dat") == "ok\ufffd"
+
+
+def test_this_kernel_lists_listening_sockets_before_the_others():
+    """What tcp_sockets(listening_only=True) relies on, on this machine's kernel: with
+    connections established and in TIME_WAIT beside them, every LISTEN row comes first."""
+    import socket
+    server = socket.socket()
+    clients, accepted = [], []
+    try:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        for i in range(20):
+            c = socket.create_connection(server.getsockname())
+            a, _ = server.accept()
+            if i % 2:
+                c.close()           # the client closes first: its end waits in TIME_WAIT
+                a.close()
+            else:
+                clients.append(c)
+                accepted.append(a)
+        inode = os.fstat(server.fileno()).st_ino
+        table = SysRoot().read_text("proc/self/net/tcp")
+        listening = SysRoot().tcp_sockets(listening_only=True)
+    finally:
+        for s in [server, *clients, *accepted]:
+            s.close()
+    if table is None:
+        pytest.skip("no /proc/self/net/tcp here")
+    states = [int(line.split()[3], 16) for line in table.splitlines()[1:]]
+    assert states.count(TCP_LISTEN) < len(states) - 20     # ours: 10 in TIME_WAIT, 20 established
+    first_other = next(i for i, state in enumerate(states) if state != TCP_LISTEN)
+    assert TCP_LISTEN not in states[first_other:]
+    assert inode in {s.inode for s in listening}
+    assert {s.state for s in listening} == {TCP_LISTEN}
