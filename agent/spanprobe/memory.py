@@ -16,7 +16,8 @@ anything run that code again, the kernel reads it back from the page cache. Noth
 is needed for tracing, so a failure is logged and the agent goes on.
 
 Then the heap is settled for the loop (`settle_heap`): what start-up made is kept out of
-the cyclic garbage collector's passes, and its first generation is collected less often.
+the cyclic garbage collector's passes, and the collector runs on the loop's clock
+(`collect_cycles`) instead of after every so many allocations.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ log = logging.getLogger("spanprobe.memory")
 MADV_DONTNEED = 4
 # the compiler bcc links: libLLVM-14.so.1, libLLVM.so.19.1, libclang-cpp.so.14, libclang.so
 COMPILER_LIBRARY = re.compile(r"/lib(?:LLVM|clang)[^/]*\.so[^/]*$")
-# Net allocations between two collections of the youngest generation (CPython's default
-# is 700). The loop frees what it allocates by reference counting (streams._unwire keeps
-# connections out of cycles), so the collector's frequent passes found nothing and cost
-# ~3 µs a span (bench/span_cost.py with the agent's modules loaded: 39.5 -> 36.4 µs).
-GC_GEN0_THRESHOLD = 20_000
+# The loop frees what it allocates by reference counting (streams._unwire keeps
+# connections out of cycles), so collections triggered by allocations found nothing and
+# cost a few µs a span: at CPython's default (a pass every 700 net allocations) and still
+# at 20,000 (bench/span_cost.py, keep-alive: 39.5 µs a span with them, 36.0 without).
+# Instead the loop collects every GC_EVERY_S, which bounds what a cycle made by mistake
+# can hold to what one second makes.
+GC_EVERY_S = 1.0
 _RANGE = re.compile(r"([0-9a-f]+)-([0-9a-f]+) (\S{4}) \S+ \S+ \S+ *(.*)$")
 
 
@@ -140,7 +143,12 @@ def release_after_compile(root: SysRoot | None = None,
 def settle_heap() -> None:
     """Once the agent is ready: the ~40,000 objects of start-up (bcc, the SDK's exporters,
     gRPC), which live as long as the agent, are frozen out of every later collection, and
-    the youngest generation is collected every GC_GEN0_THRESHOLD net allocations."""
+    allocations stop triggering collections: the loop calls collect_cycles instead."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD)
+    gc.disable()
+
+
+def collect_cycles() -> int:
+    """One full collection (every GC_EVERY_S, from the loop): the objects found unreachable."""
+    return gc.collect()

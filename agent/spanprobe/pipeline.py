@@ -33,6 +33,7 @@ from .discovery import ProcessRegistry, Selection, scan
 from .export import ExportQueue, export_ports, make_exporters
 from .faults import Faults
 from .losses import LossReport
+from .memory import GC_EVERY_S, collect_cycles
 from .notify import Watchdog, sd_notify
 from .privacy import Redactor
 from .procfs import SysRoot
@@ -191,6 +192,7 @@ class Agent:
         interval = self.settings["poll_interval_ms"]
         next_stats = time.monotonic() + self.settings["stats_interval_s"]
         next_expire = time.monotonic() + EXPIRE_EVERY_S
+        next_collect = time.monotonic() + GC_EVERY_S
         try:
             while not self.stop.is_set():
                 t0 = time.monotonic()
@@ -199,6 +201,9 @@ class Agent:
                 self.process_batch(self._checkpoint)
                 self.losses.poll(self.counters)
                 now = time.monotonic()
+                if now >= next_collect:      # the collector's only runs (memory.settle_heap)
+                    collect_cycles()
+                    next_collect = now + GC_EVERY_S
                 if now >= next_expire:
                     self.expire(self.session.now_ns(), self.settings["request_timeout_s"])
                     next_expire = now + EXPIRE_EVERY_S

@@ -87,15 +87,19 @@ def test_this_process_really_gives_back_memory():
     assert done.heap_trimmed and not done.errors
 
 
-def test_settle_heap_freezes_what_start_up_made_and_collects_less_often():
+def test_settle_heap_freezes_what_start_up_made_and_leaves_collections_to_the_loop():
     """In a child interpreter (freezing this one would keep the test run's objects for good):
-    the objects alive at the call leave the collector's passes, and the youngest
-    generation waits for GC_GEN0_THRESHOLD allocations."""
+    the objects alive at the call leave the collector's passes, allocations no longer start
+    a collection, and collect_cycles (the loop's, on its clock) still finds a cycle."""
     code = ("import gc, sys; from spanprobe import memory\n"
             "kept = [[i] for i in range(1000)]\n"
-            "assert gc.get_freeze_count() == 0\n"
+            "assert gc.get_freeze_count() == 0 and gc.isenabled()\n"
             "memory.settle_heap()\n"
-            "print(gc.get_freeze_count() >= 1000, gc.get_threshold()[0] == memory.GC_GEN0_THRESHOLD)")
+            "before = gc.get_stats()[0]['collections']\n"
+            "for _ in range(100000):\n"
+            "    cycle = []; cycle.append(cycle)\n"
+            "print(gc.get_freeze_count() >= 1000, gc.isenabled(),\n"
+            "      gc.get_stats()[0]['collections'] == before, memory.collect_cycles() >= 99999)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(memory.__file__).parents[1])})
-    assert out.stdout.split() == ["True", "True"], out.stderr
+    assert out.stdout.split() == ["True", "False", "True", "True"], out.stderr
