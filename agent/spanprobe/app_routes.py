@@ -44,6 +44,7 @@ from .routes import Template
 MAX_FILES = 64
 MAX_FILE_BYTES = 1 << 20
 MAX_ROUTES = 2000
+ROUTE_CACHE_LIMIT = 10000      # paths whose route is kept, per process (as routes.RouteMatcher)
 HTTP_METHODS = ("get", "post", "put", "patch", "delete", "head", "options")
 FRAMEWORKS = ("flask", "fastapi", "starlette", "django", "bottle", "tornado", "pyramid", "sanic",
               "falcon", "cherrypy", "hug")
@@ -59,13 +60,17 @@ class AppRoutes:
     framework: str | None = None
     files: int = 0              # source files parsed
     unreadable: int = 0         # files that could not be read or parsed (heuristic for them)
+    # path -> route, as RouteMatcher keeps them: up to ROUTE_CACHE_LIMIT paths, then no more
+    _routes: dict[str, str | None] = field(default_factory=dict, repr=False, compare=False)
 
     def route(self, path: str) -> str | None:
+        if path in self._routes:
+            return self._routes[path]
         parts = path.strip("/").split("/") if path.strip("/") else []
-        for t in self.templates:
-            if t.match(parts) is not None:
-                return t.text
-        return None
+        found = next((t.text for t in self.templates if t.match(parts) is not None), None)
+        if len(self._routes) < ROUTE_CACHE_LIMIT:
+            self._routes[path] = found
+        return found
 
 
 # ---- a template in a framework's syntax -> path segments ------------------------------

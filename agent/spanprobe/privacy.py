@@ -7,6 +7,7 @@ import re
 from urllib.parse import quote, unquote
 
 REDACTED = "REDACTED"
+SECRET_CACHE_LIMIT = 4096      # parameter names whose verdict is kept
 _SECRET_WORDS = re.compile(r"(pass(word|wd)?|pwd|secret|token|key|auth|credential|signature|session|jwt|cookie)",
                            re.IGNORECASE)
 _URL_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://[^/:@\s]+):[^/@\s]+@", re.IGNORECASE)
@@ -16,13 +17,20 @@ class Redactor:
     def __init__(self, headers: list[str], query_params: list[str]):
         self.headers = frozenset(h.lower() for h in headers)
         self.params = frozenset(p.lower() for p in query_params)
+        self._secret: dict[str, bool] = {}     # parameter name -> secret? (few names, many requests)
 
     def header_allowed(self, name: str) -> bool:
         return name.lower() not in self.headers
 
     def secret_param(self, name: str) -> bool:
-        low = unquote(name).lower()
-        return low in self.params or bool(_SECRET_WORDS.search(low))
+        secret = self._secret.get(name)
+        if secret is None:
+            low = unquote(name).lower()
+            secret = low in self.params or bool(_SECRET_WORDS.search(low))
+            if len(self._secret) >= SECRET_CACHE_LIMIT:
+                self._secret.clear()        # names from hostile input: start again
+            self._secret[name] = secret
+        return secret
 
     def query(self, query: str) -> str:
         """The query string with secret-looking values replaced."""

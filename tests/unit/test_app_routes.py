@@ -295,3 +295,18 @@ def test_a_module_name_that_is_not_identifiers_names_no_file(tmp_path):
         assert reader.module_file(name) is None, name
     (tmp_path / "proj" / "ok.py").write_text("")
     assert reader.module_file("ok") == tmp_path / "proj" / "ok.py"
+
+
+def test_routes_are_kept_per_path_up_to_a_bound(monkeypatch):
+    """A path's route is looked up once (the same answer after), and no more than
+    ROUTE_CACHE_LIMIT paths are kept: a client sending endless paths can't grow it."""
+    from spanprobe.routes import compile_template
+    monkeypatch.setattr(ar, "ROUTE_CACHE_LIMIT", 3)
+    t = ar.AppRoutes([compile_template("/teams/{team}/members/{member}")])
+    assert t.route(WORDS) == "/teams/{team}/members/{member}"
+    assert t.route(WORDS) == "/teams/{team}/members/{member}"
+    assert t.route("/nothing/here") is None
+    assert t.route("/nothing/here") is None
+    for i in range(10):
+        assert t.route(f"/teams/t{i}/members/m") == "/teams/{team}/members/{member}"
+    assert len(t._routes) == 3

@@ -105,3 +105,18 @@ def test_command_line_never_leaks_the_secret(red):
     for s in secrets:
         assert s not in out
     assert out == "app --password REDACTED --url=https://bob:REDACTED@h/ API_TOKEN=REDACTED"
+
+
+def test_secret_verdicts_are_kept_per_name_up_to_a_bound(monkeypatch):
+    """Verdicts are kept per parameter name (the same answers after); past
+    SECRET_CACHE_LIMIT names the kept ones are dropped, so hostile names can't grow it."""
+    from spanprobe import privacy
+    monkeypatch.setattr(privacy, "SECRET_CACHE_LIMIT", 4)
+    r = Redactor([], ["sig"])
+    for _ in range(2):
+        assert r.secret_param("api_token") and r.secret_param("SIG") and r.secret_param("pass%77ord")
+        assert not r.secret_param("page")
+    for i in range(50):
+        assert not r.secret_param(f"p{i}")
+        assert len(r._secret) <= 4
+    assert r.query("page=2&api_token=x") == f"page=2&api_token={REDACTED}"
