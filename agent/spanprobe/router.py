@@ -34,6 +34,8 @@ records_log = logging.getLogger("spanprobe.records")
 # milliseconds of SIGTERM, and the check costs nothing per event.
 STOP_CHECK_EVERY = 256
 PROC_KINDS = frozenset((ev.EV_PROC_EXEC, ev.EV_PROC_FORK, ev.EV_PROC_EXIT))
+# how often the agent's sockets may be read again for a server port it does not export to
+OTHER_PORTS_READ_NS = 1_000_000_000
 
 
 def describe_record(e) -> str:
@@ -125,9 +127,11 @@ class HostSockets:
         (`accepted_ns`, the kernel's time): a client is connected before its server's accept
         returns, so a reading taken after it holds the agent's end if it is one. Reading
         costs a few hundred microseconds (every fd of the agent), so for a server port the
-        agent does not export to it happens at most ten times a second; for an export port
-        always, or one exporter connection, kept alive, would be traced with every export
-        it carries."""
+        agent does not export to (its own connection there is the rare case of a traced
+        proxy) it happens at most once every OTHER_PORTS_READ_NS: at ten times a second it
+        was 5% of the agent's CPU under the Flask benchmark's connection per request. For
+        an export port always, or one exporter connection, kept alive, would be traced with
+        every export it carries."""
         if not (peer[0].startswith("127.") or peer[0] == "::1"):
             return False
         if self._own(peer, local):
@@ -136,7 +140,7 @@ class HostSockets:
             return False
         now = time.monotonic_ns()
         export_port = local is None or not local[1] or local[1] in self.export_ports
-        if not export_port and now - self.own_ends_ns < 100_000_000:
+        if not export_port and now - self.own_ends_ns < OTHER_PORTS_READ_NS:
             return False
         self.own_ends_ns = now
         self.own_ends = own_tcp_ends(self.root.socket_inodes(self.self_pid))
