@@ -96,7 +96,7 @@ class SpanEncoder:
     def __init__(self):
         self._resources: dict[int, tuple[object, bytes]] = {}
         self._scopes: dict[int, tuple[object, bytes]] = {}
-        self._kv: dict[str, dict[str, bytes]] = {}
+        self._kv: dict[bytes, dict[tuple[str, str | int], bytes]] = {}   # tag -> (key, value) -> field
         self._kv_size = 0
 
     # ---- attributes ----
@@ -105,25 +105,23 @@ class SpanEncoder:
         if not attrs:
             return b""
         out = []
-        kv_cache = self._kv
-        for key, value in attrs.items():
-            cls = value.__class__
-            if cls is str or cls is int:      # not bool: True == 1 would share an entry
-                per_key = kv_cache.get(key)
-                if per_key is None:
-                    per_key = kv_cache[key] = {}
-                enc = per_key.get(value)
+        kv_cache = self._kv.setdefault(tag, {})
+        for pair in attrs.items():
+            cls = pair[1].__class__
+            # str and int only: a bool or float equal to a cached int (True == 1 == 1.0)
+            # would share its entry
+            if cls is str or cls is int:
+                enc = kv_cache.get(pair)
                 if enc is None:
-                    enc = _field(tag, key_value(key, value))
                     if self._kv_size >= _KV_CACHE_LIMIT:
-                        kv_cache.clear()          # high-cardinality values: start again
+                        self._kv.clear()          # high-cardinality values: start again
                         self._kv_size = 0
-                        kv_cache[key] = per_key = {}
-                    per_key[value] = enc
+                        kv_cache = self._kv[tag] = {}
+                    enc = kv_cache[pair] = _field(tag, key_value(*pair))
                     self._kv_size += 1
                 out.append(enc)
             else:
-                out.append(_field(tag, key_value(key, value)))
+                out.append(_field(tag, key_value(*pair)))
         return b"".join(out)
 
     # ---- resource and scope, once per object ----

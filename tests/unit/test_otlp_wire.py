@@ -158,3 +158,10 @@ def test_an_sdk_without_the_private_hook_keeps_the_sdks_own_exporter(monkeypatch
                                   "export.otlp_protocol": "http/protobuf", "export.timeout_s": 1.0})
     assert type(exporter) is trace_exporter.OTLPSpanExporter
     assert "has no _client._submit" in caplog.text
+
+
+def test_a_span_attribute_equal_to_a_resource_attribute_is_written_with_the_spans_tag():
+    """The value cache once held each (key, value) pair encoded with the tag of the message
+    it was first written in: a span attribute equal to a resource attribute of an earlier
+    span ("host.name": "h") came out as the resource's field 1 inside the span."""
+    same_bytes([span(1), span(2, attributes={"host.name": "h", "process.pid": 41})])
