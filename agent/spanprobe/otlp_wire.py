@@ -167,7 +167,9 @@ class SpanEncoder:
                 flags |= _FLAGS_IS_REMOTE
         if s.name:
             parts.append(_string(b"\x2a", s.name))
-        kind = s.kind.value + 1                    # SDK INTERNAL=0 -> OTLP SPAN_KIND_INTERNAL=1
+        # SDK INTERNAL=0 -> OTLP SPAN_KIND_INTERNAL=1 (`_value_`, the member's own value:
+        # Enum's `value` is a descriptor call, measurable at one per span)
+        kind = s.kind._value_ + 1
         parts += (b"\x30", _SMALL_VARINTS[kind])
         if s.start_time:
             parts += (b"\x39", _FIXED64(s.start_time))
@@ -182,7 +184,7 @@ class SpanEncoder:
             parts += (b"\x70", varint(s.dropped_links))
         status = s.status
         if status is not None:
-            code = status.status_code.value
+            code = status.status_code._value_
             desc = status.description
             parts.append(_field(b"\x7a", (_string(b"\x12", desc) if desc else b"")
                                 + (b"\x18" + _SMALL_VARINTS[code] if code else b"")))

@@ -36,6 +36,19 @@ SDK_ATTRIBUTES = {
 }
 
 
+class AgentSpan(ReadableSpan):
+    """A span built from an exchange. It never has events or links and drops nothing (the
+    agent bounds attributes itself: attributes.py), so those are constants here: the SDK's
+    properties work them out at each read (a tuple copied, an isinstance through an ABC),
+    which the encoder paid for every span. Every other reader sees the same values."""
+
+    dropped_attributes = 0
+    dropped_events = 0
+    dropped_links = 0
+    events = ()
+    links = ()
+
+
 def split_host(value: str | None) -> tuple[str | None, int | None]:
     if not value:
         return None, None
@@ -139,7 +152,7 @@ class SpanBuilder:
             out[key] = value
         return out
 
-    def build(self, x: Exchange) -> ReadableSpan:
+    def build(self, x: Exchange) -> AgentSpan:
         req, resp, conn = x.request, x.response, x.conn
         server = conn.role == ev.ROLE_SERVER
         method = req.method or "GET"
@@ -229,7 +242,7 @@ class SpanBuilder:
         parent = (SpanContext(x.trace_id, x.parent_span_id, x.parent_remote, flags)
                   if x.parent_span_id else None)
         wall = self.clock.wall
-        return ReadableSpan(
+        return AgentSpan(
             name=f"{method} {route}", context=context, parent=parent,
             resource=self.resource(conn.tgid), attributes=attrs, kind=kind,
             status=status_obj, start_time=wall(start), end_time=wall(max(end, start)),

@@ -433,3 +433,17 @@ def test_agent_resource_attributes_override_process_ones(root):
 ])
 def test_split_host(value, expected):
     assert split_host(value) == expected
+
+
+def test_the_spans_constants_are_what_the_sdk_works_out_for_them(builder):
+    """AgentSpan answers events, links and the dropped counts from constants: the same
+    as the SDK's ReadableSpan computes for the very same span."""
+    from opentelemetry.sdk.trace import ReadableSpan
+    span = builder.build(exchange(ev.ROLE_SERVER, request(), response()))
+    sdk = ReadableSpan(name=span.name, context=span.context, parent=span.parent,
+                       resource=span.resource, attributes=dict(span.attributes), kind=span.kind,
+                       status=span.status, start_time=span.start_time, end_time=span.end_time,
+                       instrumentation_scope=span.instrumentation_scope)
+    for name in ("events", "links", "dropped_attributes", "dropped_events", "dropped_links"):
+        assert getattr(span, name) == getattr(sdk, name), name
+    assert span.to_json() == sdk.to_json()
