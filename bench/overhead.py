@@ -51,6 +51,7 @@ def run_one(ctx, app: str, config: str, rnd: int, rate: float | None) -> dict:
     ctx.say(f"{tag}: starting")
     row: dict = {"app": app, "config": config, "round": rnd, "tcp_sockets_at_start": tcp_sockets()}
     before = receiver.spans()
+    receiver_cpu0 = receiver.counts()["cpu_s"]
     app_proc = start_app(procs, app, port, plan.bench_python, plan.app_cpu,
                          receiver.endpoint if config == "otel" else None, tag)
     agent = hooks = None
@@ -104,6 +105,11 @@ def run_one(ctx, app: str, config: str, rnd: int, rate: float | None) -> dict:
     got, _ = receiver.wait_until(before + completed, timeout=0.3 if config in SPANLESS else 8.0,
                                  quiet=0.3, stall=1.5)
     spans = got - before
+    # the receiver parses what it is sent, on the load core beside wrk, the load generator
+    # and the agent: load that only the configurations that send spans put there
+    receiver_cpu = receiver.counts()["cpu_s"] - receiver_cpu0
+    row["receiver_cpu_s"] = receiver_cpu
+    row["receiver_cpu_us_per_span"] = receiver_cpu / spans * 1e6 if spans else None
     row.update({
         "port": port, "saturation": sat, "fixed": fixed, "warmup": warm,
         "requests_completed": completed, "requests_sent": sent,

@@ -45,6 +45,8 @@ def summarize(rows: list[dict]) -> dict:
                 "errors": sum(r["saturation"]["error_count"] + r["fixed"]["errors"] for r in rs),
                 # the app's own CPU (its processes' utime+stime) per request, saturation and fixed rate
                 "app_cpu_us_per_req": _median(r.get("app_cpu_us_per_req") for r in rs),
+                # the receiver's own CPU per span it received, on the load core
+                "receiver_cpu_us_per_span": _median(r.get("receiver_cpu_us_per_span") for r in rs),
             }
             if config in ("hooks", *AGENT_CONFIGS):
                 # the attach strategy (hooks: always the tracepoint plan; the agent's: auto)
@@ -133,8 +135,8 @@ def markdown(result: dict) -> str:
         lines += [
             "| app | configuration | req/s at saturation | vs bare | p50 ms | p99 ms | p99 vs bare "
             "| app CPU µs / req | vs bare | BPF µs / req | agent CPU µs / span | agent RSS MiB "
-            "| server spans / requests | lost events |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+            "| receiver CPU µs / span | server spans / requests | lost events |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
         ]
         for app, configs in result["overhead"]["summary"].items():
             for config, f in configs.items():
@@ -151,7 +153,7 @@ def markdown(result: dict) -> str:
                     f"| {_f(f.get('app_cpu_us_per_req'), '{:.0f}')} "
                     f"| {'–' if config == 'bare' else _pct(f.get('app_cpu_overhead_pct'))} "
                     f"| {_f(f.get('bpf_us_per_req'))} | {_f(f.get('agent_cpu_us_per_span'))} "
-                    f"| {_f(f.get('agent_rss_mib'))} | {spans} "
+                    f"| {_f(f.get('agent_rss_mib'))} | {_f(f.get('receiver_cpu_us_per_span'))} | {spans} "
                     f"| {_lost(f)} |")
         lines += ["", "Server spans / requests: SERVER spans received / requests completed (..sent, "
                   "when wrk stopped with requests in flight), all rounds; ✓ = every completed request "
@@ -162,7 +164,9 @@ def markdown(result: dict) -> str:
                   "request (under the hooks configuration, the empty programs': the price of the hooks "
                   "alone; in brackets, the attach strategy: the floor compares with spanprobe only "
                   "when both name the same). Agent CPU: from its ready line to its exit (rusage), per SERVER span "
-                  "received. Lost events: the agent's loss counters (kernel ring "
+                  "received. Receiver CPU: the benchmark's OTLP receiver's own CPU per span received; "
+                  "it parses them on the load core, beside wrk, the load generator and the agent, so "
+                  "only the rows that send spans carry it. Lost events: the agent's loss counters (kernel ring "
                   "buffer, maps, decode, export queue, failed exports); an agent that did not exit "
                   "within 20 s of SIGTERM is killed and its counters are unknown."]
         lines.append("")

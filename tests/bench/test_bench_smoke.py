@@ -145,6 +145,9 @@ def test_every_figure_for_every_app_and_configuration(smoke):
         # the kernel side ran for every request (several syscalls each) and took time doing it
         assert sp["bpf_runs_per_req"] >= 2 and 0 < sp["bpf_us_per_req"] < sp["app_cpu_us_per_req"], sp
         assert sp["agent_peak_rss_mib"] >= sp["agent_rss_mib"], sp
+        # the receiver parsed what the agent sent, and bare sent it nothing to parse
+        assert sp["receiver_cpu_us_per_span"] > 0, sp
+        assert summary[app]["bare"]["receiver_cpu_us_per_span"] is None, summary[app]["bare"]
         # the floor: empty programs on the same hooks ran for every request (several
         # syscalls each; every process's syscalls count, so no closer bound in a smoke run
         # beside the background builds) and cost less than spanprobe's programs
