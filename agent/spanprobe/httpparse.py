@@ -52,11 +52,13 @@ _BLANK_LINE = b"\r\n\r\n"
 
 # [0-9] in a str pattern matches ASCII digits only (\d would match any Unicode digit)
 _DECIMAL = re.compile(r"[0-9]{1,19}")
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN_PATTERN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN = re.compile(_TOKEN_PATTERN)
 _REQUEST_LINE = re.compile(r"(%s) ([^\x00-\x20\x7f]+) HTTP/(1\.[0-9])" % "|".join(sorted(METHODS)))
 _STATUS_LINE = re.compile(r"HTTP/(1\.[0-9]) ([1-5][0-9][0-9])(?: .*)?", re.DOTALL)
 # field lines that every per-line rule accepts: a token name, no CR or LF in the value
-_FIELD_LINES = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*)*")
+_FIELD_LINE = _TOKEN_PATTERN + r":[^\r\n]*"
+_FIELD_LINES = re.compile(_FIELD_LINE + r"(?:\r\n" + _FIELD_LINE + ")*")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;.*)?", re.DOTALL)
 
 # states
