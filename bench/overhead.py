@@ -50,8 +50,8 @@ def run_one(ctx, app: str, config: str, rnd: int, rate: float | None) -> dict:
     tag = f"{app}-{config}-r{rnd}"
     ctx.say(f"{tag}: starting")
     row: dict = {"app": app, "config": config, "round": rnd, "tcp_sockets_at_start": tcp_sockets()}
-    before = receiver.spans()
-    receiver_cpu0 = receiver.counts()["cpu_s"]
+    start = receiver.counts()
+    before = start["server_spans"]
     app_proc = start_app(procs, app, port, plan.bench_python, plan.app_cpu,
                          receiver.endpoint if config == "otel" else None, tag)
     agent = hooks = None
@@ -107,7 +107,7 @@ def run_one(ctx, app: str, config: str, rnd: int, rate: float | None) -> dict:
     spans = got - before
     # the receiver parses what it is sent, on the load core beside wrk, the load generator
     # and the agent: load that only the configurations that send spans put there
-    receiver_cpu = receiver.counts()["cpu_s"] - receiver_cpu0
+    receiver_cpu = receiver.counts()["cpu_s"] - start["cpu_s"]
     row["receiver_cpu_s"] = receiver_cpu
     row["receiver_cpu_us_per_span"] = receiver_cpu / spans * 1e6 if spans else None
     row.update({
