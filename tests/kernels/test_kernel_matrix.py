@@ -44,10 +44,27 @@ def expected_cell(want: str, cell: dict | None) -> str | None:
         return "not run"
     status, _, reason = want.partition(": ")
     if cell["status"] != status:
-        return f"{cell['status']} ({cell.get('reason')}), expected {want}"
+        return f"{cell['status']} ({cell.get('reason')}), expected {want}{failed_details(cell)}"
     if reason and reason not in (cell.get("reason") or ""):
         return f"unsupported for another reason: {cell.get('reason')!r}, expected {reason!r}"
     return None
+
+
+def failed_details(cell: dict, limit: int = 400) -> str:
+    """What each failed check saw, and what the kernel side lost (events_received's detail:
+    skipped program runs by program), cut to `limit` characters each: CI keeps only the
+    test's output, and a cell that fails once in many runs must be explainable from it."""
+    checks = cell.get("checks") or {}
+    shown = {k: v.get("detail") for k, v in checks.items() if not v.get("ok")}
+    if shown and "events_received" in checks:
+        shown.setdefault("events_received", checks["events_received"].get("detail"))
+    for key in ("span_counts", "collect_note"):
+        if cell.get(key) is not None:
+            shown[key] = cell[key]
+    warned = [ln[-limit:] for ln in (cell.get("stderr_tail") or "").splitlines() if " WARNING " in ln or " ERROR " in ln]
+    if warned:
+        shown["agent_warnings"] = warned[-4:]
+    return "".join(f"\n    {k}: {json.dumps(v, default=str)[:limit]}" for k, v in shown.items())
 
 
 def selected() -> list[str]:
