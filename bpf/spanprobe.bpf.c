@@ -64,9 +64,16 @@ struct sp_conn_state {
     __u8 known;        /* enum sp_known: a getpeername/getsockname that can tell the
                           agent nothing new is not reported (gunicorn asks every
                           accepted connection its local address: a record per request) */
-    __u8 pad;
+    __u8 flow;         /* enum sp_flow: where it is between exchanges, and whether it is shed */
     __u32 lost;        /* its data this side failed to send: carried in every data event,
                           so the agent sees a gap where the value changes (see conn_lost) */
+};
+
+enum sp_flow {
+    SP_FLOW_SEEN = 1,          /* bytes have moved on it */
+    SP_FLOW_LAST_EGRESS = 2,   /* the last bytes were sent, not received */
+    SP_FLOW_SHED = 4,          /* its exchanges are not sent (a CPU budget) */
+    SP_FLOW_RESUMED = 8,       /* no longer shed: the next record says so */
 };
 
 /* A syscall between its entry and its exit, keyed by pid_tgid. */
@@ -152,6 +159,8 @@ BPF_TABLE("lru_hash", __u64, struct sp_conn_key, ctx_owner, 65536);
  * runs on that CPU meanwhile is skipped by the kernel, silently (the agent reads these
  * once a second). */
 BPF_F_TABLE("array", __u32, __u64, counters, SP_CNT_MAX, BPF_F_MMAPABLE);
+/* What the agent sets while running (enum sp_control), written through mmap(2) too. */
+BPF_F_TABLE("array", __u32, __u64, control, SP_CTL_MAX, BPF_F_MMAPABLE);
 /* Events output on this CPU, for batched wake-ups: kernel-only, never read. */
 BPF_PERCPU_ARRAY(wakeup_tick, __u64, 1);
 
@@ -339,6 +348,40 @@ static __always_inline void note_server(__u64 pid_tgid, __s32 fd)
     last_server.update(&pid_tgid, &e);
 }
 
+/* A CPU budget (the agent's max_cpu_percent): the agent sets the share of connections
+ * to leave out, in thousandths, and the kernel side stops sending their bytes, which is
+ * where its own cost and the agent's are. A connection's fate is decided only where an
+ * exchange starts (a server's first read, or a read after it wrote; a client's first
+ * write, or a write after it read), so an exchange is sent whole or not at all. Which
+ * connections: those whose conn_id hashes below the share, so the same ones stay out
+ * while it holds. Each connection shed and each request start not sent is counted; the
+ * first record after a shed connection is back says so (SP_DATA_RESUMED). 1 = leave
+ * these bytes out. */
+static __always_inline int shed(struct sp_conn_state *cs, __u8 dir)
+{
+    __u8 starts = cs->role == SP_ROLE_CLIENT ? SP_DIR_EGRESS : SP_DIR_INGRESS;
+    __u8 last = (cs->flow & SP_FLOW_LAST_EGRESS) ? SP_DIR_EGRESS : SP_DIR_INGRESS;
+    int boundary = dir == starts && (!(cs->flow & SP_FLOW_SEEN) || last != starts);
+    __u8 flow = (cs->flow & ~SP_FLOW_LAST_EGRESS) | SP_FLOW_SEEN;
+    if (dir == SP_DIR_EGRESS)
+        flow |= SP_FLOW_LAST_EGRESS;
+    if (boundary) {
+        __u32 slot = SP_CTL_SHED_PERMILLE;
+        __u64 *share = control.lookup(&slot);
+        __u32 h = (__u32)((cs->conn_id * 0x9E3779B97F4A7C15ULL) >> 32) % 1000;
+        if (share && h < *share) {
+            if (!(flow & SP_FLOW_SHED))
+                count(SP_CNT_CONNS_SHED);
+            flow |= SP_FLOW_SHED;
+            count(SP_CNT_REQUESTS_SHED);
+        } else if (flow & SP_FLOW_SHED) {
+            flow = (flow & ~SP_FLOW_SHED) | SP_FLOW_RESUMED;
+        }
+    }
+    cs->flow = flow;
+    return (flow & SP_FLOW_SHED) != 0;
+}
+
 static __always_inline void emit_data(void *ctx, struct sp_conn_state *cs, __u64 pid_tgid,
                                       __s32 fd, __u64 conn_id, __u64 ts, __u8 dir, __u8 flags,
                                       __u16 iov_index, __u64 ubuf, __u64 len, __u32 capture,
@@ -355,6 +398,10 @@ static __always_inline void emit_data(void *ctx, struct sp_conn_state *cs, __u64
     ev->iov_index = iov_index;
     ev->owner_fd = owner;
     ev->lost = cs->lost;
+    if (cs->flow & SP_FLOW_RESUMED) {
+        ev->flags |= SP_DATA_RESUMED;
+        cs->flow &= ~SP_FLOW_RESUMED;
+    }
     __u64 n = len < capture ? len : capture;
     /* Verifier: the mask is what proves n fits buf; capture <= SP_MAX_CAPTURE
      * already, so it never changes the value. */
@@ -541,7 +588,7 @@ static __always_inline int sp_on_enter(void *ctx, __u32 op, __u64 a0, __u64 a1, 
         /* Egress is emitted at entry, while the bytes are in the user buffer and
          * before the peer can possibly read them: a traced peer's read on this
          * host then always comes later in the ring buffer (cross-service links). */
-        if (!wanted(cs, a1, a2))
+        if (!wanted(cs, a1, a2) || shed(cs, SP_DIR_EGRESS))
             return 0;
         __s32 owner = task_owner(pid_tgid);
         emit_data(ctx, cs, pid_tgid, fd, a.conn_id, ts, SP_DIR_EGRESS, SP_DATA_AT_ENTRY, 0,
@@ -550,7 +597,7 @@ static __always_inline int sp_on_enter(void *ctx, __u32 op, __u64 a0, __u64 a1, 
     } else if (op == OP_WRITEV) {
         struct sp_iovec first = {};
         bpf_probe_read_user(&first, sizeof(first), (void *)a1);
-        if (!wanted(cs, first.base, first.len))
+        if (!wanted(cs, first.base, first.len) || shed(cs, SP_DIR_EGRESS))
             return 0;
         __s32 owner = task_owner(pid_tgid);
         emit_iovecs(ctx, cs, pid_tgid, &a, SP_DIR_EGRESS, a1, a2, 0x7fffffffffffffffLL, ts, owner);
@@ -686,14 +733,15 @@ static __always_inline int sp_on_exit(void *ctx, __s64 ret, __u32 ops)
     if (!cs || cs->conn_id != a.conn_id)
         return 0;
     if (SP_EXIT_IS(OP_READ)) {
-        if (!wanted(cs, a.ptr, ret))
+        if (!wanted(cs, a.ptr, ret) || shed(cs, SP_DIR_INGRESS))
             return 0;
         emit_data(ctx, cs, pid_tgid, a.fd, a.conn_id, ts, SP_DIR_INGRESS, 0, 0, a.ptr, ret,
                   a.capture, -1);
     } else if (SP_EXIT_IS(OP_READV)) {
         struct sp_iovec first = {};
         bpf_probe_read_user(&first, sizeof(first), (void *)a.ptr);
-        if (!wanted(cs, first.base, first.len < (__u64)ret ? first.len : (__u64)ret))
+        if (!wanted(cs, first.base, first.len < (__u64)ret ? first.len : (__u64)ret)
+            || shed(cs, SP_DIR_INGRESS))
             return 0;
         emit_iovecs(ctx, cs, pid_tgid, &a, SP_DIR_INGRESS, a.ptr, a.len, ret, ts, -1);
     }

@@ -47,6 +47,8 @@ enum sp_data_flags {
     SP_DATA_AT_ENTRY = 1,  /* egress recorded at syscall entry: `len` is what was asked */
     SP_DATA_VECTOR = 2,    /* one iovec of a vectored call; a WRITE_RESULT follows */
     SP_DATA_FAULT = 4,     /* the user buffer could not be read */
+    SP_DATA_RESUMED = 8,   /* the connection was shed before this record (a CPU budget):
+                              whole exchanges were left out, on purpose, and counted */
 };
 
 enum sp_open_flags {
@@ -63,7 +65,16 @@ enum sp_counter {
     SP_CNT_IOV_TRUNCATED = 4,    /* vectored call with more than SP_MAX_IOV buffers */
     SP_CNT_NON_HTTP = 5,         /* connections classified as not HTTP */
     SP_CNT_ACCEPTED_FULL = 6,    /* accepted-connection address map full: no local address */
-    SP_CNT_MAX = 7,
+    SP_CNT_CONNS_SHED = 7,       /* connections shed at a request boundary (a CPU budget) */
+    SP_CNT_REQUESTS_SHED = 8,    /* request starts not sent: their connection was shed */
+    SP_CNT_MAX = 9,
+};
+
+/* Settings the agent writes through mmap(2) of the `control` array, one u64 slot each:
+ * no bpf(2) map update, so nothing the kernel side runs is skipped meanwhile. */
+enum sp_control {
+    SP_CTL_SHED_PERMILLE = 0,    /* thousandths of connections to shed (0 = trace all) */
+    SP_CTL_MAX = 1,
 };
 
 struct sp_header {

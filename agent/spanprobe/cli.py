@@ -44,6 +44,8 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--buffer", choices=BUFFER_KINDS)
     p.add_argument("--capture-bytes", type=int)
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--max-cpu-percent", metavar="PERCENT",
+                   help="CPU budget of the agent and its programs, in percent of one CPU")
 
 
 def _flags(args) -> dict:
@@ -52,6 +54,7 @@ def _flags(args) -> dict:
         "export.otlp_endpoint": args.otlp_endpoint, "export.otlp_protocol": args.otlp_protocol,
         "export.console": args.console, "attach_mode": args.attach_mode, "buffer": args.buffer,
         "capture_bytes": args.capture_bytes, "log_level": args.log_level,
+        "budget.max_cpu_percent": args.max_cpu_percent,
     }
 
 

@@ -208,6 +208,9 @@ SCHEMA: tuple[Key, ...] = (
         "it: always_on, always_off, traceidratio or parentbased_<one of them>", _one_of(SAMPLER_NAMES)),
     Key("sampling.ratio", float, 1.0, "share of traces the traceidratio samplers keep (0..1; "
         "OTEL_TRACES_SAMPLER_ARG)", _between(0.0, 1.0)),
+    Key("budget.max_cpu_percent", (float, type(None)), None, "CPU the agent and its kernel programs "
+        "may use together, in percent of one CPU; above it whole connections are shed, counted, "
+        "until the load falls (unset: no budget)", _between(1, 10000), flag="--max-cpu-percent"),
     Key("request_timeout_s", float, 30.0, "a request with no response after this long is exported "
         "with what is known, as an error (error.type=timeout)", _between(0.1, 86400)),
 )

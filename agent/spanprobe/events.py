@@ -31,6 +31,7 @@ ROLE_CLIENT = 2
 DATA_AT_ENTRY = 1
 DATA_VECTOR = 2
 DATA_FAULT = 4
+DATA_RESUMED = 8     # the connection was shed before this record (budget.py)
 
 OPEN_ADOPTED = 1
 
@@ -43,8 +44,13 @@ COUNTERS = {
     4: "iov_truncated",
     5: "non_http_connections",
     6: "accepted_map_full",
+    7: "connections_shed",
+    8: "requests_shed",
 }
-COUNTER_SLOTS = 7
+COUNTER_SLOTS = 9
+# Settings written through mmap(2) (enum sp_control), by slot.
+CONTROL_SHED_PERMILLE = 0
+CONTROL_SLOTS = 1
 MAX_CAPTURE = 4096
 TAIL_BYTES = 8
 

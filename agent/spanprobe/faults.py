@@ -17,8 +17,9 @@ from typing import Callable
 log = logging.getLogger("spanprobe")
 
 # decode: a record the decoder choked on; assemble: a connection event; process: a process
-# event (exec/fork/exit); build: an exchange -> span; apply: a request to the kernel side
-STAGES = ("decode", "assemble", "process", "build", "apply")
+# event (exec/fork/exit); build: an exchange -> span; apply: a request to the kernel side;
+# budget: a CPU budget step (budget.py)
+STAGES = ("decode", "assemble", "process", "build", "apply", "budget")
 SUMMARY_EVERY_S = 60.0
 
 

@@ -20,7 +20,7 @@ from . import caps
 from . import events as ev
 from .errors import KernelUnsupported, PermissionProblem, ProbeAttachError
 from .kernel import KernelFeatures, detect, ensure_tracefs
-from .kstats import MappedCounters, program_misses
+from .kstats import MappedCounters, enable_run_time_stats, program_misses, programs_run_ns
 from .memory import release_after_compile
 from .probes import MODE_IDS, SYSCALLS, TRACEPOINTS, Plan, candidates, make_plan
 from .procfs import SysRoot
@@ -64,6 +64,8 @@ class BpfSession:
     python_pids: dict[int, str] = field(default_factory=dict)     # asyncio linking on: pid -> binary
     python_warned: set[str] = field(default_factory=set)          # binaries whose uprobes failed once
     losses: MappedCounters | None = None                          # the counters map, mmapped at the first read
+    control: MappedCounters | None = None                         # the control map, mmapped at the first write
+    run_stats_fd: int | None = None                               # held while programs' run time is counted
     write_guard: WriteGuard = field(default_factory=WriteGuard)   # map writes unpreempted (writeguard.py)
 
     # ---- maps ----
@@ -173,6 +175,27 @@ class BpfSession:
         out["map_writes_unguarded"] = self.write_guard.unguarded
         return out
 
+    # ---- the CPU budget (budget.py) ----
+    def set_shed(self, permille: int) -> None:
+        """Thousandths of connections the kernel side leaves out from their next request
+        on: written through mmap(2), no bpf(2) call (kstats.py says why that matters)."""
+        if self.control is None:
+            self.control = MappedCounters(self.table("control").map_fd, ev.CONTROL_SLOTS, writable=True)
+        self.control.write(ev.CONTROL_SHED_PERMILLE, permille)
+
+    def count_program_time(self) -> str | None:
+        """Have the kernel account the programs' run time; None, or why it will not."""
+        if self.run_stats_fd is None:
+            self.run_stats_fd, why = enable_run_time_stats()
+            return why
+        return None
+
+    def programs_cpu_ns(self) -> int | None:
+        """The programs' run time so far, as the kernel accounts it (while counted)."""
+        if self.run_stats_fd is None:
+            return None
+        return programs_run_ns({name.decode(): f.fd for name, f in list(self.bpf.funcs.items())})
+
     # ---- events ----
     def open_buffer(self, on_raw, on_lost, pages: int) -> None:
         events = self.table("events")
@@ -205,6 +228,10 @@ class BpfSession:
 
         if self.losses is not None:
             self.losses.close()
+        if self.control is not None:
+            self.control.close()
+        if self.run_stats_fd is not None:
+            os.close(self.run_stats_fd)
         tps = list(b.tracepoint_fds)
         if tps:
             with ThreadPoolExecutor(min(16, len(tps))) as pool:

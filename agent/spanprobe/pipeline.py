@@ -19,6 +19,7 @@ import ctypes
 import json
 import logging
 import os
+import resource
 import signal
 import threading
 import time
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 from .adoption import adopt_established
+from .budget import EVERY_S as BUDGET_EVERY_S
+from .budget import CpuBudget, Reading
 from .attributes import Extractor, compile_rules
 from .clock import MonotonicToWall
 from .config import Settings, otel_resource_attributes
@@ -135,6 +138,7 @@ class Agent:
         self.passed_over: list[tuple[str, str]] = []
         self._kernel_counters: dict[str, int] = {}
         self.losses = LossReport()
+        self.budget: CpuBudget | None = None
 
     # ---- set-up ----
     def start(self) -> None:
@@ -176,7 +180,26 @@ class Agent:
             log.info("strategy %s passed over: %s", name, why)
         if self.watchdog.every is not None:
             log.info("systemd watchdog: a ping every %.1f s", self.watchdog.every)
+        self._start_budget()
         sd_notify(f"READY=1\nSTATUS=tracing with {s.plan.strategy}", self.env)
+
+    def _start_budget(self) -> None:
+        limit = self.settings["budget.max_cpu_percent"]
+        if limit is None:
+            return
+        why = self.session.count_program_time()
+        self.budget = CpuBudget(limit)
+        log.info("CPU budget: max_cpu_percent %.1f%% of one CPU, for the agent %s", limit,
+                 "and its kernel programs" if why is None
+                 else f"alone: its kernel programs' run time is not known ({why})")
+        self._budget_step()
+
+    def _budget_step(self) -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)      # every thread of the agent
+        share = self.budget.step(Reading(time.monotonic(), usage.ru_utime + usage.ru_stime,
+                                         self.session.programs_cpu_ns()))
+        if share is not None:
+            self.session.set_shed(share)
 
     # ---- buffer callbacks (called from inside the session's poll) ----
     def _on_raw(self, ctx, data, size) -> int:
@@ -193,6 +216,7 @@ class Agent:
         next_stats = time.monotonic() + self.settings["stats_interval_s"]
         next_expire = time.monotonic() + EXPIRE_EVERY_S
         next_collect = time.monotonic() + GC_EVERY_S
+        next_budget = time.monotonic() + BUDGET_EVERY_S
         try:
             while not self.stop.is_set():
                 t0 = time.monotonic()
@@ -204,6 +228,12 @@ class Agent:
                 if now >= next_collect:      # the collector's only runs (memory.settle_heap)
                     collect_cycles()
                     next_collect = now + GC_EVERY_S
+                if self.budget is not None and now >= next_budget:
+                    try:
+                        self._budget_step()
+                    except Exception as exc:      # the budget must not stop the tracing
+                        self.faults.record("budget", exc)
+                    next_budget = now + BUDGET_EVERY_S
                 if now >= next_expire:
                     self.expire(self.session.now_ns(), self.settings["request_timeout_s"])
                     next_expire = now + EXPIRE_EVERY_S
@@ -319,6 +349,8 @@ class Agent:
         out.update(self.builder.counts)
         if self.exporter is not None:
             out.update(self.exporter.counts)
+        if self.budget is not None:
+            out.update(self.budget.counters())
         return out
 
     def log_stats(self, label: str) -> None:

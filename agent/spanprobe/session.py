@@ -30,6 +30,12 @@ class KernelSession(Protocol):
     def adopt_connection(self, pid: int, fd: int, conn_id: int, role: int) -> bool:
         """False when the kernel side has that (pid, fd) already; raises when it can't."""
     def counters(self) -> dict[str, int]: ...
+    def set_shed(self, permille: int) -> None:
+        """Thousandths of connections to leave out from their next request (budget.py)."""
+    def count_program_time(self) -> str | None:
+        """Have the kernel account the programs' run time; None, or why it will not."""
+    def programs_cpu_ns(self) -> int | None:
+        """The programs' run time so far, when accounted."""
     def now_ns(self) -> int:
         """Now, on the clock of the events' timestamps (the kernel's bpf_ktime_get_ns)."""
     def open_buffer(self, on_raw: RawCallback, on_lost: LostCallback, pages: int) -> None: ...

@@ -196,6 +196,8 @@ class Assembler:
                        # gaps in a connection's stream, by cause; what they cost: requests
                        # in flight at the gap, responses after it with no request to answer
                        "gaps_lost_events": 0, "gaps_read_faults": 0, "gaps_missed_start": 0,
+                       # exchanges a CPU budget left out on purpose (budget.py): a gap too
+                       "gaps_shed": 0,
                        "exchanges_dropped_gap": 0, "responses_dropped_gap": 0,
                        # connections joined after they opened (adoption.py), refused ones
                        "connections_adopted": 0, "adoptions_refused": 0,
@@ -375,6 +377,8 @@ class Assembler:
             self.gap(conn, "gaps_lost_events")
         elif e.flags & ev.DATA_FAULT:
             self.gap(conn, "gaps_read_faults")
+        elif e.flags & ev.DATA_RESUMED:
+            self.gap(conn, "gaps_shed")
         if e.direction == ev.DIR_INGRESS:
             conn.ingress.feed(h.ts_ns, h.tid, e.data, e.length, e.tail)
             self._account(conn, h.ts_ns)

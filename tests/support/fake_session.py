@@ -39,6 +39,9 @@ class FakeSession:
         self.now = 0             # now_ns(): 0 = before every record, so nothing times out
         self.closed = False
         self._on_raw = None
+        self.shed: list[int] = []            # every share set_shed was given, in order
+        self.program_ns = 0                  # programs_cpu_ns(): what tests make it
+        self.program_time_refused: str | None = None
 
     def opener(self):
         """A spanprobe.session.SessionOpener that opens this session."""
@@ -75,6 +78,15 @@ class FakeSession:
 
     def counters(self) -> dict[str, int]:
         return dict(self.kernel_counters)
+
+    def set_shed(self, permille: int) -> None:
+        self.shed.append(permille)
+
+    def count_program_time(self) -> str | None:
+        return self.program_time_refused
+
+    def programs_cpu_ns(self) -> int | None:
+        return None if self.program_time_refused else self.program_ns
 
     def now_ns(self) -> int:
         """The fake kernel's clock: tests set `now` to the time of their records."""
@@ -119,9 +131,9 @@ def conn(kind: int, ts: int, tgid: int, fd: int, conn_id: int, role: int,
 
 
 def data(ts: int, tgid: int, fd: int, conn_id: int, direction: int, payload: bytes,
-         owner_fd: int = -1) -> bytes:
+         owner_fd: int = -1, flags: int = 0) -> bytes:
     return header(ev.EV_DATA, ts, tgid, fd, conn_id) + ev.DATA.pack(
-        len(payload), len(payload), direction, 0, 0, owner_fd, 0, b"\0" * 8) + payload
+        len(payload), len(payload), direction, flags, 0, owner_fd, 0, b"\0" * 8) + payload
 
 
 def proc(kind: int, ts: int, tgid: int, ppid: int = 1, comm: str = "", filename: str = "") -> bytes:

@@ -52,6 +52,9 @@ CONSTANTS = {
     "SP_DATA_AT_ENTRY": ev.DATA_AT_ENTRY,
     "SP_DATA_VECTOR": ev.DATA_VECTOR,
     "SP_DATA_FAULT": ev.DATA_FAULT,
+    "SP_DATA_RESUMED": ev.DATA_RESUMED,
+    "SP_CTL_SHED_PERMILLE": ev.CONTROL_SHED_PERMILLE,
+    "SP_CTL_MAX": ev.CONTROL_SLOTS,
     "SP_OPEN_ADOPTED": ev.OPEN_ADOPTED,
     "SP_CNT_MAX": ev.COUNTER_SLOTS,
 }
@@ -63,6 +66,8 @@ COUNTER_ENUM = {
     "iov_truncated": "SP_CNT_IOV_TRUNCATED",
     "non_http_connections": "SP_CNT_NON_HTTP",
     "accepted_map_full": "SP_CNT_ACCEPTED_FULL",
+    "connections_shed": "SP_CNT_CONNS_SHED",
+    "requests_shed": "SP_CNT_REQUESTS_SHED",
 }
 
 
