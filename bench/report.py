@@ -100,6 +100,12 @@ def targets(summary: dict, throughput: dict | None) -> list[dict]:
         v = throughput.get("max_sustained_spans_per_s")
         rows.append({"target": f"≥ {TARGETS['spans_per_s']:,.0f} spans/s on one core, zero loss",
                      "value": v, "unit": "spans/s", "met": bool(v) and v >= TARGETS["spans_per_s"]})
+        b = throughput.get("budget")
+        if b:
+            off = (b["used_cpu_percent"] - b["budget_percent"]) / b["budget_percent"] * 100
+            rows.append({"target": f"max_cpu_percent held within ±{b['held_within'] * 100:.0f}% under a "
+                                   "load that would exceed it, every request a span or a count",
+                         "value": off, "unit": "% off", "met": b["held"] and b["accounted"]})
     return rows
 
 
@@ -186,6 +192,18 @@ def markdown(result: dict) -> str:
         lines += ["", f"Highest sustained: **{t['max_sustained_spans_per_s']:,.0f} spans/s** at "
                   f"**{_f(t['cpu_us_per_span'])} µs CPU/span** incl. export (ladder stopped by: "
                   f"{t['limited_by']}).", ""]
+        b = t.get("budget")
+        if b:
+            lines += [f"CPU budget (`--max-cpu-percent`): at {b['rate_asked']:,} spans/s asked on "
+                      f"{b['connections']} connections, the agent and its programs used "
+                      f"{b['unbudgeted_cpu_percent']:.1f}% of one CPU without a budget; asked "
+                      f"for {b['budget_percent']:g}%, they used **{b['used_cpu_percent']:.1f}%** "
+                      f"({'held' if b['held'] else 'NOT held'} within ±{b['held_within'] * 100:.0f}%, "
+                      f"each measured over two steps after one to settle). {b['spans']:,} spans and "
+                      f"{_f(b['requests_shed'], '{:,}')} requests shed ({_f(b['connections_shed'], '{:,}')} "
+                      f"connections) for {b['completed']:,}..{b['sent']:,} requests: "
+                      f"{'each one a span or a count' if b['accounted'] else 'NOT each a span or a count'}; "
+                      f"lost events {sum((b['lost_events'] or {}).values())}.", ""]
     if result.get("targets"):
         lines += ["| target (issue 18, reported, not asserted) | measured | met |", "|---|---:|---|"]
         for r in result["targets"]:

@@ -20,14 +20,18 @@ offer the rate asked for (then the result is a lower bound, and says so).
 from __future__ import annotations
 
 import sys
+import time
 
 from bench.load import wrk
 from bench.overhead import lost_events
-from bench.procs import BenchError, cpu_seconds, memory_kib, tcp_sockets
+from bench.procs import BenchError, bpf_run_time, cpu_seconds, memory_kib, tcp_sockets
 from bench.receiver import ReceiverProcess
 from tests.support.procs import free_port, wait_port
 
 MAX_DRAIN_S = 1.5
+BUDGET_SHARE = 0.5      # the budget step asks for this share of what the load costs unbudgeted
+BUDGET_HELD = 0.2       # held: the measured use within this fraction of the budget
+BUDGET_CONNECTIONS = 64  # many connections, so that shedding whole ones can meet a share finely
 LOAD_SHORTFALL = 0.85   # offered below this share of the step's rate: the load side is the limit
 
 
@@ -55,15 +59,16 @@ def run(ctx) -> dict:
             if step["offered_rps"] < LOAD_SHORTFALL * rate:
                 limited_by = "load side"
                 break
+        best = max((s for s in steps if s["sustained"]), key=lambda s: s["spans_per_s"], default=None)
+        budget = run_budget(ctx, receiver, port, best) if best else None
     finally:
         procs.stop(server)
         receiver.stop()
-    best = max((s for s in steps if s["sustained"]), key=lambda s: s["spans_per_s"], default=None)
     return {
         "steps": steps, "limited_by": limited_by, "max_drain_s": MAX_DRAIN_S,
         "max_sustained_spans_per_s": best["spans_per_s"] if best else 0.0,
         "cpu_us_per_span": best["cpu_us_per_span"] if best else None,
-        "pause_ms": plan.pause_ms, "step_s": plan.step_s,
+        "pause_ms": plan.pause_ms, "step_s": plan.step_s, "budget": budget,
     }
 
 
@@ -75,6 +80,7 @@ def run_step(ctx, receiver: ReceiverProcess, port: int, rate: int) -> dict:
                                "--otlp-protocol", "http/protobuf"])
     try:
         cpu0 = cpu_seconds(agent.proc.pid)      # from ready on: BPF compile excluded
+        bpf0, _ = bpf_run_time(agent.proc.pid)
         warm = wrk(procs, port, 1.0, 4, cpu=plan.app_cpu, pause_ms=plan.pause_ms)
         start = before + warm["completed"]
         got, _ = receiver.wait_until(start, timeout=30.0, quiet=0.3, stall=5.0)
@@ -87,6 +93,7 @@ def run_step(ctx, receiver: ReceiverProcess, port: int, rate: int) -> dict:
         got, drain = receiver.wait_until(start + load["completed"], timeout=plan.step_s + 20,
                                          quiet=1.0, stall=5.0)
         memory = memory_kib(agent.proc.pid)
+        bpf_ns = bpf_run_time(agent.proc.pid)[0] - bpf0
     finally:
         agent.stop()
     final = agent.final()
@@ -102,7 +109,7 @@ def run_step(ctx, receiver: ReceiverProcess, port: int, rate: int) -> dict:
         "offered_rps": load["rps"], "wrk_errors": load["error_count"],
         "warmup_requests": warm["completed"], "tcp_sockets_at_start": tcp,
         "spans": spans, "spans_per_s": spans / load["duration_s"], "drain_s": drain,
-        "agent_cpu_s": cpu,
+        "agent_cpu_s": cpu, "bpf_cpu_s": bpf_ns / 1e9,
         # CPU from ready to exit over every span it exported (warm-up included)
         "cpu_us_per_span": cpu / (got - before) * 1e6 if got > before else None,
         "agent_memory_kib": memory, "lost_events": lost, "agent_final": final,
@@ -110,3 +117,53 @@ def run_step(ctx, receiver: ReceiverProcess, port: int, rate: int) -> dict:
         "sustained": (not lost and low <= got - before <= high
                       and drain <= MAX_DRAIN_S and load["error_count"] == 0),
     }
+
+
+def run_budget(ctx, receiver: ReceiverProcess, port: int, best: dict) -> dict:
+    """The CPU budget held under a load that would exceed it: the highest sustained step's
+    rate again, on BUDGET_CONNECTIONS connections, twice with a fresh agent each: without a
+    budget, then with `--max-cpu-percent` at BUDGET_SHARE of what the first one used (the
+    agent and its programs, % of one CPU). Each time the agent settles for one step, then is
+    measured over two. Held: the second within BUDGET_HELD of its budget. And every request
+    completed is a span or one count of kernel_requests_shed (in flight at wrk's stop:
+    either)."""
+    rate = best["rate_asked"]
+    free = _budget_window(ctx, receiver, port, rate, [])
+    budget = round(max(1.0, free["used_cpu_percent"] * BUDGET_SHARE), 1)
+    held = _budget_window(ctx, receiver, port, rate, ["--max-cpu-percent", str(budget)])
+    used, shed = held["used_cpu_percent"], held["final"].get("kernel_requests_shed")
+    spans, low, high = held["spans"], held["completed"], held["sent"]
+    ctx.say(f"budget {budget}% at {rate}/s (unbudgeted {free['used_cpu_percent']:.1f}%): used {used:.1f}%, "
+            f"{spans} spans + {shed} requests shed of {low}..{high} completed")
+    return {
+        "rate_asked": rate, "connections": BUDGET_CONNECTIONS, "offered_rps": held["offered_rps"],
+        "unbudgeted_cpu_percent": free["used_cpu_percent"], "budget_percent": budget, "used_cpu_percent": used,
+        "held": abs(used - budget) <= BUDGET_HELD * budget, "held_within": BUDGET_HELD,
+        "spans": spans, "requests_shed": shed, "connections_shed": held["final"].get("kernel_connections_shed"),
+        "completed": low, "sent": high,
+        "accounted": shed is not None and low <= spans + shed <= high,
+        "lost_events": held["lost_events"], "unbudgeted_lost_events": free["lost_events"],
+    }
+
+
+def _budget_window(ctx, receiver: ReceiverProcess, port: int, rate: int, args: list[str]) -> dict:
+    """A fresh agent under `rate` on BUDGET_CONNECTIONS connections: one step to settle,
+    then its CPU and its programs' run time over two, in % of one CPU."""
+    plan, procs = ctx.plan, ctx.procs
+    pause_ms = max(0, round(BUDGET_CONNECTIONS * 1000 / rate - 0.3))
+    before = receiver.spans()
+    agent = procs.start_agent(["--port", str(port), "--otlp-endpoint", receiver.endpoint,
+                               "--otlp-protocol", "http/protobuf", *args])
+    try:
+        settle = wrk(procs, port, plan.step_s, BUDGET_CONNECTIONS, cpu=plan.app_cpu, pause_ms=pause_ms)
+        cpu0, (bpf0, _), t0 = cpu_seconds(agent.proc.pid), bpf_run_time(agent.proc.pid), time.monotonic()
+        load = wrk(procs, port, 2 * plan.step_s, BUDGET_CONNECTIONS, cpu=plan.app_cpu, pause_ms=pause_ms)
+        cpu1, (bpf1, _), t1 = cpu_seconds(agent.proc.pid), bpf_run_time(agent.proc.pid), time.monotonic()
+        receiver.wait_until(before + settle["completed"] + load["completed"], timeout=10.0, quiet=1.0, stall=3.0)
+    finally:
+        agent.stop()
+    reported = agent.final()
+    return {"used_cpu_percent": 100.0 * ((cpu1 - cpu0) + (bpf1 - bpf0) / 1e9) / (t1 - t0),
+            "spans": receiver.spans() - before, "final": reported or {}, "lost_events": lost_events(reported),
+            "completed": settle["completed"] + load["completed"], "sent": settle["sent"] + load["sent"],
+            "offered_rps": load["rps"]}
