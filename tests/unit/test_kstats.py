@@ -60,3 +60,38 @@ def test_a_kernel_that_does_not_count_them_says_unknown_not_zero():
 def test_no_programs_no_misses():
     syscall, calls = kernel({})
     assert kstats.program_misses({}, syscall=syscall, arch="aarch64") == {} and calls == []
+
+
+def test_control_slots_are_written_through_the_mapping(tmp_path):
+    f = tmp_path / "control"
+    f.write_bytes(bytes(mmap.PAGESIZE))
+    with f.open("r+b") as fh:
+        c = kstats.MappedCounters(fh.fileno(), 1, writable=True)
+        c.write(0, 750)
+        assert c.read() == (750,)
+        c.close()
+    assert struct.unpack_from("<Q", f.read_bytes(), 0)[0] == 750      # what a program would load
+
+
+def test_programs_run_time_is_summed_and_unknown_when_a_kernel_will_not_say():
+    def syscall(nr, cmd, attr, size):
+        fd, info_len, info_at = struct.unpack_from("<IIQ", attr.raw, 0)
+        blob = bytearray(232)
+        struct.pack_into("<Q", blob, kstats.RUN_TIME_NS_AT, fd * 1000)
+        ctypes.memmove(info_at, bytes(blob), 232)
+        struct.pack_into("<I", attr, 4, 232 if fd != 13 else 100)
+        return 0
+    assert kstats.programs_run_ns({"a": 10, "b": 11}, syscall=syscall, arch="x86_64") == 21000
+    assert kstats.programs_run_ns({"a": 13}, syscall=syscall, arch="x86_64") is None
+
+
+def test_run_time_statistics_are_asked_for_with_bpf_enable_stats():
+    asked = []
+
+    def syscall(nr, cmd, attr, size):
+        asked.append((nr.value, cmd.value, struct.unpack_from("<I", attr.raw, 0)[0]))
+        return 42
+    assert kstats.enable_run_time_stats(syscall=syscall, arch="x86_64") == (42, None)
+    assert asked == [(321, kstats.BPF_ENABLE_STATS, kstats.BPF_STATS_RUN_TIME)]
+    fd, why = kstats.enable_run_time_stats(syscall=lambda *a: -1, arch="x86_64")
+    assert fd is None and why.startswith("BPF_ENABLE_STATS refused")
