@@ -65,6 +65,9 @@ struct sp_conn_state {
                           agent nothing new is not reported (gunicorn asks every
                           accepted connection its local address: a record per request) */
     __u8 flow;         /* enum sp_flow: where it is between exchanges, and whether it is shed */
+    __u32 up_tgid;     /* a server's traced client on this host (0: none), whose shedding */
+    __s32 up_fd;       /* it follows: see shed() */
+    __u64 up_conn_id;
     __u32 lost;        /* its data this side failed to send: carried in every data event,
                           so the agent sees a gap where the value changes (see conn_lost) */
 };
@@ -147,6 +150,18 @@ BPF_TABLE("lru_hash", __u64, struct sp_sk_owner, connecting, 4096);
  * has; same-host linking needs it. Not LRU: an entry evicted while open would let a
  * later connection of the same peer answer for it. */
 BPF_HASH(accepted, struct sp_peer_key, struct sp_accepted, 16384);
+
+/* Traced client connections by their two ends as the client sees them, so that a traced
+ * server end on this host follows the client in shedding (see shed()). */
+struct sp_ends_key {
+    __u16 family;
+    __u16 local_port;
+    __u16 peer_port;
+    __u16 pad;
+    __u8 local_addr[16];
+    __u8 peer_addr[16];
+};
+BPF_TABLE("lru_hash", struct sp_ends_key, struct sp_sk_owner, client_ends, 16384);
 #endif
 BPF_PERCPU_ARRAY(scratch, struct sp_data_event, 1);
 /* asyncio linking: which server connection each task context works for */
@@ -354,10 +369,30 @@ static __always_inline void note_server(__u64 pid_tgid, __s32 fd)
  * exchange starts (a server's first read, or a read after it wrote; a client's first
  * write, or a write after it read), so an exchange is sent whole or not at all. Which
  * connections: those whose conn_id hashes below the share, so the same ones stay out
- * while it holds. Each connection shed and each request start not sent is counted; the
- * first record after a shed connection is back says so (SP_DATA_RESUMED). 1 = leave
- * these bytes out. */
-static __always_inline int shed(struct sp_conn_state *cs, __u8 dir)
+ * while it holds; the calls out made for a request left out (parent_shed); and a server's
+ * requests from a traced client on this host, which follow that client's fate. Each
+ * connection shed and each request start not sent is counted; the first record after a
+ * shed connection is back says so (SP_DATA_RESUMED). 1 = leave these bytes out. */
+/* Threads that last started serving a request the budget left out: the calls out they
+ * make for it are left out too (processes without asyncio task owners). */
+BPF_TABLE("lru_hash", __u64, __u8, shed_serving, 16384);
+
+/* Is this call out made for a request the budget left out? Its task's server connection
+ * is shed (asyncio, the owner known), or else its thread last started serving a shed
+ * request (a thread per request; on an event loop's thread, the last request read, which
+ * may be another's: then a call is left out or kept apart from its parent, counted either
+ * way). A client span is otherwise never exported without its parent. */
+static __always_inline int parent_shed(__u64 pid_tgid, __s32 owner)
+{
+    if (owner >= 0) {
+        struct sp_conn_key k = {.tgid = pid_tgid >> 32, .fd = owner};
+        struct sp_conn_state *srv = conns.lookup(&k);
+        return srv && (srv->flow & SP_FLOW_SHED);
+    }
+    return shed_serving.lookup(&pid_tgid) != 0;
+}
+
+static __always_inline int shed(struct sp_conn_state *cs, __u8 dir, __u64 pid_tgid, __s32 owner)
 {
     __u8 starts = cs->role == SP_ROLE_CLIENT ? SP_DIR_EGRESS : SP_DIR_INGRESS;
     __u8 last = (cs->flow & SP_FLOW_LAST_EGRESS) ? SP_DIR_EGRESS : SP_DIR_INGRESS;
@@ -368,8 +403,30 @@ static __always_inline int shed(struct sp_conn_state *cs, __u8 dir)
     if (boundary) {
         __u32 slot = SP_CTL_SHED_PERMILLE;
         __u64 *share = control.lookup(&slot);
-        __u32 h = (__u32)((cs->conn_id * 0x9E3779B97F4A7C15ULL) >> 32) % 1000;
-        if (share && h < *share) {
+        __u64 limit = share ? *share : 0;
+        int out = 0;
+        if (limit) {
+            __u32 h = (__u32)((cs->conn_id * 0x9E3779B97F4A7C15ULL) >> 32) % 1000;
+            if (starts == SP_DIR_EGRESS) {
+                out = h < limit || parent_shed(pid_tgid, owner);
+            } else {
+                __u8 one = 1;
+                out = h < limit;
+                if (cs->up_tgid) {
+                    /* the request comes from a traced client on this host: its fate was
+                     * decided there, and the whole trace shares it */
+                    struct sp_conn_key k = {.tgid = cs->up_tgid, .fd = cs->up_fd};
+                    struct sp_conn_state *up = conns.lookup(&k);
+                    if (up && up->conn_id == cs->up_conn_id)
+                        out = (up->flow & SP_FLOW_SHED) != 0;
+                }
+                if (out)
+                    shed_serving.update(&pid_tgid, &one);
+                else
+                    shed_serving.delete(&pid_tgid);
+            }
+        }
+        if (out) {
             if (!(flow & SP_FLOW_SHED))
                 count(SP_CNT_CONNS_SHED);
             flow |= SP_FLOW_SHED;
@@ -588,18 +645,22 @@ static __always_inline int sp_on_enter(void *ctx, __u32 op, __u64 a0, __u64 a1, 
         /* Egress is emitted at entry, while the bytes are in the user buffer and
          * before the peer can possibly read them: a traced peer's read on this
          * host then always comes later in the ring buffer (cross-service links). */
-        if (!wanted(cs, a1, a2) || shed(cs, SP_DIR_EGRESS))
+        if (!wanted(cs, a1, a2))
             return 0;
         __s32 owner = task_owner(pid_tgid);
+        if (shed(cs, SP_DIR_EGRESS, pid_tgid, owner))
+            return 0;
         emit_data(ctx, cs, pid_tgid, fd, a.conn_id, ts, SP_DIR_EGRESS, SP_DATA_AT_ENTRY, 0,
                   a1, a2, capture, owner);
         a.asked = a2;
     } else if (op == OP_WRITEV) {
         struct sp_iovec first = {};
         bpf_probe_read_user(&first, sizeof(first), (void *)a1);
-        if (!wanted(cs, first.base, first.len) || shed(cs, SP_DIR_EGRESS))
+        if (!wanted(cs, first.base, first.len))
             return 0;
         __s32 owner = task_owner(pid_tgid);
+        if (shed(cs, SP_DIR_EGRESS, pid_tgid, owner))
+            return 0;
         emit_iovecs(ctx, cs, pid_tgid, &a, SP_DIR_EGRESS, a1, a2, 0x7fffffffffffffffLL, ts, owner);
     }
     if (active.update(&pid_tgid, &a) != 0) {
@@ -650,6 +711,27 @@ static __always_inline __u8 known_ends(struct sp_conn_event *ev)
     return known;
 }
 
+/* A server connection whose two ends are known: the traced client on this host at its
+ * other end, if any, whose shedding it follows (see shed()). At accept, or at the
+ * getpeername/getsockname that told the ends accept() was not asked for (libuv). */
+static __always_inline void follow_client(struct sp_conn_state *cs, struct sp_conn_event *ev)
+{
+#if SP_WITH_PORTS
+    if (cs->up_tgid || known_ends(ev) != (SP_KNOWN_PEER | SP_KNOWN_LOCAL))
+        return;
+    struct sp_ends_key k = {.family = ev->family, .local_port = ev->peer_port,
+                            .peer_port = ev->local_port};
+    __builtin_memcpy(k.local_addr, ev->peer_addr, 16);
+    __builtin_memcpy(k.peer_addr, ev->local_addr, 16);
+    struct sp_sk_owner *up = client_ends.lookup(&k);
+    if (up) {
+        cs->up_tgid = up->tgid;
+        cs->up_fd = up->fd;
+        cs->up_conn_id = up->conn_id;
+    }
+#endif
+}
+
 static __always_inline void open_conn(void *ctx, __u64 pid_tgid, struct sp_active *a,
                                       __s32 fd, __u8 role, __u64 conn_id, __u64 ts)
 {
@@ -665,6 +747,8 @@ static __always_inline void open_conn(void *ctx, __u64 pid_tgid, struct sp_activ
     struct sp_conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
     struct sp_conn_state cs = {.conn_id = conn_id, .role = role,
                                .known = known_ends(&ev)};
+    if (role == SP_ROLE_SERVER)
+        follow_client(&cs, &ev);
     if (conns.update(&key, &cs) != 0)
         count(SP_CNT_CONN_FULL);
     output(ctx, &ev, sizeof(ev));
@@ -710,8 +794,13 @@ static __always_inline int sp_on_exit(void *ctx, __s64 ret, __u32 ops)
         ev.listen_fd = -1;
         ev.role = a.role;
         read_sockaddr(a.ptr, &ev, a.op == OP_GETPEERNAME);
-        if (a.op == OP_GETPEERNAME && a.role == SP_ROLE_SERVER)
+        if (a.op == OP_GETPEERNAME && a.role == SP_ROLE_SERVER) {
             local_of_accepted(&ev);
+            struct sp_conn_key key = {.tgid = pid_tgid >> 32, .fd = a.fd};
+            struct sp_conn_state *cs = conns.lookup(&key);
+            if (cs && cs->conn_id == a.conn_id)
+                follow_client(cs, &ev);
+        }
         output(ctx, &ev, sizeof(ev));
         return 0;
     }
@@ -733,7 +822,7 @@ static __always_inline int sp_on_exit(void *ctx, __s64 ret, __u32 ops)
     if (!cs || cs->conn_id != a.conn_id)
         return 0;
     if (SP_EXIT_IS(OP_READ)) {
-        if (!wanted(cs, a.ptr, ret) || shed(cs, SP_DIR_INGRESS))
+        if (!wanted(cs, a.ptr, ret) || shed(cs, SP_DIR_INGRESS, pid_tgid, -1))
             return 0;
         emit_data(ctx, cs, pid_tgid, a.fd, a.conn_id, ts, SP_DIR_INGRESS, 0, 0, a.ptr, ret,
                   a.capture, -1);
@@ -741,7 +830,7 @@ static __always_inline int sp_on_exit(void *ctx, __s64 ret, __u32 ops)
         struct sp_iovec first = {};
         bpf_probe_read_user(&first, sizeof(first), (void *)a.ptr);
         if (!wanted(cs, first.base, first.len < (__u64)ret ? first.len : (__u64)ret)
-            || shed(cs, SP_DIR_INGRESS))
+            || shed(cs, SP_DIR_INGRESS, pid_tgid, -1))
             return 0;
         emit_iovecs(ctx, cs, pid_tgid, &a, SP_DIR_INGRESS, a.ptr, a.len, ret, ts, -1);
     }
@@ -922,6 +1011,10 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         __builtin_memcpy(ev.local_addr, args->saddr, 4);
         __builtin_memcpy(ev.peer_addr, args->daddr, 4);
     }
+    struct sp_ends_key k = {.family = ev.family, .local_port = ev.local_port, .peer_port = ev.peer_port};
+    __builtin_memcpy(k.local_addr, ev.local_addr, 16);
+    __builtin_memcpy(k.peer_addr, ev.peer_addr, 16);
+    client_ends.update(&k, o);
     connecting.delete(&sk);
     output(args, &ev, sizeof(ev));
     return 0;

@@ -12,7 +12,7 @@ import http.client
 import threading
 import time
 
-import requests
+import pytest
 
 from spanprobe.budget import EVERY_S as BUDGET_EVERY_S
 from tests.support.checks import uid
@@ -85,9 +85,12 @@ def test_a_cpu_budget_sheds_whole_requests_counts_each_and_recovers(tmp, receive
         # idle again: the share grows back to every connection (and stays: the last word)
         _traced_again(agent)
         after = uid()
-        with requests.Session() as s:
-            for i in range(20):
-                assert s.get(f"{app.url}/users/{after + i}", timeout=10).status_code == 200
+        conn = http.client.HTTPConnection("127.0.0.1", app.port, timeout=10)
+        for i in range(20):
+            conn.request("GET", f"/users/{after + i}")
+            r = conn.getresponse()
+            assert r.status == 200 and r.read()
+        conn.close()
         time.sleep(2)
         assert agent.stop() == 0
         c = agent.final_counters()
@@ -106,3 +109,65 @@ def test_a_cpu_budget_sheds_whole_requests_counts_each_and_recovers(tmp, receive
         assert c["budget_shed_permille"] == 0 and c["budget_cpu_percent_used"] < 5.0, c
     finally:
         app.stop()
+
+
+@pytest.mark.parametrize("kind", ["stdlib-http-server", "fastapi-uvicorn"])
+def test_a_trace_is_left_out_whole_across_tasks_and_services(tmp, receiver, kind):
+    """Two traced services on this host, a front whose every request calls the one
+    downstream: threads (stdlib) or asyncio tasks (FastAPI). The call out of a shed request
+    is shed with it (made by the thread that read the request, or by the task whose server
+    connection is shed), and the downstream's request from a shed call is shed too (the
+    kernel side knows the client end): no CLIENT span is exported without its SERVER parent,
+    no downstream SERVER span without its CLIENT parent, and each one left out is counted."""
+    names = (f"budget-front-{kind}", f"budget-down-{kind}")     # the receiver serves the module
+    down = App(kind, tmp, service=names[1])
+    front = App(kind, tmp, service=names[0], downstream=down.url)
+    try:
+        # FastAPI's front makes a client per request: fewer requests a second, a lower budget
+        budget = BUDGET if kind == "stdlib-http-server" else "3"
+        agent = Agent(["--port", str(front.port), "--port", str(down.port), "--max-cpu-percent", budget,
+                       "--otlp-endpoint", f"http://127.0.0.1:{receiver.grpc_port}"], tmp)
+        # asyncio linking (task owners) turns on at a process's first call out: before the load
+        sent: list[int] = []
+        warm = uid()
+        _load(front.port, f"/call?n={warm}", time.monotonic() + 1.0, True, sent, [])
+        if kind == "fastapi-uvicorn":
+            agent.wait_for(r"asyncio linking on for pid")
+        failures: list[str] = []
+        until = time.monotonic() + LOAD_S
+        threads = [threading.Thread(target=_load, args=(front.port, f"/call?n={uid()}", until, i < KEPT_ALIVE,
+                                                        sent, failures))
+                   for i in range(KEPT_ALIVE + FRESH)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not failures, failures[:3]
+        agent.wait_for(rf"over max_cpu_percent {budget}\.0%: shedding")
+        _traced_again(agent)
+        time.sleep(1)
+        assert agent.stop() == 0
+        c = agent.final_counters()
+        spans = [sp for sp in receiver.spans if sp["resource"]["service.name"] in names]
+        fronts = {sp["span_id"] for sp in spans if sp["kind"] == "SERVER" and sp["resource"]["service.name"] == names[0]}
+        calls = {sp["span_id"]: sp for sp in spans if sp["kind"] == "CLIENT"}
+        downs = [sp for sp in spans if sp["kind"] == "SERVER" and sp["resource"]["service.name"] == names[1]]
+        loaded = sum(sent)
+        assert 0 < len(fronts) < loaded and c["kernel_requests_shed"] > 0, (len(fronts), loaded, c)
+        # each request, call out and downstream request: a span or a count
+        assert len(fronts) + len(calls) + len(downs) + c["kernel_requests_shed"] == 3 * loaded, \
+            (len(fronts), len(calls), len(downs), loaded, c)
+        # the warm-up's calls came before linking was on: unlinked, with or without a budget
+        linked = [sp for sp in calls.values() if sp["attributes"].get("url.path") != f"/users/{warm}"]
+        orphans = [sp for sp in linked if sp["parent_span_id"] not in fronts]
+        if kind == "stdlib-http-server":
+            assert orphans == [], orphans[:3]
+        else:
+            # a call whose task the kernel side could not tell (not linked through it) falls
+            # back to its thread's last request read, on an event loop maybe another's
+            assert len(orphans) <= len(calls) - c["task_links"], (len(orphans), len(calls), c["task_links"])
+        assert [sp for sp in downs if sp["parent_span_id"] not in calls] == []
+        assert c["exchanges_dropped_gap"] == 0 and c["kernel_events_lost"] == 0, c
+    finally:
+        front.stop()
+        down.stop()
