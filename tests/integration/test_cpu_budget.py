@@ -50,6 +50,20 @@ def _load(port: int, path: str, until: float, keep_alive: bool, sent: list[int],
     sent.append(n)
 
 
+def _drive(port: int, path, sent: list[int]) -> None:
+    """LOAD_S of load: KEPT_ALIVE clients on a connection each, FRESH on a new one per
+    request, client i asking for path(i); what each sent is appended to `sent`."""
+    failures: list[str] = []
+    until = time.monotonic() + LOAD_S
+    threads = [threading.Thread(target=_load, args=(port, path(i), until, i < KEPT_ALIVE, sent, failures))
+               for i in range(KEPT_ALIVE + FRESH)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]
+
+
 def _traced_again(agent: Agent, timeout: float = 60.0) -> None:
     """Wait until the agent's last budget line says every connection is traced again. Called
     two budget steps after the load: the step after it ended may still measure load."""
@@ -71,16 +85,7 @@ def test_a_cpu_budget_sheds_whole_requests_counts_each_and_recovers(tmp, receive
         agent.wait_for(r"CPU budget: max_cpu_percent 5\.0% of one CPU, for the agent and its kernel programs")
         base = uid()
         sent: list[int] = []
-        failures: list[str] = []
-        until = time.monotonic() + LOAD_S
-        threads = [threading.Thread(target=_load, args=(app.port, f"/users/{base + i}", until, i < KEPT_ALIVE,
-                                                        sent, failures))
-                   for i in range(KEPT_ALIVE + FRESH)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not failures, failures[:3]
+        _drive(app.port, lambda i: f"/users/{base + i}", sent)
         agent.wait_for(r"CPU budget: [\d.]+% of a CPU used, over max_cpu_percent 5\.0%: shedding")
         # idle again: the share grows back to every connection (and stays: the last word)
         _traced_again(agent)
@@ -133,16 +138,7 @@ def test_a_trace_is_left_out_whole_across_tasks_and_services(tmp, receiver, kind
         _load(front.port, f"/call?n={warm}", time.monotonic() + 1.0, True, sent, [])
         if kind == "fastapi-uvicorn":
             agent.wait_for(r"asyncio linking on for pid")
-        failures: list[str] = []
-        until = time.monotonic() + LOAD_S
-        threads = [threading.Thread(target=_load, args=(front.port, f"/call?n={uid()}", until, i < KEPT_ALIVE,
-                                                        sent, failures))
-                   for i in range(KEPT_ALIVE + FRESH)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not failures, failures[:3]
+        _drive(front.port, lambda i: f"/call?n={uid()}", sent)
         agent.wait_for(rf"over max_cpu_percent {budget}\.0%: shedding")
         _traced_again(agent)
         time.sleep(1)
