@@ -373,23 +373,25 @@ static __always_inline void note_server(__u64 pid_tgid, __s32 fd)
  * requests from a traced client on this host, which follow that client's fate. Each
  * connection shed and each request start not sent is counted; the first record after a
  * shed connection is back says so (SP_DATA_RESUMED). 1 = leave these bytes out. */
-/* Threads that last started serving a request the budget left out: the calls out they
- * make for it are left out too (processes without asyncio task owners). */
+/* Per thread, while a budget is set: whether the request it last started serving was
+ * left out (1) or kept (0); its calls out follow. Removed when the thread exits. */
 BPF_TABLE("lru_hash", __u64, __u8, shed_serving, 16384);
 
-/* Is this call out made for a request the budget left out? Its task's server connection
- * is shed (asyncio, the owner known), or else its thread last started serving a shed
- * request (a thread per request; on an event loop's thread, the last request read, which
- * may be another's: then a call is left out or kept apart from its parent, counted either
- * way). A client span is otherwise never exported without its parent. */
+/* Was the request this call out is made for left out (1), kept (0), or is it unknown
+ * (-1)? Its task's server connection says (asyncio, the owner known), or else the request
+ * its thread last started serving (a thread per request; on an event loop's thread, the
+ * last request read, which may be another's: then a call is left out or kept apart from
+ * its parent, counted either way). */
 static __always_inline int parent_shed(__u64 pid_tgid, __s32 owner)
 {
     if (owner >= 0) {
         struct sp_conn_key k = {.tgid = pid_tgid >> 32, .fd = owner};
         struct sp_conn_state *srv = conns.lookup(&k);
-        return srv && (srv->flow & SP_FLOW_SHED);
+        if (srv)
+            return (srv->flow & SP_FLOW_SHED) != 0;
     }
-    return shed_serving.lookup(&pid_tgid) != 0;
+    __u8 *v = shed_serving.lookup(&pid_tgid);
+    return v ? *v : -1;
 }
 
 static __always_inline int shed(struct sp_conn_state *cs, __u8 dir, __u64 pid_tgid, __s32 owner)
@@ -400,31 +402,28 @@ static __always_inline int shed(struct sp_conn_state *cs, __u8 dir, __u64 pid_tg
     __u8 flow = (cs->flow & ~SP_FLOW_LAST_EGRESS) | SP_FLOW_SEEN;
     if (dir == SP_DIR_EGRESS)
         flow |= SP_FLOW_LAST_EGRESS;
-    if (boundary) {
-        __u32 slot = SP_CTL_SHED_PERMILLE;
+    __u32 slot = SP_CTL_BUDGET;
+    __u64 *budget = control.lookup(&slot);
+    if (boundary && budget && *budget) {
+        slot = SP_CTL_SHED_PERMILLE;
         __u64 *share = control.lookup(&slot);
         __u64 limit = share ? *share : 0;
-        int out = 0;
-        if (limit) {
-            __u32 h = (__u32)((cs->conn_id * 0x9E3779B97F4A7C15ULL) >> 32) % 1000;
-            if (starts == SP_DIR_EGRESS) {
-                out = h < limit || parent_shed(pid_tgid, owner);
-            } else {
-                __u8 one = 1;
-                out = h < limit;
-                if (cs->up_tgid) {
-                    /* the request comes from a traced client on this host: its fate was
-                     * decided there, and the whole trace shares it */
-                    struct sp_conn_key k = {.tgid = cs->up_tgid, .fd = cs->up_fd};
-                    struct sp_conn_state *up = conns.lookup(&k);
-                    if (up && up->conn_id == cs->up_conn_id)
-                        out = (up->flow & SP_FLOW_SHED) != 0;
-                }
-                if (out)
-                    shed_serving.update(&pid_tgid, &one);
-                else
-                    shed_serving.delete(&pid_tgid);
+        __u32 h = (__u32)((cs->conn_id * 0x9E3779B97F4A7C15ULL) >> 32) % 1000;
+        __u8 out = h < limit;
+        if (starts == SP_DIR_EGRESS) {
+            int parent = parent_shed(pid_tgid, owner);   /* a known parent decides */
+            if (parent >= 0)
+                out = parent;
+        } else {
+            if (cs->up_tgid) {
+                /* the request comes from a traced client on this host: its fate was
+                 * decided there, and the whole trace shares it */
+                struct sp_conn_key k = {.tgid = cs->up_tgid, .fd = cs->up_fd};
+                struct sp_conn_state *up = conns.lookup(&k);
+                if (up && up->conn_id == cs->up_conn_id)
+                    out = (up->flow & SP_FLOW_SHED) != 0;
             }
+            shed_serving.update(&pid_tgid, &out);
         }
         if (out) {
             if (!(flow & SP_FLOW_SHED))
@@ -711,9 +710,18 @@ static __always_inline __u8 known_ends(struct sp_conn_event *ev)
     return known;
 }
 
+static __always_inline int v4_mapped(const __u8 *a)
+{
+    __u64 hi = 0;
+    __u32 mid = 0;
+    __builtin_memcpy(&hi, a, 8);
+    __builtin_memcpy(&mid, a + 8, 4);
+    return hi == 0 && mid == 0xffff0000;    /* ::ffff:a.b.c.d, little-endian load */
+}
+
 /* A server connection whose two ends are known: the traced client on this host at its
  * other end, if any, whose shedding it follows (see shed()). At accept, or at the
- * getpeername/getsockname that told the ends accept() was not asked for (libuv). */
+ * getpeername that told the peer accept() was not asked for (libuv). */
 static __always_inline void follow_client(struct sp_conn_state *cs, struct sp_conn_event *ev)
 {
 #if SP_WITH_PORTS
@@ -723,6 +731,14 @@ static __always_inline void follow_client(struct sp_conn_state *cs, struct sp_co
                             .peer_port = ev->local_port};
     __builtin_memcpy(k.local_addr, ev->peer_addr, 16);
     __builtin_memcpy(k.peer_addr, ev->local_addr, 16);
+    if (k.family == SP_AF_INET6 && v4_mapped(k.local_addr) && v4_mapped(k.peer_addr)) {
+        /* an IPv4 client of a dual-stack server: the client's socket says AF_INET */
+        k.family = SP_AF_INET;
+        __builtin_memmove(k.local_addr, k.local_addr + 12, 4);
+        __builtin_memmove(k.peer_addr, k.peer_addr + 12, 4);
+        __builtin_memset(k.local_addr + 4, 0, 12);
+        __builtin_memset(k.peer_addr + 4, 0, 12);
+    }
     struct sp_sk_owner *up = client_ends.lookup(&k);
     if (up) {
         cs->up_tgid = up->tgid;
@@ -821,6 +837,10 @@ static __always_inline int sp_on_exit(void *ctx, __s64 ret, __u32 ops)
     struct sp_conn_state *cs = conns.lookup(&key);
     if (!cs || cs->conn_id != a.conn_id)
         return 0;
+    /* before the budget's decision: a task created for a request left out has that
+     * request's connection as its owner, not an earlier one's (parent_shed) */
+    if (cs->role == SP_ROLE_SERVER && cs->proto != PROTO_OTHER)
+        note_server(pid_tgid, a.fd);
     if (SP_EXIT_IS(OP_READ)) {
         if (!wanted(cs, a.ptr, ret) || shed(cs, SP_DIR_INGRESS, pid_tgid, -1))
             return 0;
@@ -834,8 +854,6 @@ static __always_inline int sp_on_exit(void *ctx, __s64 ret, __u32 ops)
             return 0;
         emit_iovecs(ctx, cs, pid_tgid, &a, SP_DIR_INGRESS, a.ptr, a.len, ret, ts, -1);
     }
-    if (cs->role == SP_ROLE_SERVER)
-        note_server(pid_tgid, a.fd);
     return 0;
 }
 
@@ -893,6 +911,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     __u32 tid = (__u32)pid_tgid;
     __u32 tgid = pid_tgid >> 32;
     active.delete(&pid_tgid);
+    shed_serving.delete(&pid_tgid);
     if (tid != tgid) {
         traced.delete(&tid);
         return 0;

@@ -74,7 +74,8 @@ enum sp_counter {
  * no bpf(2) map update, so nothing the kernel side runs is skipped meanwhile. */
 enum sp_control {
     SP_CTL_SHED_PERMILLE = 0,    /* thousandths of connections to shed (0 = trace all) */
-    SP_CTL_MAX = 1,
+    SP_CTL_BUDGET = 1,           /* 1 = a CPU budget is set: decisions are kept per thread */
+    SP_CTL_MAX = 2,
 };
 
 struct sp_header {

@@ -72,7 +72,8 @@ class CpuBudget:
             return None
         cpu_s = now.agent_s - last.agent_s
         if now.programs_ns is not None and last.programs_ns is not None:
-            cpu_s += (now.programs_ns - last.programs_ns) / 1e9
+            # a program detached in between takes its total with it: never below nothing
+            cpu_s += max(0, now.programs_ns - last.programs_ns) / 1e9
         self.used_percent = 100.0 * cpu_s / (now.at - last.at)
         before = self.permille
         self.kept = next_share(self.kept, self.used_percent, self.budget)

@@ -50,7 +50,8 @@ COUNTERS = {
 COUNTER_SLOTS = 9
 # Settings written through mmap(2) (enum sp_control), by slot.
 CONTROL_SHED_PERMILLE = 0
-CONTROL_SLOTS = 1
+CONTROL_BUDGET = 1
+CONTROL_SLOTS = 2
 MAX_CAPTURE = 4096
 TAIL_BYTES = 8
 

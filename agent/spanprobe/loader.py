@@ -178,9 +178,11 @@ class BpfSession:
     # ---- the CPU budget (budget.py) ----
     def set_shed(self, permille: int) -> None:
         """Thousandths of connections the kernel side leaves out from their next request
-        on: written through mmap(2), no bpf(2) call (kstats.py says why that matters)."""
+        on (the first call also says a budget is set): written through mmap(2), no bpf(2)
+        call (kstats.py says why that matters)."""
         if self.control is None:
             self.control = MappedCounters(self.table("control").map_fd, ev.CONTROL_SLOTS, writable=True)
+            self.control.write(ev.CONTROL_BUDGET, 1)
         self.control.write(ev.CONTROL_SHED_PERMILLE, permille)
 
     def count_program_time(self) -> str | None:

@@ -139,6 +139,7 @@ class Agent:
         self._kernel_counters: dict[str, int] = {}
         self.losses = LossReport()
         self.budget: CpuBudget | None = None
+        self._shed_written = 0            # the share the kernel side was last given
 
     # ---- set-up ----
     def start(self) -> None:
@@ -189,6 +190,8 @@ class Agent:
             return
         why = self.session.count_program_time()
         self.budget = CpuBudget(limit)
+        self.session.set_shed(0)          # a budget is set: the kernel side keeps what it needs
+        self._shed_written = 0
         log.info("CPU budget: max_cpu_percent %.1f%% of one CPU, for the agent %s", limit,
                  "and its kernel programs" if why is None
                  else f"alone: its kernel programs' run time is not known ({why})")
@@ -196,10 +199,12 @@ class Agent:
 
     def _budget_step(self) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)      # every thread of the agent
-        share = self.budget.step(Reading(time.monotonic(), usage.ru_utime + usage.ru_stime,
-                                         self.session.programs_cpu_ns()))
-        if share is not None:
+        self.budget.step(Reading(time.monotonic(), usage.ru_utime + usage.ru_stime,
+                                 self.session.programs_cpu_ns()))
+        share = self.budget.permille
+        if share != self._shed_written:   # until written: a failed write is tried again
             self.session.set_shed(share)
+            self._shed_written = share
 
     # ---- buffer callbacks (called from inside the session's poll) ----
     def _on_raw(self, ctx, data, size) -> int:

@@ -31,7 +31,8 @@ class KernelSession(Protocol):
         """False when the kernel side has that (pid, fd) already; raises when it can't."""
     def counters(self) -> dict[str, int]: ...
     def set_shed(self, permille: int) -> None:
-        """Thousandths of connections to leave out from their next request (budget.py)."""
+        """Thousandths of connections to leave out from their next request (budget.py);
+        the first call also tells the kernel side a budget is set."""
     def count_program_time(self) -> str | None:
         """Have the kernel account the programs' run time; None, or why it will not."""
     def programs_cpu_ns(self) -> int | None:

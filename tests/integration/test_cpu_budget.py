@@ -26,14 +26,15 @@ LOAD_S = 5.0
 KEPT_ALIVE, FRESH = 2, 4   # clients on one keep-alive connection each; a connection per request
 
 
-def _load(port: int, path: str, until: float, keep_alive: bool, sent: list[int], failures: list[str]) -> None:
-    """Requests back to back until `until`: on one connection, or on a new one each."""
+def _load(port: int, path, until: float, keep_alive: bool, sent: list[int], failures: list[str]) -> None:
+    """Requests back to back until `until`, the k-th for path(k): on one connection, or on
+    a new one each."""
     n = 0
     c = None
     try:
         while time.monotonic() < until:
             c = c or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            c.request("GET", path)
+            c.request("GET", path(n))
             r = c.getresponse()
             r.read()
             if r.status != 200:
@@ -52,10 +53,11 @@ def _load(port: int, path: str, until: float, keep_alive: bool, sent: list[int],
 
 def _drive(port: int, path, sent: list[int]) -> None:
     """LOAD_S of load: KEPT_ALIVE clients on a connection each, FRESH on a new one per
-    request, client i asking for path(i); what each sent is appended to `sent`."""
+    request, client i's k-th request for path(i, k); what each sent is appended to `sent`."""
     failures: list[str] = []
     until = time.monotonic() + LOAD_S
-    threads = [threading.Thread(target=_load, args=(port, path(i), until, i < KEPT_ALIVE, sent, failures))
+    threads = [threading.Thread(target=_load, args=(port, lambda k, i=i: path(i, k), until, i < KEPT_ALIVE,
+                                                    sent, failures))
                for i in range(KEPT_ALIVE + FRESH)]
     for t in threads:
         t.start()
@@ -85,7 +87,7 @@ def test_a_cpu_budget_sheds_whole_requests_counts_each_and_recovers(tmp, receive
         agent.wait_for(r"CPU budget: max_cpu_percent 5\.0% of one CPU, for the agent and its kernel programs")
         base = uid()
         sent: list[int] = []
-        _drive(app.port, lambda i: f"/users/{base + i}", sent)
+        _drive(app.port, lambda i, k: f"/users/{base + i}", sent)
         agent.wait_for(r"CPU budget: [\d.]+% of a CPU used, over max_cpu_percent 5\.0%: shedding")
         # idle again: the share grows back to every connection (and stays: the last word)
         _traced_again(agent)
@@ -135,17 +137,18 @@ def test_a_trace_is_left_out_whole_across_tasks_and_services(tmp, receiver, kind
         # asyncio linking (task owners) turns on at a process's first call out: before the load
         sent: list[int] = []
         warm = uid()
-        _load(front.port, f"/call?n={warm}", time.monotonic() + 1.0, True, sent, [])
+        _load(front.port, lambda k: f"/call?n={warm}", time.monotonic() + 1.0, True, sent, [])
         if kind == "fastapi-uvicorn":
             agent.wait_for(r"asyncio linking on for pid")
-        _drive(front.port, lambda i: f"/call?n={uid()}", sent)
+        base = uid() * 1000
+        _drive(front.port, lambda i, k: f"/call?n={base + 100_000 * i + k}", sent)    # one n each
         agent.wait_for(rf"over max_cpu_percent {budget}\.0%: shedding")
-        _traced_again(agent)
         time.sleep(1)
         assert agent.stop() == 0
         c = agent.final_counters()
         spans = [sp for sp in receiver.spans if sp["resource"]["service.name"] in names]
-        fronts = {sp["span_id"] for sp in spans if sp["kind"] == "SERVER" and sp["resource"]["service.name"] == names[0]}
+        fronts = {sp["span_id"]: sp for sp in spans
+                  if sp["kind"] == "SERVER" and sp["resource"]["service.name"] == names[0]}
         calls = {sp["span_id"]: sp for sp in spans if sp["kind"] == "CLIENT"}
         downs = [sp for sp in spans if sp["kind"] == "SERVER" and sp["resource"]["service.name"] == names[1]]
         loaded = sum(sent)
@@ -153,16 +156,29 @@ def test_a_trace_is_left_out_whole_across_tasks_and_services(tmp, receiver, kind
         # each request, call out and downstream request: a span or a count
         assert len(fronts) + len(calls) + len(downs) + c["kernel_requests_shed"] == 3 * loaded, \
             (len(fronts), len(calls), len(downs), loaded, c)
+
+        def n_of(sp):        # the number a front asked downstream for: /call?n=N -> /users/N
+            a = sp["attributes"]
+            q = a.get("url.query", "")
+            return q[2:] if q.startswith("n=") else (a.get("url.path") or a.get("url.full", "")).rsplit("/", 1)[-1]
         # the warm-up's calls came before linking was on: unlinked, with or without a budget
-        linked = [sp for sp in calls.values() if sp["attributes"].get("url.path") != f"/users/{warm}"]
-        orphans = [sp for sp in linked if sp["parent_span_id"] not in fronts]
+        linked = [sp for sp in calls.values() if n_of(sp) != str(warm)]
+        astray = [sp for sp in linked if sp["parent_span_id"] not in fronts
+                  or n_of(fronts[sp["parent_span_id"]]) != n_of(sp)]
         if kind == "stdlib-http-server":
-            assert orphans == [], orphans[:3]
+            assert astray == [], astray[:3]
+            # and a request kept has its call kept: the thread decides both
+            children = {}
+            for sp in linked:
+                children[sp["parent_span_id"]] = children.get(sp["parent_span_id"], 0) + 1
+            assert all(children.get(i) == 1 for i, f in fronts.items() if n_of(f) != str(warm)), children
         else:
             # a call whose task the kernel side could not tell (not linked through it) falls
             # back to its thread's last request read, on an event loop maybe another's
-            assert len(orphans) <= len(calls) - c["task_links"], (len(orphans), len(calls), c["task_links"])
-        assert [sp for sp in downs if sp["parent_span_id"] not in calls] == []
+            assert len(astray) <= len(calls) - c["task_links"], (len(astray), len(calls), c["task_links"])
+        # a downstream request follows its call, whoever's: never without it, never another's
+        assert [sp for sp in downs if sp["parent_span_id"] not in calls
+                or n_of(calls[sp["parent_span_id"]]) != n_of(sp)] == []
         assert c["exchanges_dropped_gap"] == 0 and c["kernel_events_lost"] == 0, c
     finally:
         front.stop()

@@ -127,3 +127,26 @@ def test_a_bad_budget_is_a_one_line_error_naming_the_key(value):
 def test_the_budget_comes_from_the_environment_too():
     s = resolve({}, env={"SPANPROBE_BUDGET_MAX_CPU_PERCENT": "12.5"})
     assert s["budget.max_cpu_percent"] == 12.5
+
+
+def test_a_share_the_kernel_side_did_not_take_is_written_again(root):  # noqa: F811
+    session = FakeSession()
+    agent, session, _ = make_agent(root, {"budget.max_cpu_percent": 5.0}, session)
+    agent.start()
+    assert session.shed == [0]                        # at start: a budget is set, nothing shed
+    calls = []
+
+    def refuse_once(permille):
+        calls.append(permille)
+        if len(calls) == 1:
+            raise OSError("mmap write failed")
+        session.shed.append(permille)
+    session.set_shed = refuse_once
+    agent.budget.last = Reading(agent.budget.last.at - 1.0, agent.budget.last.agent_s - 0.2, 0)
+    with pytest.raises(OSError):
+        agent._budget_step()
+    # a second near the budget (4.8%): the share holds, and is written now all the same
+    agent.budget.last = Reading(agent.budget.last.at - 1.0, agent.budget.last.agent_s - 0.048, 0)
+    agent._budget_step()
+    assert len(calls) == 2 and session.shed[-1] == calls[0] >= 750
+    agent.shutdown()
