@@ -200,8 +200,8 @@ def markdown(result: dict) -> str:
                       f"for {b['budget_percent']:g}%, they used **{b['used_cpu_percent']:.1f}%** "
                       f"({'held' if b['held'] else 'NOT held'} within ±{b['held_within'] * 100:.0f}%, "
                       f"each measured over two steps after one to settle). {b['spans']:,} spans and "
-                      f"{_f(b['requests_shed'], '{:,}')} requests shed ({_f(b['connections_shed'], '{:,}')} "
-                      f"connections) for {b['completed']:,}..{b['sent']:,} requests: "
+                      f"{_f(b['requests_shed'], '{:,}')} requests shed (connections left out {_f(b['connections_shed'], '{:,}')} times) "
+                      f"for {b['completed']:,}..{b['sent']:,} requests: "
                       f"{'each one a span or a count' if b['accounted'] else 'NOT each a span or a count'}; "
                       f"lost events {sum((b['lost_events'] or {}).values())}.", ""]
     if result.get("targets"):
