@@ -403,8 +403,8 @@ static __always_inline int shed(struct sp_conn_state *cs, __u8 dir, __u64 pid_tg
     if (dir == SP_DIR_EGRESS)
         flow |= SP_FLOW_LAST_EGRESS;
     __u32 slot = SP_CTL_BUDGET;
-    __u64 *budget = control.lookup(&slot);
-    if (boundary && budget && *budget) {
+    __u64 *budget = boundary ? control.lookup(&slot) : 0;   /* only where an exchange starts */
+    if (budget && *budget) {
         slot = SP_CTL_SHED_PERMILLE;
         __u64 *share = control.lookup(&slot);
         __u64 limit = share ? *share : 0;
