@@ -65,11 +65,11 @@ class CpuBudget:
         """Thousandths of connections to shed, as the kernel side takes them."""
         return min(1000, max(0, round((1.0 - self.kept) * 1000)))
 
-    def step(self, now: Reading) -> int | None:
-        """A new reading: the share to shed in thousandths when it changed, else None."""
+    def step(self, now: Reading) -> None:
+        """A new reading: the share to shed (`permille`) follows what the last window cost."""
         last, self.last = self.last, now
         if last is None or now.at <= last.at:
-            return None
+            return
         cpu_s = now.agent_s - last.agent_s
         if now.programs_ns is not None and last.programs_ns is not None:
             # a program detached in between takes its total with it: never below nothing
@@ -77,9 +77,7 @@ class CpuBudget:
         self.used_percent = 100.0 * cpu_s / (now.at - last.at)
         before = self.permille
         self.kept = next_share(self.kept, self.used_percent, self.budget)
-        after = self.permille
-        self._say(before, after)
-        return after if after != before else None
+        self._say(before, self.permille)
 
     def _say(self, before: int, after: int) -> None:
         if after and not self.shedding:

@@ -34,20 +34,22 @@ def test_near_the_budget_the_share_holds():
 
 def test_a_step_measures_the_agent_and_its_programs_over_the_window():
     b = CpuBudget(10.0)
-    assert b.step(Reading(100.0, 1.0, 0)) is None                    # the first reading: a start
+    b.step(Reading(100.0, 1.0, 0))                                   # the first reading: a start
+    assert b.permille == 0
     # 0.3 s of the agent and 0.1 s of programs in 2 s: 20% of a CPU, twice the budget
-    assert b.step(Reading(102.0, 1.3, 100_000_000)) == 500
-    assert b.used_percent == pytest.approx(20.0)
-    assert b.step(Reading(103.0, 1.395, 100_000_000)) is None        # 9.5%: near it, share held
+    b.step(Reading(102.0, 1.3, 100_000_000))
+    assert b.permille == 500 and b.used_percent == pytest.approx(20.0)
+    b.step(Reading(103.0, 1.395, 100_000_000))                       # 9.5%: near it, share held
     assert b.counters() == {"budget_cpu_percent_used": 9.5, "budget_shed_permille": 500}
-    assert b.step(Reading(104.0, 1.4, 100_000_000)) == 0             # 0.5%: all traced again
+    b.step(Reading(104.0, 1.4, 100_000_000))                         # 0.5%: all traced again
+    assert b.permille == 0
 
 
 def test_without_the_programs_run_time_the_agent_alone_is_measured():
     b = CpuBudget(10.0)
     b.step(Reading(0.0, 0.0, None))
-    assert b.step(Reading(1.0, 0.4, None)) == 750
-    assert b.used_percent == pytest.approx(40.0)
+    b.step(Reading(1.0, 0.4, None))
+    assert b.permille == 750 and b.used_percent == pytest.approx(40.0)
 
 
 def test_shedding_and_its_end_are_said_once_each(caplog):
