@@ -80,7 +80,6 @@ def run_step(ctx, receiver: ReceiverProcess, port: int, rate: int) -> dict:
                                "--otlp-protocol", "http/protobuf"])
     try:
         cpu0 = cpu_seconds(agent.proc.pid)      # from ready on: BPF compile excluded
-        bpf0, _ = bpf_run_time(agent.proc.pid)
         warm = wrk(procs, port, 1.0, 4, cpu=plan.app_cpu, pause_ms=plan.pause_ms)
         start = before + warm["completed"]
         got, _ = receiver.wait_until(start, timeout=30.0, quiet=0.3, stall=5.0)
@@ -93,7 +92,6 @@ def run_step(ctx, receiver: ReceiverProcess, port: int, rate: int) -> dict:
         got, drain = receiver.wait_until(start + load["completed"], timeout=plan.step_s + 20,
                                          quiet=1.0, stall=5.0)
         memory = memory_kib(agent.proc.pid)
-        bpf_ns = bpf_run_time(agent.proc.pid)[0] - bpf0
     finally:
         agent.stop()
     final = agent.final()
@@ -109,7 +107,7 @@ def run_step(ctx, receiver: ReceiverProcess, port: int, rate: int) -> dict:
         "offered_rps": load["rps"], "wrk_errors": load["error_count"],
         "warmup_requests": warm["completed"], "tcp_sockets_at_start": tcp,
         "spans": spans, "spans_per_s": spans / load["duration_s"], "drain_s": drain,
-        "agent_cpu_s": cpu, "bpf_cpu_s": bpf_ns / 1e9,
+        "agent_cpu_s": cpu,
         # CPU from ready to exit over every span it exported (warm-up included)
         "cpu_us_per_span": cpu / (got - before) * 1e6 if got > before else None,
         "agent_memory_kib": memory, "lost_events": lost, "agent_final": final,

@@ -191,7 +191,6 @@ class Agent:
         why = self.session.count_program_time()
         self.budget = CpuBudget(limit)
         self.session.set_shed(0)          # a budget is set: the kernel side keeps what it needs
-        self._shed_written = 0
         log.info("CPU budget: max_cpu_percent %.1f%% of one CPU, for the agent %s", limit,
                  "and its kernel programs" if why is None
                  else f"alone: its kernel programs' run time is not known ({why})")
