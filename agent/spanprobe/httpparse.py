@@ -225,6 +225,7 @@ class MessageParser:
 
     def _framing(self) -> None:
         msg = self.msg
+        assert msg is not None
         self.on_head(msg)
         if msg.is_request:
             if msg.chunked:
@@ -264,6 +265,7 @@ class MessageParser:
 
     def _head_done(self, raw: bytes, partial: bool) -> bool:
         msg = self.msg
+        assert msg is not None
         msg.head_size = len(raw) + (0 if partial else 4)
         msg.truncated = partial
         try:
@@ -307,10 +309,12 @@ class MessageParser:
             elif state == HEAD:
                 pos = self._head(data, pos, end, ts)
             elif state == BODY:
+                msg = self.msg
+                assert msg is not None
                 n = min(self.remaining, end - pos)
                 self.remaining -= n
-                self.msg.body_size += n
-                if self.msg.body is not None:
+                msg.body_size += n
+                if msg.body is not None:
                     self._keep(data[pos:pos + n])
                 pos += n
                 if self.remaining == 0:
@@ -318,16 +322,20 @@ class MessageParser:
             elif state == CHUNK_SIZE:
                 pos = self._chunk_line(data, pos, end)
             elif state == CHUNK_DATA:
+                msg = self.msg
+                assert msg is not None
                 n = min(self.remaining, end - pos)
-                if self.msg.body is not None:
+                if msg.body is not None:
                     self._keep(data[pos:pos + max(0, min(n, self.remaining - 2))])
                 self._chunk_bytes(n)
                 pos += n
             elif state == CHUNK_TRAILER:
                 pos = self._trailer(data, pos, end, ts)
             elif state in (UNTIL_CLOSE, OPEN, CHUNK_LOST):
-                self.msg.body_size += end - pos
-                if self.msg.body is not None and state != CHUNK_LOST:
+                msg = self.msg
+                assert msg is not None
+                msg.body_size += end - pos
+                if msg.body is not None and state != CHUNK_LOST:
                     self._keep(data[pos:end])
                 pos = end
             elif state == RESYNC:
@@ -384,19 +392,23 @@ class MessageParser:
         return end
 
     def _keep(self, chunk: bytes) -> None:
-        if self.msg.body_incomplete:
+        msg = self.msg
+        assert msg is not None and msg.body is not None
+        if msg.body_incomplete:
             return          # after a hole the bytes are not contiguous any more
-        body = self.msg.body
+        body = msg.body
         room = self.keep_body - len(body)
         if len(chunk) > room:
             chunk = chunk[:max(room, 0)]
-            self.msg.body_incomplete = True
+            msg.body_incomplete = True
         body += chunk
 
     def _chunk_bytes(self, n: int) -> None:
         # chunk data is followed by CRLF, which `remaining` includes
         body = max(0, min(n, self.remaining - 2))
-        self.msg.body_size += body
+        msg = self.msg
+        assert msg is not None
+        msg.body_size += body
         self.remaining -= n
         if self.remaining == 0:
             self.state = CHUNK_SIZE
@@ -460,6 +472,7 @@ class MessageParser:
         if not self._head_done(raw, True):
             return
         msg = self.msg
+        assert msg is not None
         if msg.is_request and msg.method in _BODYLESS_REQUESTS and not msg.chunked \
                 and not msg.declared_length:
             self.on_head(msg)
@@ -474,26 +487,30 @@ class MessageParser:
 
     def _gap(self, gap: int, ts: int) -> None:
         state = self.state
-        if self.msg is not None and self.msg.body is not None and state not in (IDLE, HEAD, RESYNC):
-            self.msg.body_incomplete = True   # bytes of the body were not captured
+        msg = self.msg
+        if msg is not None and msg.body is not None and state not in (IDLE, HEAD, RESYNC):
+            msg.body_incomplete = True   # bytes of the body were not captured
         if state == IDLE or state == RESYNC:
             self.lost_bytes += gap
         elif state == HEAD:
             self._truncated_head(ts)
         elif state == BODY:
+            assert msg is not None
             n = min(self.remaining, gap)
             self.remaining -= n
-            self.msg.body_size += n
+            msg.body_size += n
             if self.remaining == 0:
                 self.lost_bytes += gap - n
                 self._finish(ts)
         elif state == CHUNK_DATA and gap <= self.remaining:
             self._chunk_bytes(gap)
         elif state in (CHUNK_DATA, CHUNK_SIZE, CHUNK_TRAILER):
-            self.msg.body_size += gap
+            assert msg is not None
+            msg.body_size += gap
             self.state = CHUNK_LOST
         else:   # UNTIL_CLOSE, OPEN, CHUNK_LOST
-            self.msg.body_size += gap
+            assert msg is not None
+            msg.body_size += gap
 
     def lose_sync(self) -> None:
         """Bytes of this direction went missing (the kernel could not send them): what was

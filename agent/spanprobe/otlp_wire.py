@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 _FIXED64 = struct.Struct("<Q").pack
 _FIXED32 = struct.Struct("<I").pack
@@ -198,7 +199,7 @@ class SpanEncoder:
             if s.events or s.links:
                 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
                 return encode_spans(spans).SerializePartialToString()
-        groups: dict[int, tuple[object, dict[int, tuple[object, list[bytes]]]]] = {}
+        groups: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
         span = self.span
         for s in spans:
             res = s.resource
@@ -212,9 +213,9 @@ class SpanEncoder:
             enc = span(s)
             entry[1].extend((_T_SS_SPAN, varint(len(enc)), enc))
         out = []
-        for res, scopes in groups.values():
+        for res, by_scope in groups.values():
             body = [self._resource(res)]
-            for scope, parts in scopes.values():
+            for scope, parts in by_scope.values():
                 scope_body = self._scope(scope) + b"".join(parts)
                 if scope is not None and scope.schema_url:
                     scope_body += _string(_T_SCHEMA_URL, scope.schema_url)

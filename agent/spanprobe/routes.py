@@ -28,7 +28,7 @@ def _opaque(segment: str) -> bool:
 
 def heuristic(path: str) -> str:
     parts = path.split("/")
-    out = []
+    out: list[str] = []
     for seg in parts:
         if not seg:
             out.append(seg)
@@ -63,7 +63,7 @@ class Template:
                 return None
         elif len(parts) != len(self.segments):
             return None
-        params = {}
+        params: dict[str, str] = {}
         for i, (want, name) in enumerate(zip(self.segments, self.names)):
             if want is None:
                 value = "/".join(parts[i:]) if self.greedy and i == len(self.segments) - 1 else parts[i]
@@ -71,6 +71,7 @@ class Template:
                     return None
                 if self.checks and self.checks[i] is not None and not self.checks[i].fullmatch(value):
                     return None
+                assert name is not None      # a parameter's segment has its name
                 params[name] = value
             elif want != parts[i]:
                 return None
@@ -78,7 +79,8 @@ class Template:
 
 
 def compile_template(text: str) -> Template:
-    segs, names = [], []
+    segs: list[str | None] = []
+    names: list[str | None] = []
     greedy = False
     for seg in text.strip("/").split("/") if text.strip("/") else []:
         m = _PARAM.match(seg)

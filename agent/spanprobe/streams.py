@@ -22,6 +22,7 @@ import random
 import re
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Callable
 
 from . import events as ev
@@ -262,6 +263,7 @@ class Assembler:
         self._unindex_client(conn)
         self._unbuffer(conn)
         for parser in (conn.ingress, conn.egress):
+            assert parser is not None
             self.counts["parse_errors"] += parser.parse_errors
             self.counts["lost_bytes"] += parser.lost_bytes
         self.counts["exchanges_dropped"] += len(conn.inflight)
@@ -286,7 +288,9 @@ class Assembler:
 
     def _unindex_client(self, conn: Connection) -> None:
         key, conn.link_key = conn.link_key, None
-        lst = self.client_by_tuple.get(key) if key is not None else None
+        if key is None:
+            return
+        lst = self.client_by_tuple.get(key)
         if lst and conn in lst:
             lst.remove(conn)
             if not lst:
@@ -297,10 +301,10 @@ class Assembler:
 
     def _wire(self, conn: Connection) -> None:
         server = conn.role == ev.ROLE_SERVER
-        conn.requests = MessageParser(True, lambda m, c=conn: self._request_head(c, m),
-                                      lambda m, c=conn: self._request_done(c, m))
-        conn.responses = MessageParser(False, lambda m, c=conn: self._response_head(c, m),
-                                       lambda m, c=conn: self._response_done(c, m))
+        conn.requests = MessageParser(True, partial(self._request_head, conn),
+                                      partial(self._request_done, conn))
+        conn.responses = MessageParser(False, partial(self._response_head, conn),
+                                       partial(self._response_done, conn))
         conn.ingress = conn.requests if server else conn.responses
         conn.egress = conn.responses if server else conn.requests
         conn.requests.keep_body, conn.responses.keep_body = self.body_needs(conn)
@@ -341,8 +345,10 @@ class Assembler:
         self.conns.pop(conn.key, None)
         self._unbuffer(conn)
         for parser in (conn.ingress, conn.egress):
+            assert parser is not None
             self.counts["parse_errors"] += parser.parse_errors
             self.counts["lost_bytes"] += parser.lost_bytes
+        assert conn.responses is not None and conn.requests is not None
         conn.responses.close(ts)
         conn.requests.close(ts)    # a request that never finished arriving: not served
         while conn.inflight:
@@ -380,6 +386,7 @@ class Assembler:
         elif e.flags & ev.DATA_RESUMED:
             self.gap(conn, "gaps_shed")
         if e.direction == ev.DIR_INGRESS:
+            assert conn.ingress is not None
             conn.ingress.feed(h.ts_ns, h.tid, e.data, e.length, e.tail)
             self._account(conn, h.ts_ns)
             return
@@ -394,6 +401,7 @@ class Assembler:
             data, length = data[n:], length - n
             if length <= 0:
                 return
+        assert conn.egress is not None
         conn.egress.feed(h.ts_ns, h.tid, data, length, e.tail)
         self._account(conn, h.ts_ns)
 
@@ -411,6 +419,7 @@ class Assembler:
         conn.inflight.clear()
         conn.refused = 0
         conn.resync = True
+        assert conn.requests is not None and conn.responses is not None
         conn.requests.lose_sync()
         conn.responses.lose_sync()
         if conn.buffered:
@@ -419,6 +428,7 @@ class Assembler:
     def _account(self, conn: Connection, ts: int) -> None:
         """Keep the bytes parsers buffer under the global budget: over it, cut the
         buffers of the least recently active connections first."""
+        assert conn.ingress is not None and conn.egress is not None
         n = len(conn.ingress.buf) + len(conn.egress.buf)
         if n == 0 and conn.buffered == 0:
             return
@@ -454,6 +464,7 @@ class Assembler:
             conn.egress_skip += e.asked - sent
         elif sent > e.asked:
             # vectored call with more buffers than the kernel copied: a gap
+            assert conn.egress is not None
             conn.egress.feed(e.h.ts_ns, e.h.tid, b"", sent - e.asked)
         # the write finished later than its entry: move the end of what it completed
         last = conn.last_egress
@@ -507,6 +518,7 @@ class Assembler:
                 self.unlisted[conn.tgid] = self.unlisted.get(conn.tgid, 0) + 1
                 self.counts["serving_unlisted"] += 1
         else:
+            assert conn.responses is not None
             conn.responses.pending_methods.append(msg.method or "GET")
 
     def _request_done(self, conn: Connection, msg: Message) -> None:
