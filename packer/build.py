@@ -65,7 +65,9 @@ def inputs_key(target: str) -> str:
     h = hashlib.sha256(disk.key(target).encode())
     files = [REPO / "pyproject.toml", REPO / "requirements" / "constraints.txt"]
     for top in ("agent/spanprobe", "bpf", "ansible/roles", "packer/scripts"):
-        files += sorted(p for p in (REPO / top).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        # (not the agent's mypyc build, spanprobe/_compiled: built per checkout, not in the wheel)
+        files += sorted(p for p in (REPO / top).rglob("*")
+                        if p.is_file() and "__pycache__" not in p.parts and "_compiled" not in p.parts)
     files += sorted(HERE.glob("*.pkr.hcl")) + [HERE / f"{target}.pkrvars.hcl", REPO / "ansible" / "appliance.yml",
                                                REPO / "ansible" / "ansible.cfg", Path(__file__)]
     files += sorted((REPO / "ansible").glob("*.py"))      # the wheelhouse, how Ansible reaches the VM

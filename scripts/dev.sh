@@ -24,7 +24,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${SPANPROBE_CACHE:-/var/cache/spanprobe}
 export SPANPROBE_CACHE=$CACHE
-APT_PACKAGES=(python3-bpfcc python3-venv python3-pip bpftool gcc libc6-dev curl iproute2 make)
+APT_PACKAGES=(python3-bpfcc python3-venv python3-pip python3-dev bpftool gcc libc6-dev curl iproute2 make)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'spanprobe: %s\n' "$*" >&2; exit 1; }
@@ -135,6 +135,10 @@ setup_bench() {
   export SPANPROBE_BENCH_PYTHON=$dir/bin/python
 }
 
+# The agent's hot modules compiled by mypyc (scripts/compile_agent.py; spanprobe/native.py
+# uses the build only while its sources are unchanged); rebuilt when they change.
+setup_native() { "$VENV/bin/python" "$ROOT/scripts/compile_agent.py"; }
+
 setup() {
   need_root
   local t0=$SECONDS
@@ -142,6 +146,7 @@ setup() {
   setup_kernel_fs
   setup_headers
   setup_venv
+  setup_native
   setup_app_venvs
   say "setup done in $((SECONDS - t0)) s (venv $VENV)"
 }

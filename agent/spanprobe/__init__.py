@@ -7,3 +7,7 @@ wired together by pipeline.py and driven from cli.py.
 """
 
 __version__ = "0.1.0"
+
+from . import native as _native
+
+_native.use_compiled(__path__)   # the hot modules compiled by mypyc, when built from these sources

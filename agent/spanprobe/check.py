@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+from . import native
 from .caps import check as missing_capabilities
 from .errors import SpanprobeError
 from .headers import read_status
@@ -26,6 +27,7 @@ def gather(settings, load: bool = True, root: SysRoot | None = None) -> dict:
     report: dict = {"ok": False}
     release = os.uname().release
     report["kernel"] = release
+    report["hot_modules"] = native.state()
     headers = read_status(release)
     report["headers"] = headers.describe(release)
     report["headers_exact"] = headers.exact
@@ -97,6 +99,7 @@ def run_check(settings, load: bool = True, as_json: bool = False) -> int:
         if not report.get("headers_exact", False) and "nearest" in report["headers"]:
             print("warning:     kernel headers do not match the running kernel (nearest Debian ones)")
         print(f"bcc:         {report.get('bcc') or 'missing'}")
+        print(f"hot modules: {report['hot_modules']}")
         if "btf" in report:
             print(f"btf:         {'yes' if report['btf'] else 'no'}")
             print(f"ring buffer: {'yes' if report['ring_buffer'] else 'no (perf buffer)'}")

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
+from . import native
 from .adoption import adopt_established
 from .budget import EVERY_S as BUDGET_EVERY_S
 from .budget import CpuBudget, Reading
@@ -172,9 +173,10 @@ class Agent:
         self.exporter = ExportQueue(exporters, self.settings["export.queue_size"],
                                     self.settings["export.batch_size"], self.settings["export.max_attempts"],
                                     max_retry_delay=self.settings["export.max_retry_delay_s"])
-        log.info("ready strategy=%s transport=%s compile=%.1fs selected=%s adopted=%d hooks=%s",
+        log.info("ready strategy=%s transport=%s compile=%.1fs selected=%s adopted=%d hot_modules=%s hooks=%s",
                  s.plan.strategy, s.plan.transport, s.compile_s,
-                 "all" if self.selection.trace_all else len(selected), adoption.adopted, ",".join(s.attached))
+                 "all" if self.selection.trace_all else len(selected), adoption.adopted,
+                 native.state().split(" ", 1)[0], ",".join(s.attached))
         for name, why in s.plan.skipped:
             log.info("probe %s skipped: %s", name, why)
         for name, why in self.passed_over:

@@ -68,7 +68,8 @@ def test_an_agent_error_is_its_message_and_exit_code(capsys, monkeypatch):
     assert err.strip().splitlines()[-1] == "spanprobe: missing CAP_BPF: run as root"
 
 
-REPORT = {"ok": True, "kernel": "6.18.0", "headers": "exact (6.18.0)", "headers_exact": True, "bcc": "0.26.0",
+REPORT = {"ok": True, "kernel": "6.18.0", "hot_modules": "compiled (mypyc)", "headers": "exact (6.18.0)",
+          "headers_exact": True, "bcc": "0.26.0",
           "btf": True, "ring_buffer": True, "syscall_tracepoints": ["read"],
           "strategies": {"tracepoint": "available", "kprobe": "unavailable: no CONFIG_KPROBES",
                          "fentry": "available"},
@@ -82,6 +83,7 @@ def test_check_prints_the_chosen_strategy(capsys, monkeypatch):
     assert check.run_check({}, load=True) == 0
     out = capsys.readouterr().out
     assert "chosen:      tracepoint + ringbuf, loaded in 9.5s" in out
+    assert "hot modules: compiled (mypyc)" in out
     assert "passed over: fentry: compile/load failed: refused" in out
     assert out.strip().endswith("ok: spanprobe can run here")
 
