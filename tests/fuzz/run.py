@@ -9,11 +9,15 @@ writes there) and the repository's corpus after it (only read).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "agent")]
+# atheris measures coverage in Python bytecode: the agent's sources, not its mypyc build
+# (test_fuzz.py replays every input through the build and compares: replay.py)
+os.environ["SPANPROBE_COMPILED"] = "0"
 
 import atheris  # noqa: E402
 

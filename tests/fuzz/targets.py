@@ -59,9 +59,18 @@ def check_message(m) -> None:
     assert m.body is None or len(m.body) <= KEEP_BODY
 
 
-def http(data: bytes) -> None:
+def summary(m) -> tuple:
+    """What a message came out as: compared between the compiled and the source modules."""
+    return (m.is_request, m.method, m.target, m.status, m.version, tuple(m.headers.items()),
+            m.head_size, m.body_size, m.declared_length, m.chunked, m.complete, m.truncated,
+            m.interim, None if m.body is None else bytes(m.body), m.body_incomplete,
+            m.start_ts, m.end_ts, m.tid)
+
+
+def http(data: bytes) -> tuple:
+    """The target, and what it made of the input (replay.py compares that across builds)."""
     if len(data) < 5:
-        return
+        return ()
     flags, seed, stream = data[0], int.from_bytes(data[1:5], "little"), data[5:]
     rng = random.Random(seed)
     done = []
@@ -89,6 +98,7 @@ def http(data: bytes) -> None:
     check_parser(p)
     for m in done:
         check_message(m)
+    return (tuple(summary(m) for m in done), p.parse_errors, p.lost_bytes, p.state, p.remaining)
 
 
 # ---------------------------------------------------------------- jsonprefix
@@ -189,9 +199,10 @@ def _slot(slot: int) -> tuple[int, int]:
     return (100 if slot < 2 else 200), 5 + slot
 
 
-def assembler(data: bytes) -> None:
+def assembler(data: bytes) -> tuple:
+    """The target, and what it made of the input, without the random trace and span ids."""
     if not data:
-        return
+        return ()
     keep = data[0] & 1
     out = []
     asm = Assembler(out.append, body_needs=lambda conn: (KEEP_BODY, KEEP_BODY) if keep else (0, 0))
@@ -251,6 +262,11 @@ def assembler(data: bytes) -> None:
         check_message(x.request)
         if x.response is not None:
             check_message(x.response)
+    return (tuple((summary(x.request), None if x.response is None else summary(x.response),
+                   x.conn.role, x.conn.tgid, x.conn.fd, x.conn.conn_id, x.parent_span_id is None,
+                   x.parent_remote, x.trace_flags, x.aborted, x.error_type, x.ended_ts)
+                  for x in out),
+            tuple(sorted(asm.counts.items())))
 
 
 # ---------------------------------------------------------------- app_routes
@@ -315,6 +331,9 @@ def target_resource_env(data: bytes) -> None:
         assert len(value) <= target_resource.MAX_ATTRIBUTE_CHARS
     assert min(own.skipped, own.dropped, own.cut) >= 0
 
+
+# the targets whose code spanprobe.native compiles: their outcomes must not depend on it
+COMPILED_TARGETS = ("http", "assembler")
 
 TARGETS = {"http": http, "jsonprefix": jsonprefix, "assembler": assembler,
            "app_routes": app_route_source, "target_resource": target_resource_env}

@@ -17,6 +17,7 @@ tests/unit/test_hostile_regressions.py, with the input inline.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.fuzz.seeds import CORPUS, SEEDS
-from tests.fuzz.targets import TARGETS
+from tests.fuzz.targets import COMPILED_TARGETS, TARGETS
 
 HERE = Path(__file__).resolve().parent
 SECONDS = int(os.environ.get("SPANPROBE_FUZZ_SECONDS", "30"))
@@ -90,3 +91,33 @@ def test_fuzz(target, fuzz_runs):
     assert stats and int(stats[-1].split(":")[-1]) > 0, report
     print(f"\n{target}: {stats[-1].split(':')[-1].strip()} inputs in {SECONDS} s, "
           f"{len(list(new.iterdir()))} new")
+
+
+def _replay(target: str, dirs: list[Path], compiled: bool) -> dict:
+    env = dict(os.environ, SPANPROBE_COMPILED="1" if compiled else "0")
+    run = subprocess.run([sys.executable, str(HERE / "replay.py"), target, *map(str, dirs)],
+                         capture_output=True, text=True, errors="replace", env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout)
+
+
+@pytest.mark.parametrize("target", COMPILED_TARGETS)
+def test_compiled_modules_agree_with_their_sources(target, fuzz_runs):
+    """The fuzzer explores the sources (coverage is measured in bytecode); the agent runs
+    their mypyc build. Every input of the corpus and of this run must come out the same
+    through both, failures included."""
+    _, new = fuzz_runs[target].result()
+    dirs = [CORPUS / target, new]
+    compiled = _replay(target, dirs, compiled=True)
+    if not compiled["build"].startswith("compiled"):
+        pytest.skip(f"the agent's hot modules are not compiled here ({compiled['build']}): "
+                    "python scripts/compile_agent.py")
+    source = _replay(target, dirs, compiled=False)
+    assert source["build"].startswith("source"), source["build"]
+    assert compiled["outcomes"].keys() == source["outcomes"].keys()
+    differ = sorted(k for k, v in compiled["outcomes"].items() if source["outcomes"][k] != v)
+    assert not differ, (f"{len(differ)} of {len(source['outcomes'])} inputs came out differently "
+                        f"compiled; replay one with SPANPROBE_COMPILED=0 and =1: "
+                        f"{sys.executable} {HERE / 'replay.py'} {target} <dir>\n{differ[:10]}")
+    print(f"\n{target}: {len(differ)} of {len(source['outcomes'])} inputs differ between the mypyc "
+          "build and the sources")
