@@ -64,6 +64,7 @@ def run_one(ctx, app: str, config: str, rnd: int, rate: float | None) -> dict:
                                        "--otlp-protocol", "http/protobuf"],
                                       prefix=["chrt", "--idle", "0"] if config == "spanprobe-idle" else [])
             row["strategy"] = agent.strategy       # auto: what this kernel offers
+            row["hot_modules"] = agent.hot_modules
             cpu0 = cpu_seconds(agent.proc.pid)      # from ready on: BPF compile excluded
         warm = wrk(procs, port, plan.warmup_s, plan.wrk_connections)
         if agent is not None:

@@ -224,12 +224,14 @@ class BenchAgent(Agent):
     def __init__(self, args, tmp, env=None, prefix=None):
         self.rusage_cpu: float | None = None
         self.strategy: str | None = None      # the attach strategy its ready line names
+        self.hot_modules: str | None = None   # compiled or source (spanprobe.native), the same
         self.killed = False
         super().__init__(args, tmp, env=env, wait_ready=False, prefix=prefix)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         try:
-            self.strategy = self.wait_for(r" ready strategy=(\S+)", timeout).group(1)
+            ready = self.wait_for(r" ready strategy=(\S+) .*hot_modules=(\S+)", timeout)
+            self.strategy, self.hot_modules = ready.group(1), ready.group(2)
         except (RuntimeError, TimeoutError) as exc:
             self.stop()
             raise BenchError(f"the agent did not start: {str(exc).splitlines()[0]} "

@@ -55,6 +55,7 @@ def summarize(rows: list[dict]) -> dict:
                 f["bpf_us_per_req"] = _median(r.get("bpf_us_per_req") for r in rs)
                 f["bpf_runs_per_req"] = _median(r.get("bpf_runs_per_req") for r in rs)
             if config in AGENT_CONFIGS:
+                f["hot_modules"] = sorted({r.get("hot_modules") or "?" for r in rs})
                 f["agent_cpu_ms_per_1k"] = _median(r.get("agent_cpu_ms_per_1k") for r in rs)
                 f["agent_cpu_us_per_span"] = _median(r.get("agent_cpu_us_per_span") for r in rs)
                 f["agent_rss_mib"] = _median(r["agent_memory_kib"]["VmRSS"] / 1024 for r in rs)
@@ -150,7 +151,8 @@ def markdown(result: dict) -> str:
                     f"{f['server_spans_received']} / {f['requests_completed']}"
                     + ("" if f["requests_sent"] == f["requests_completed"] else f"..{f['requests_sent']}")
                     + (" ✓" if f["spans_match"] else " ✗"))
-                label = CONFIG_LABELS[config] + (f" ({', '.join(f['strategies'])})" if f.get("strategies") else "")
+                label = CONFIG_LABELS[config] + (
+                    f" ({', '.join(f['strategies'] + f.get('hot_modules', []))})" if f.get("strategies") else "")
                 lines.append(
                     f"| {APP_LABELS.get(app, app)} | {label} | {_f(f['rps'], '{:,.0f}')} "
                     f"| {'–' if config == 'bare' else _pct(-f.get('throughput_overhead_pct', 0.0))} "
@@ -169,7 +171,8 @@ def markdown(result: dict) -> str:
                   "programs' run time (kernel.bpf_stats_enabled=1 for the whole benchmark), per "
                   "request (under the hooks configuration, the empty programs': the price of the hooks "
                   "alone; in brackets, the attach strategy: the floor compares with spanprobe only "
-                  "when both name the same). Agent CPU: from its ready line to its exit (rusage), per SERVER span "
+                  "when both name the same; for the agent, also whether its hot modules ran compiled "
+                  "by mypyc or from source, as its ready line says). Agent CPU: from its ready line to its exit (rusage), per SERVER span "
                   "received. Receiver CPU: the benchmark's OTLP receiver's own CPU per span received; "
                   "it parses them on the load core, beside wrk, the load generator and the agent, so "
                   "only the rows that send spans carry it. Lost events: the agent's loss counters (kernel ring "
@@ -179,7 +182,8 @@ def markdown(result: dict) -> str:
     t = result.get("throughput")
     if t:
         lines += [
-            f"Agent throughput (agent alone on one CPU, {t['step_s']:g} s per step, fresh agent per step):",
+            f"Agent throughput (agent alone on one CPU, {t['step_s']:g} s per step, fresh agent per step; "
+            f"its hot modules: {', '.join(sorted({s.get('hot_modules') or '?' for s in t['steps']})) or '?'}):",
             "",
             "| asked spans/s | offered req/s | received spans/s | agent CPU µs/span | drain s | "
             "lost events | sustained |",

@@ -111,6 +111,7 @@ def run_step(ctx, receiver: ReceiverProcess, port: int, rate: int) -> dict:
         # CPU from ready to exit over every span it exported (warm-up included)
         "cpu_us_per_span": cpu / (got - before) * 1e6 if got > before else None,
         "agent_memory_kib": memory, "lost_events": lost, "agent_final": final,
+        "hot_modules": agent.hot_modules,
         "spans_match": low <= got - before <= high,
         "sustained": (not lost and low <= got - before <= high
                       and drain <= MAX_DRAIN_S and load["error_count"] == 0),
