@@ -55,7 +55,7 @@ def build() -> None:
         setup.write_text(
             "from setuptools import setup\n"
             "from mypyc.build import mypycify\n"
-            f"setup(name='spanprobe-hot', ext_modules=mypycify(['--ignore-missing-imports', '--check-untyped-defs', *{[f'spanprobe/{m}.py' for m in native.MODULES]!r}]"
+            f"setup(name='spanprobe-hot', ext_modules=mypycify(['--ignore-missing-imports', '--check-untyped-defs', '--follow-imports=silent', *{[f'spanprobe/{m}.py' for m in native.MODULES]!r}]"
             f", opt_level='3', group_name={GROUP!r}, target_dir={str(work / 'c')!r}))\n")
         out = Path(tmp) / "out"
         env = dict(os.environ, MYPY_CACHE_DIR=str(work / "mypy-cache"))

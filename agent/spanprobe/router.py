@@ -211,9 +211,9 @@ class Router:
                 break
             try:
                 e = decode(raw)
-            except ev.DecodeError as exc:
+            except ev.DecodeError as bad:     # (a name of its own: compiled, a name has one type)
                 self.decode_errors += 1
-                log.debug("decode error: %s", exc)
+                log.debug("decode error: %s", bad)
                 continue
             except Exception as exc:
                 self.faults.record("decode", exc)

@@ -8,9 +8,10 @@ going through the SDK's tracer API costs 35-45 µs a span here, most of it in ma
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
@@ -20,6 +21,7 @@ from .clock import MonotonicToWall
 from .discovery import ProcessRegistry
 from .httpparse import METHODS
 from .privacy import REDACTED, Redactor
+from .readable import AgentSpan
 from .routes import RouteMatcher
 from .app_routes import AppRoutes
 from .streams import Exchange
@@ -34,19 +36,6 @@ SDK_ATTRIBUTES = {
     "telemetry.sdk.language": "python",
     "telemetry.sdk.version": __version__,
 }
-
-
-class AgentSpan(ReadableSpan):
-    """A span built from an exchange. It never has events or links and drops nothing (the
-    agent bounds attributes itself: attributes.py), so those are constants here: the SDK's
-    properties work them out at each read (a tuple copied, an isinstance through an ABC),
-    which the encoder paid for every span. Every other reader sees the same values."""
-
-    dropped_attributes = 0
-    dropped_events = 0
-    dropped_links = 0
-    events = ()
-    links = ()
 
 
 def split_host(value: str | None) -> tuple[str | None, int | None]:
@@ -86,7 +75,7 @@ class SpanBuilder:
         self.resources: dict[int, Resource] = {}
         self.app_routes: dict[int, AppRoutes | None] = {}     # pid -> its own route table
         self.extractor = extractor                 # business attributes (attributes.py)
-        self.rules_for = rules_for or (lambda conn: [])
+        self.rules_for: Callable[[Any], Sequence[Any]] = rules_for or (lambda conn: [])
         # what targets' own resource variables lost (target_resource), once per process
         self.counts = dict.fromkeys(("target_resource_pairs_skipped", "target_resource_attributes_dropped",
                                      "target_resource_attributes_cut", "target_resource_values_redacted",
@@ -127,7 +116,7 @@ class SpanBuilder:
         own SDK. Built once per process."""
         res = self.resources.get(pid)
         if res is None:
-            attrs: dict[str, object] = dict(SDK_ATTRIBUTES)
+            attrs: dict[str, Any] = dict(SDK_ATTRIBUTES)
             attrs["host.name"] = self.host_name
             info = self.registry.get(pid)
             if info is not None:
@@ -164,7 +153,7 @@ class SpanBuilder:
             route, configured = self.routes.route(path)
             if not configured and server:
                 route = self.app_route(conn.tgid, path) or route
-        attrs: dict[str, object] = {}
+        attrs: dict[str, Any] = {}
         if method in METHODS:
             attrs["http.request.method"] = method
         else:

@@ -82,3 +82,23 @@ def test_this_checkout_runs_its_build():
     if not ok:
         pytest.skip(f"no usable mypyc build in this checkout ({why}): python scripts/compile_agent.py")
     assert native.state() == "compiled (mypyc)"
+
+
+def test_no_name_is_bound_by_except_clauses_of_different_types():
+    """mypy lets each `except E as name` give `name` its own type, but in a mypyc-compiled
+    function a local has one: the second clause's exception is then a TypeError raised
+    inside the handler, past the isolation it was written for. (Seen: the router's decode
+    error and any other exception shared `exc`.)"""
+    import ast
+
+    found = []
+    for m in native.MODULES:
+        tree = ast.parse((native.PACKAGE / f"{m}.py").read_text())
+        for fn in ast.walk(tree):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                types: dict[str, set[str]] = {}
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.ExceptHandler) and node.name:
+                        types.setdefault(node.name, set()).add(ast.unparse(node.type) if node.type else "")
+                found += [f"{m}.{fn.name}: {name} {sorted(t)}" for name, t in types.items() if len(t) > 1]
+    assert not found

@@ -253,15 +253,24 @@ def test_a_truncated_record_and_a_failing_span_build_are_counted(root, caplog):
     caplog.set_level(logging.INFO, "spanprobe")
     agent, session, exporter = make_agent(root)
     agent.start()
-    real = agent.builder.build
     calls = []
 
-    def build(x):
-        calls.append(x)
-        if len(calls) == 1:
-            raise KeyError("odd exchange")
-        return real(x)
-    agent.builder.build = build
+    class FailsFirst:
+        """The agent's builder, whose first build fails (a compiled class's methods cannot
+        be replaced on its instance: the builder is wrapped instead)."""
+
+        def __init__(self, real):
+            self.real = real
+
+        def build(self, x):
+            calls.append(x)
+            if len(calls) == 1:
+                raise KeyError("odd exchange")
+            return self.real.build(x)
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+    agent.builder = FailsFirst(agent.builder)
     truncated = data(500, APP, 5, 7, ev.DIR_INGRESS, REQ)[:ev.HEADER.size + 4]
     session.inject(truncated, *exchange(1_000), *exchange(2_000, fd=6, conn_id=8))
     step(agent)
