@@ -46,12 +46,15 @@ def parallel(n: int, fn) -> list:
 # A span against the app's own clock, over 20 requests on one keep-alive connection:
 # - every span starts before the app's clock does (the request's first read comes before
 #   any framework code sees the request), give or take the clock alignment;
-# - the median |span duration - app duration| is under 0.5 ms.
-# Both hold however often the 2-core machine preempts the app between its clock read and
-# its syscall (that stretches single requests, never the order, and moves the median of 20
-# only when more than half are hit); a span that ended at the next request, at close, or
-# started at the connection's accept would fail them.
-DURATION_MEDIAN_MS = 0.5
+# - every span lies between the app's handling of the request before it and of the one
+#   after it: a span that ended at the next request, or started at the connection's
+#   accept or at an earlier request, would not;
+# - the median |span duration - app duration| is under 1 ms.
+# The order holds however often the 2-core machine preempts the app between its clock
+# read and its syscall (that stretches single requests, never the order); the median moves
+# only when more than half are hit, which a cold run's image builds beside the tests did
+# to uvicorn (0.54 ms against 0.5).
+DURATION_MEDIAN_MS = 1.0
 CLOCK_ALIGNMENT_NS = 200_000     # the agent's monotonic-to-wall offset against time.time_ns()
 
 
@@ -60,13 +63,15 @@ class DurationAgreement:
     median_ms: float            # median |span duration - app duration|
     worst_ms: float
     late_starts: int            # spans that start after the app's clock, beyond the alignment
+    out_of_turn: int = 0        # spans reaching into the app's handling of a neighbour request
 
     @property
     def ok(self) -> bool:
-        return self.median_ms < DURATION_MEDIAN_MS and self.late_starts == 0
+        return self.median_ms < DURATION_MEDIAN_MS and self.late_starts == 0 and self.out_of_turn == 0
 
     def __str__(self) -> str:
-        return f"median {self.median_ms:.2f} ms, max {self.worst_ms:.2f} ms, {self.late_starts} late starts"
+        return (f"median {self.median_ms:.2f} ms, max {self.worst_ms:.2f} ms, {self.late_starts} late starts, "
+                f"{self.out_of_turn} out of turn")
 
 
 def duration_agreement(app, receiver, service: str, n: int = 20) -> DurationAgreement:
@@ -89,7 +94,14 @@ def duration_agreement(app, receiver, service: str, n: int = 20) -> DurationAgre
     diffs = sorted(abs((spans[p]["end"] - spans[p]["start"]) - (timings[r][1] - timings[r][0])) / 1e6
                    for r, p in ids.items())
     late = sum(spans[p]["start"] > timings[r][0] + CLOCK_ALIGNMENT_NS for r, p in ids.items())
-    return DurationAgreement(statistics.median(diffs), diffs[-1], late)
+    order = list(ids.items())          # as sent, one after the other
+    out_of_turn = 0
+    for i, (r, p) in enumerate(order):
+        if i > 0 and spans[p]["start"] < timings[order[i - 1][0]][1] - CLOCK_ALIGNMENT_NS:
+            out_of_turn += 1
+        elif i + 1 < len(order) and spans[p]["end"] > timings[order[i + 1][0]][0] + CLOCK_ALIGNMENT_NS:
+            out_of_turn += 1
+    return DurationAgreement(statistics.median(diffs), diffs[-1], late, out_of_turn)
 
 
 def stream_span(app, receiver, service: str) -> tuple[float, dict]:
