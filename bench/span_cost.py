@@ -1,6 +1,6 @@
 """Per-span CPU cost of the agent's user-space path, side by side with the SDK's tracer API.
 
-    python bench/span_cost.py [--spans 20000]
+    python bench/span_cost.py [--spans 20000] [--both]
 
 Feeds synthetic kernel records (the same bytes the ring buffer delivers) through
 decode -> assemble -> build, then encodes the spans as OTLP protobuf (the agent's encoder,
@@ -9,13 +9,18 @@ OpenTelemetry SDK's tracer API. Two shapes of traffic: requests on one keep-aliv
 connection (uvicorn), and a connection per request (gunicorn's sync worker: five
 records a span), whose total includes the same encoding. CPU time
 (time.process_time), medians of 5 rounds, one process: ratios are what matter.
+`--both` runs it twice, with the agent's hot modules compiled by mypyc and from their
+sources (SPANPROBE_COMPILED=0, spanprobe/native.py), and prints the two side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
 
 from spanprobe import events as ev  # noqa: E402
+from spanprobe import native  # noqa: E402
 from spanprobe.clock import MonotonicToWall  # noqa: E402
 from spanprobe.discovery import ProcessRegistry  # noqa: E402
 from spanprobe.memory import settle_heap  # noqa: E402
@@ -160,7 +166,11 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--spans", type=int, default=20000)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--both", action="store_true", help="compiled and source, side by side")
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)   # --both's children
     a = p.parse_args()
+    if a.both:
+        return both(a)
     settle_heap()        # as the agent does once ready
     raw = records(a.spans)
     raw_per_request = records(a.spans, per_request=True)
@@ -189,6 +199,11 @@ def main() -> None:
         rows["agent: total per span"].append((t_build + t_enc) / a.spans * 1e6)
         rows["agent, a connection per request"].append((t_per_request + t_enc) / a.spans * 1e6)
         rows["SDK tracer API (no export)"].append(t_sdk / a.spans * 1e6)
+    medians = {name: statistics.median(vals) for name, vals in rows.items()}
+    if a.json:
+        print(json.dumps({"hot_modules": native.state(), "rows": medians}))
+        return
+    print(f"hot modules: {native.state()}")
     print(f"CPU µs per span, median of {a.rounds} rounds of {a.spans} spans (same process, same run)")
     print(f"{'path':<36}{'µs/span':>10}")
     for name, vals in rows.items():
@@ -196,6 +211,30 @@ def main() -> None:
     agent = statistics.median(rows["agent: total per span"])
     sdk = statistics.median(rows["SDK tracer API (no export)"])
     print(f"agent total / SDK API = {agent / sdk:.2f}; agent spans/s per core (user space) ~ {1e6 / agent:,.0f}")
+
+
+def both(a) -> None:
+    """This script twice, alternating compiled and source runs, each in a process of its own
+    (a process imports one build); per row the median of the runs and the ratio."""
+    runs: dict[str, list[dict]] = {"compiled": [], "source": []}
+    for _ in range(2):
+        for mode in runs:
+            env = dict(os.environ, SPANPROBE_COMPILED="1" if mode == "compiled" else "0")
+            out = subprocess.run([sys.executable, __file__, "--json", "--spans", str(a.spans),
+                                  "--rounds", str(a.rounds)], env=env, check=True,
+                                 capture_output=True, text=True).stdout
+            got = json.loads(out.strip().splitlines()[-1])
+            if mode == "compiled" and not got["hot_modules"].startswith("compiled"):
+                raise SystemExit(f"span_cost --both: no compiled build ({got['hot_modules']}): "
+                                 "run python scripts/compile_agent.py")
+            runs[mode].append(got["rows"])
+    print(f"CPU µs per span, medians of 2 processes each x {a.rounds} rounds of {a.spans} spans, "
+          "compiled and source processes alternated")
+    print(f"{'path':<36}{'compiled':>10}{'source':>10}{'ratio':>8}")
+    for name in runs["compiled"][0]:
+        c = statistics.median(r[name] for r in runs["compiled"])
+        s = statistics.median(r[name] for r in runs["source"])
+        print(f"{name:<36}{c:>10.1f}{s:>10.1f}{c / s:>8.2f}")
 
 
 if __name__ == "__main__":
