@@ -216,8 +216,8 @@ class Cell:
                 skipped = sum(int(n) for n in re.findall(r"kernel_prog_misses=\+(\d+)", self.log("agent")[mark:]))
                 if len(got) < 10 and skipped:
                     # The kernel skipped runs of the agent's programs (counted, and said in the
-                    # agent's warnings): seen on sid's 7.2 under TCG, where a program whose run
-                    # was preempted makes the next run of it on that CPU a miss. The events
+                    # agent's warnings): on sid's 7.2 a bpf(2) call preempted on a CPU, such as
+                    # the guest's other agents make, skips the programs run there meanwhile. The events
                     # those runs carried are lost with their spans, as the agent reports. One
                     # more round shows that everything else holds; both are in the result.
                     self.res["first_round"] = {"spans": len(got), "kernel_prog_misses": skipped,
