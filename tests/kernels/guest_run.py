@@ -428,16 +428,33 @@ def main(argv=None) -> int:
             cells[mode] = Cell(mode, work)
     t = time.monotonic()
     before_all = our_programs()
-    say(f"starting {', '.join(cells)} together")
-    for cell in cells.values():
-        cell.start()
+    # kprobe and tracepoint programs share the kernel's per-CPU guard for perf-event
+    # programs: while one run holds it, every other such run on that CPU is skipped
+    # (kernel_prog_misses). On sid's 7.2 the tracepoint cell lost spans that way with the
+    # kprobe agent attached (three cold CI runs of 2026-12-06, a second round included), so
+    # the kprobe agent starts only once the tracepoint cell is done and its agent gone:
+    # neither cell's traffic runs beside the other's programs. fentry programs each have a
+    # guard of their own: that agent starts with the first.
+    deferred = ["kprobe"] if "kprobe" in cells and "tracepoint" in cells else []
+    first = [m for m in cells if m not in deferred]
+    say(f"starting {', '.join(first)} together" + (f"; {', '.join(deferred)} after tracepoint" if deferred else ""))
+    for mode in first:
+        cells[mode].start()
     deadline = time.monotonic() + 900 * SLOW
-    for mode, cell in cells.items():
+    for mode in first:
+        cell = cells[mode]
         cell.await_ready(deadline)
         say(f"cell {mode}: ready after {cell.res.get('ready_s')} s (compile {cell.res.get('compile_s')})")
     result["times"]["start_s"] = round(time.monotonic() - t, 1)
-    for i, (mode, cell) in enumerate(cells.items()):
-        cell.alone = i == len(cells) - 1
+    order = first + deferred
+    for i, mode in enumerate(order):
+        cell = cells[mode]
+        if mode in deferred:
+            say(f"starting {mode} (the tracepoint agent has stopped)")
+            cell.start()
+            cell.await_ready(time.monotonic() + 900 * SLOW)
+            say(f"cell {mode}: ready after {cell.res.get('ready_s')} s (compile {cell.res.get('compile_s')})")
+        cell.alone = i == len(order) - 1
         result["cells"][mode] = cell.exercise()
         save()
     # a last look once every agent is gone: nothing of ours may be left at all
