@@ -4,10 +4,11 @@
     python scripts/compile_agent.py --clean  # remove the build
 
 The extension modules go to agent/spanprobe/_compiled/ (not in git, not in the wheel), with
-sources.json naming the SHA-256 of each source compiled; spanprobe.native uses them only
-while those sources are unchanged. Needs mypy (requirements/dev.txt), a C compiler and
-Python's headers (scripts/dev.sh setup installs them). The C files and objects are kept in
-$SPANPROBE_CACHE/mypyc-build so that a rebuild recompiles only what changed.
+sources.json (spanprobe.native.build_record: the modules, this Python's extension suffix,
+the SHA-256 of every source of the package); spanprobe.native uses them only while that
+record still holds. Needs mypy (requirements/dev.txt), a C compiler and Python's headers
+(scripts/dev.sh setup installs them). mypy's cache is kept in $SPANPROBE_CACHE/mypyc-build;
+every build compiles the whole group again (~30-60 s).
 """
 
 from __future__ import annotations
@@ -24,20 +25,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "agent"))
+os.environ["SPANPROBE_COMPILED"] = "0"     # this script reads the sources, never a build of them
 
 from spanprobe import native  # noqa: E402
 
 GROUP = native.RUNTIME.removesuffix("__mypyc")   # the group of modules mypyc builds together
 
 
-def wanted() -> dict[str, str]:
-    return {m: native.source_hash(native.PACKAGE / f"{m}.py") for m in native.MODULES}
-
-
 def build() -> None:
-    digests = wanted()
+    record = native.build_record()
     try:
-        if json.loads(native.SOURCES.read_text()) == digests:
+        if json.loads(native.SOURCES.read_text()) == record and native.fresh_build()[0]:
             print("compile_agent: up to date")
             return
     except (OSError, ValueError):
@@ -70,7 +68,10 @@ def build() -> None:
         native.COMPILED.mkdir()
         for so in built:
             shutil.copy2(so, native.COMPILED / so.name)
-        (native.COMPILED / "sources.json").write_text(json.dumps(digests, indent=1) + "\n")
+        (native.COMPILED / "sources.json").write_text(json.dumps(record, indent=1) + "\n")
+    ok, why = native.fresh_build()
+    if not ok:
+        raise SystemExit(f"compile_agent: the build is not usable: {why}")
     print(f"compile_agent: {len(native.MODULES)} modules compiled in {time.monotonic() - t0:.0f} s")
 
 

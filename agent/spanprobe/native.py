@@ -5,10 +5,10 @@ encoding OTLP, pure Python (bench/README.md). mypyc compiles those same source f
 extension modules (no second implementation to keep in step, and no hand-written C
 reading hostile bytes: the compiled code checks bounds and types as Python does).
 
-`scripts/compile_agent.py` builds them into `spanprobe/_compiled/` with `sources.json`,
-the SHA-256 of each source it compiled. At import, the package puts that directory first
-on its own `__path__` only when every listed source is unchanged: a module edited since the
-build would otherwise run its old compiled code. A missing, stale or foreign build (another
+`scripts/compile_agent.py` builds them into `spanprobe/_compiled/` with `sources.json`:
+the SHA-256 of every module of the package, and the Python it was built for. At import,
+the package puts that directory first on its own `__path__` only when every source is
+unchanged: a module edited since the build would otherwise run its old compiled code. A missing, stale or foreign build (another
 Python version: the extension names carry it) leaves the sources in use, and so does
 SPANPROBE_COMPILED=0 (to measure one against the other); `state()` says which it is, for
 the ready line and `spanprobe check`.
@@ -39,24 +39,44 @@ def source_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def package_sources(package: Path = PACKAGE) -> dict[str, str]:
+    """The SHA-256 of every module of the package. All of them, not only MODULES: the
+    compiled code checks what it gets from the other modules against their annotations as
+    they were at the build, so a change anywhere may make a build wrong."""
+    return {p.name: source_hash(p) for p in sorted(package.glob("*.py"))}
+
+
+def build_record(package: Path = PACKAGE) -> dict:
+    """What scripts/compile_agent.py writes to sources.json, and what a usable build must
+    match: the modules compiled, this Python's extension suffix, every source."""
+    return {"modules": sorted(MODULES), "suffix": EXTENSION_SUFFIXES[0], "sources": package_sources(package)}
+
+
 def fresh_build(package: Path = PACKAGE) -> tuple[bool, str]:
-    """(usable, why): is there a build of MODULES from the sources as they are now?"""
-    sources = package / COMPILED.name / SOURCES.name
+    """(usable, why): is there a build of MODULES from the sources as they are now, for
+    this Python, with every extension module in place?"""
+    compiled = package / COMPILED.name
     try:
-        listed = json.loads(sources.read_text())
+        listed = json.loads((compiled / SOURCES.name).read_text())
     except FileNotFoundError:
         return False, "not built"
     except (OSError, ValueError) as exc:
-        return False, f"unreadable {sources.name}: {exc}"
-    if not isinstance(listed, dict) or sorted(listed) != sorted(MODULES):
+        return False, f"unreadable {SOURCES.name}: {exc}"
+    if not isinstance(listed, dict) or listed.get("modules") != sorted(MODULES):
         return False, "built for another module list"
-    for name, digest in listed.items():
-        src = package / f"{name}.py"
-        try:
-            if source_hash(src) != digest:
-                return False, f"stale: {name}.py changed since the build"
-        except OSError as exc:
-            return False, f"unreadable {src.name}: {exc}"
+    if listed.get("suffix") != EXTENSION_SUFFIXES[0]:
+        return False, "no build for this Python"
+    try:
+        now = package_sources(package)
+    except OSError as exc:
+        return False, f"unreadable source: {exc}"
+    if listed.get("sources") != now:
+        was = listed.get("sources") if isinstance(listed.get("sources"), dict) else {}
+        changed = sorted(set(now) ^ set(was) | {n for n in now if n in was and was[n] != now[n]})
+        return False, f"stale: {', '.join(changed[:3]) or 'the sources'} changed since the build"
+    missing = [m for m in (*MODULES, RUNTIME) if not (compiled / f"{m}{EXTENSION_SUFFIXES[0]}").is_file()]
+    if missing:
+        return False, f"incomplete build: no {missing[0]}{EXTENSION_SUFFIXES[0]}"
     return True, "fresh"
 
 
@@ -64,24 +84,25 @@ def use_compiled(package_path: list[str], package: Path = PACKAGE) -> None:
     """Called once by the package's __init__: put the compiled directory first on the
     package's search path when its build matches the sources and this Python. The modules
     share one mypyc runtime library, a top-level module to them (RUNTIME): it is loaded
-    from the compiled directory by its path, leaving sys.path alone."""
+    from the compiled directory by its path, leaving sys.path alone. A runtime that does
+    not load leaves the sources in use, said by state()."""
     global _state
     if os.environ.get("SPANPROBE_COMPILED", "1") == "0":
         _state = "SPANPROBE_COMPILED=0"      # for side-by-side measurements
         return
     compiled = package / COMPILED.name
     ok, why = fresh_build(package)
-    if ok:
-        runtime = next((compiled / f"{RUNTIME}{suffix}" for suffix in EXTENSION_SUFFIXES
-                        if (compiled / f"{RUNTIME}{suffix}").is_file()), None)
-        if runtime is None:
-            ok, why = False, "no build for this Python"
-        elif RUNTIME not in sys.modules:
-            spec = spec_from_file_location(RUNTIME, runtime)
-            assert spec is not None and spec.loader is not None
+    if ok and RUNTIME not in sys.modules:
+        try:
+            spec = spec_from_file_location(RUNTIME, compiled / f"{RUNTIME}{EXTENSION_SUFFIXES[0]}")
+            if spec is None or spec.loader is None:
+                raise ImportError("no loader")
             module = module_from_spec(spec)
             sys.modules[RUNTIME] = module
             spec.loader.exec_module(module)
+        except Exception as exc:       # a damaged build must not stop the agent
+            sys.modules.pop(RUNTIME, None)
+            ok, why = False, f"unloadable build: {type(exc).__name__}: {exc}"
     if ok:
         package_path.insert(0, str(compiled))
     _state = why
@@ -91,7 +112,10 @@ def state() -> str:
     """'compiled (mypyc)' when the hot modules run compiled, else why they run from source."""
     if _state != "fresh":
         return f"source ({_state})"
-    loaded = [import_module(f"spanprobe.{m}") for m in MODULES]
+    try:
+        loaded = [import_module(f"spanprobe.{m}") for m in MODULES]
+    except Exception as exc:     # say it; spanprobe check must still report the rest
+        return f"unimportable: {type(exc).__name__}: {exc}"
     compiled = [m for m in loaded if not (getattr(m, "__file__", "") or "").endswith(".py")]
     if len(compiled) == len(MODULES):
         return "compiled (mypyc)"

@@ -4,19 +4,26 @@ are, for this Python; otherwise the sources run, and the agent says which."""
 from __future__ import annotations
 
 import json
+import os
+import sys
+from importlib.machinery import EXTENSION_SUFFIXES
 
 import pytest
 
 from spanprobe import native
 
 
-def make_package(tmp_path, edit: str | None = None, listed=None):
+def make_package(tmp_path, edit: str | None = None, record=None, built: bool = True):
+    """A package of stand-in sources with a build record, and (`built`) empty stand-ins of
+    the extension modules for this Python; `edit`: a source changed after the build."""
     pkg = tmp_path / "spanprobe"
     (pkg / "_compiled").mkdir(parents=True)
-    for m in native.MODULES:
+    for m in (*native.MODULES, "pipeline"):
         (pkg / f"{m}.py").write_text(f"# {m}\n")
-    digests = {m: native.source_hash(pkg / f"{m}.py") for m in native.MODULES}
-    (pkg / "_compiled" / "sources.json").write_text(json.dumps(digests if listed is None else listed))
+    (pkg / "_compiled" / "sources.json").write_text(json.dumps(native.build_record(pkg) if record is None else record))
+    if built:
+        for m in (*native.MODULES, native.RUNTIME):
+            (pkg / "_compiled" / f"{m}{EXTENSION_SUFFIXES[0]}").write_bytes(b"")
     if edit:
         (pkg / f"{edit}.py").write_text("# edited after the build\n")
     return pkg
@@ -37,25 +44,51 @@ def test_a_source_edited_since_the_build_makes_it_stale(tmp_path):
     assert not ok and why == "stale: streams.py changed since the build"
 
 
+def test_a_module_that_is_not_compiled_counts_too(tmp_path):
+    # the compiled code checks what other modules return against their annotations
+    ok, why = native.fresh_build(make_package(tmp_path, edit="pipeline"))
+    assert not ok and why == "stale: pipeline.py changed since the build"
+    pkg = make_package(tmp_path / "new")
+    (pkg / "added.py").write_text("# new module\n")
+    assert native.fresh_build(pkg) == (False, "stale: added.py changed since the build")
+
+
 def test_no_build_and_a_build_of_other_modules_are_not_used(tmp_path):
     pkg = make_package(tmp_path)
     (pkg / "_compiled" / "sources.json").unlink()
     assert native.fresh_build(pkg) == (False, "not built")
-    other = make_package(tmp_path / "b", listed={"httpparse": "0" * 64})
+    other = make_package(tmp_path / "b", record={"modules": ["httpparse"], "suffix": EXTENSION_SUFFIXES[0],
+                                                 "sources": {}})
     assert native.fresh_build(other) == (False, "built for another module list")
     (other / "_compiled" / "sources.json").write_text("{not json")
     ok, why = native.fresh_build(other)
     assert not ok and why.startswith("unreadable sources.json")
 
 
-def test_a_fresh_build_for_another_python_leaves_the_path_alone(tmp_path):
-    # sources.json matches, but no runtime library with this interpreter's suffix
+def test_a_build_missing_an_extension_module_is_not_used(tmp_path):
     pkg = make_package(tmp_path)
-    (pkg / "_compiled" / f"{native.RUNTIME}.cpython-399-x86_64-linux-gnu.so").write_bytes(b"")
+    (pkg / "_compiled" / f"streams{EXTENSION_SUFFIXES[0]}").unlink()
+    assert native.fresh_build(pkg) == (False, f"incomplete build: no streams{EXTENSION_SUFFIXES[0]}")
+
+
+def test_a_build_for_another_python_leaves_the_path_alone(tmp_path):
+    record = native.build_record(make_package(tmp_path / "a"))
+    pkg = make_package(tmp_path, record={**record, "suffix": ".cpython-399-x86_64-linux-gnu.so"})
     path = [str(pkg)]
     native.use_compiled(path, pkg)
     assert path == [str(pkg)]
     assert native.state() == "source (no build for this Python)"
+
+
+def test_a_runtime_library_that_does_not_load_leaves_the_sources(tmp_path, monkeypatch):
+    # an empty file where the mypyc runtime should be: the agent still starts, from source
+    monkeypatch.setattr(native, "RUNTIME", "spanprobe_test_broken__mypyc")
+    pkg = make_package(tmp_path)
+    path = [str(pkg)]
+    native.use_compiled(path, pkg)
+    assert path == [str(pkg)]
+    assert native.state().startswith("source (unloadable build: ImportError")
+    assert "spanprobe_test_broken__mypyc" not in sys.modules
 
 
 def test_stale_build_is_said_and_not_used(tmp_path):
@@ -81,6 +114,8 @@ def test_this_checkout_runs_its_build():
     ok, why = native.fresh_build()
     if not ok:
         pytest.skip(f"no usable mypyc build in this checkout ({why}): python scripts/compile_agent.py")
+    if os.environ.get("SPANPROBE_COMPILED") == "0":
+        pytest.skip("SPANPROBE_COMPILED=0: the sources were asked for")
     assert native.state() == "compiled (mypyc)"
 
 
