@@ -46,13 +46,14 @@ def parallel(n: int, fn) -> list:
 # A span against the app's own clock, over 20 requests on one keep-alive connection:
 # - every span starts before the app's clock does (the request's first read comes before
 #   any framework code sees the request), give or take the clock alignment;
-# - the lower quartile of |span duration - app duration| is under 0.5 ms.
-# An error of the agent's (a span that ended at the next request, at close, or started at
-# the connection's accept) moves every span; the 2-core machine preempting the app between
-# its clock read and its syscall stretches some, and under a cold run's image builds beside
-# the tests, more than half of uvicorn's (a median of 0.54 ms): the quartile stays clear of
-# that, the median and the largest are shown.
+# - the lower quartile of |span duration - app duration| is under 0.5 ms, its median under 1.
+# An error of the agent's in how spans end (at the next request, at close) moves every span
+# of the connection; the 2-core machine preempting the app between its clock read and its
+# syscall stretches some, and under a cold run's image builds beside the tests, more than
+# half of uvicorn's (a median of 0.54 ms): the quartile stays clear of that, and the median
+# bounds what errors of a few spans could add.
 DURATION_QUARTILE_MS = 0.5
+DURATION_MEDIAN_MS = 1.0
 CLOCK_ALIGNMENT_NS = 200_000     # the agent's monotonic-to-wall offset against time.time_ns()
 
 
@@ -65,7 +66,8 @@ class DurationAgreement:
 
     @property
     def ok(self) -> bool:
-        return self.quartile_ms < DURATION_QUARTILE_MS and self.late_starts == 0
+        return (self.quartile_ms < DURATION_QUARTILE_MS and self.median_ms < DURATION_MEDIAN_MS
+                and self.late_starts == 0)
 
     def __str__(self) -> str:
         return (f"lower quartile {self.quartile_ms:.2f} ms, median {self.median_ms:.2f} ms, "
