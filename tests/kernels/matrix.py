@@ -363,6 +363,10 @@ def cell_text(c: dict | None) -> str:
         extra = f"{c['spans']} spans" if "spans" in c else "check"
         if c.get("compile_s"):
             extra += f", compile {c['compile_s']}"
+        loss = c.get("loss_explained")
+        if loss:
+            extra += (f"; {10 - min(loss['spans'], 10)} lost with {loss['kernel_prog_misses']} program runs "
+                      f"the kernel skipped, counted")
         first = c.get("first_round")
         if first:
             extra += (f"; a 2nd round: the 1st lost spans ({first['spans']} of 10) to "
