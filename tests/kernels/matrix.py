@@ -467,7 +467,7 @@ def main(argv=None) -> int:
         gt = row.get("times", {})
         cells = row["cells"]
         times[f"guest {k['name']}" + (" (reused result)" if row.get("reused") else "")] = (
-            f"{row['boot_s']} (check {gt.get('check_s')}, agents started together {gt.get('start_s')}, then "
+            f"{row['boot_s']} (check {gt.get('check_s')}, first agents started {gt.get('start_s')}, then "
             + ", ".join(f"{m} {cells[m].get('exercise_s', '-')}" for m in modes)
             + "; compile " + ", ".join(f"{m} {cells[m].get('compile_s', '-')}" for m in modes) + ")")
         say(f"{k['name']}: " + "; ".join(f"{m} {cell_text(row['cells'].get(m))}" for m in modes))
