@@ -138,6 +138,7 @@ class Cell:
         self.owned: set[int] = set()
         self.agent = None
         self.alone = True      # False while other cells' agents run beside this one
+        self.round_misses = 0  # program runs the kernel skipped, warned of in the last round
 
     def check(self, name: str, ok: bool, detail=None) -> bool:
         self.res["checks"][name] = {"ok": bool(ok), **({"detail": detail} if detail is not None else {})}
@@ -214,7 +215,7 @@ class Cell:
                 self.res["requests"] = sent["count"]
                 got = self.collect(self.rcv, sent)
                 since = None
-                skipped = sum(int(n) for n in re.findall(r"kernel_prog_misses=\+(\d+)", self.log("agent")[mark:]))
+                skipped = self.misses_since(mark)
                 if len(got) < 10 and skipped:
                     # The kernel skipped runs of the agent's programs (counted, and said in the
                     # agent's warnings): on sid's 7.2 a bpf(2) call preempted on a CPU, such as
@@ -230,9 +231,7 @@ class Cell:
                     self.res["requests"] += sent["count"]
                     self.collect(self.rcv, sent)
                 self.res["stop_s"] = self.stop(self.agent)
-                # the skipped runs the agent warned of since the last round's traffic began
-                self.round_misses = sum(int(n) for n in re.findall(r"kernel_prog_misses=\+(\d+)",
-                                                                     self.log("agent")[mark:]))
+                self.round_misses = self.misses_since(mark)
                 final = self.final_counters()
                 self.res["counters"] = final
                 time.sleep(0.5)
@@ -249,6 +248,10 @@ class Cell:
             self.rcv.stop()
             self.res["seconds"] = round(time.monotonic() - self.t0, 1)
         return self.res
+
+    def misses_since(self, mark: int) -> int:
+        """Program runs the kernel skipped, as the agent warned of them after log offset `mark`."""
+        return sum(int(n) for n in re.findall(r"kernel_prog_misses=\+(\d+)", self.log("agent")[mark:]))
 
     def quiet_kernel(self, quiet: float = 12.0, limit: float = 60.0) -> float:
         """Wait (at most `limit` s) until the agent has warned of no skipped program runs for
@@ -404,7 +407,7 @@ class Cell:
         # spans than requests, no server with two calls or a call with two downstream spans.
         explains = {"spans_exported", "attributes", "traceparent_honoured", "client_child_of_server",
                     "downstream_child_of_client"}
-        misses = getattr(self, "round_misses", 0)
+        misses = self.round_misses
         if (failed and set(failed) <= explains and misses > 0 and len(fronts) <= 6
                 and all(k <= 1 and g <= 1 for k, g in links) and len(tp) <= 1
                 and all(s["parent_span_id"] == sent["parent_id"] for s in tp)):
