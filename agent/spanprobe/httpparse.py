@@ -65,7 +65,7 @@ _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;.*)?", re.DOTALL)
 IDLE, HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, CHUNK_TRAILER, UNTIL_CLOSE, OPEN, CHUNK_LOST, RESYNC = range(10)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)     # its own __init__: see events.Header
 class Message:
     is_request: bool
     start_ts: int
@@ -85,6 +85,31 @@ class Message:
     interim: bool = False        # 1xx response
     body: bytearray | None = None     # kept only when a rule needs it (keep_body)
     body_incomplete: bool = False     # part of the body was not captured or over the bound
+
+    def __init__(self, is_request: bool, start_ts: int, tid: int, end_ts: int = 0,
+                 method: str | None = None, target: str | None = None, status: int | None = None,
+                 version: str = "1.1", headers: dict[str, str] | None = None, head_size: int = 0,
+                 body_size: int = 0, declared_length: int | None = None, chunked: bool = False,
+                 complete: bool = False, truncated: bool = False, interim: bool = False,
+                 body: bytearray | None = None, body_incomplete: bool = False) -> None:
+        self.is_request = is_request
+        self.start_ts = start_ts
+        self.tid = tid
+        self.end_ts = end_ts
+        self.method = method
+        self.target = target
+        self.status = status
+        self.version = version
+        self.headers = {} if headers is None else headers
+        self.head_size = head_size
+        self.body_size = body_size
+        self.declared_length = declared_length
+        self.chunked = chunked
+        self.complete = complete
+        self.truncated = truncated
+        self.interim = interim
+        self.body = body
+        self.body_incomplete = body_incomplete
 
 
 def looks_like_start(data: bytes) -> bool:

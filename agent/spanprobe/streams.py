@@ -96,7 +96,7 @@ def link_endpoint(ep: tuple[str, int] | None) -> tuple[str, int] | None:
     return addr, port
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)     # its own __init__: see events.Header
 class Exchange:
     conn: "Connection"
     request: Message
@@ -114,8 +114,29 @@ class Exchange:
     given_up: bool = False              # exported already (timeout): a late response is counted
     responding: bool = False            # its response has begun (a long stream is no timeout)
 
+    def __init__(self, conn: "Connection", request: Message, trace_id: int, span_id: int,
+                 parent_span_id: int | None, parent_remote: bool, trace_flags: int = 1,
+                 response: Message | None = None, linked_downstream: bool = False,
+                 aborted: str | None = None, listed: bool = False, error_type: str | None = None,
+                 ended_ts: int = 0, given_up: bool = False, responding: bool = False) -> None:
+        self.conn = conn
+        self.request = request
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_span_id = parent_span_id
+        self.parent_remote = parent_remote
+        self.trace_flags = trace_flags
+        self.response = response
+        self.linked_downstream = linked_downstream
+        self.aborted = aborted
+        self.listed = listed
+        self.error_type = error_type
+        self.ended_ts = ended_ts
+        self.given_up = given_up
+        self.responding = responding
 
-@dataclass
+
+@dataclass(init=False)     # its own __init__: see events.Header
 class Connection:
     tgid: int
     fd: int
@@ -141,6 +162,38 @@ class Connection:
     lost: int = 0                 # the kernel's loss count for it, as last seen
     resync: bool = False          # a gap since the last request head: responses now
                                   # can't be paired (see Assembler.gap)
+
+    def __init__(self, tgid: int, fd: int, conn_id: int, role: int, opened_ts: int,
+                 peer: tuple[str, int] | None = None, local: tuple[str, int] | None = None,
+                 listen_fd: int = -1, family: int = 0, inflight: deque | None = None,
+                 requests: MessageParser | None = None, responses: MessageParser | None = None,
+                 ingress: MessageParser | None = None, egress: MessageParser | None = None,
+                 egress_skip: int = 0, ignored: bool = False, owner_fd: int = -1,
+                 last_egress: Message | None = None, link_key: tuple | None = None,
+                 refused: int = 0, buffered: int = 0, lost: int = 0, resync: bool = False) -> None:
+        self.tgid = tgid
+        self.fd = fd
+        self.conn_id = conn_id
+        self.role = role
+        self.opened_ts = opened_ts
+        self.peer = peer
+        self.local = local
+        self.listen_fd = listen_fd
+        self.family = family
+        self.inflight = deque() if inflight is None else inflight
+        self.requests = requests
+        self.responses = responses
+        self.ingress = ingress
+        self.egress = egress
+        self.egress_skip = egress_skip
+        self.ignored = ignored
+        self.owner_fd = owner_fd
+        self.last_egress = last_egress
+        self.link_key = link_key
+        self.refused = refused
+        self.buffered = buffered
+        self.lost = lost
+        self.resync = resync
 
     @property
     def key(self) -> tuple[int, int]:

@@ -137,3 +137,45 @@ def test_no_name_is_bound_by_except_clauses_of_different_types():
                         types.setdefault(node.name, set()).add(ast.unparse(node.type) if node.type else "")
                 found += [f"{m}.{fn.name}: {name} {sorted(t)}" for name, t in types.items() if len(t) > 1]
     assert not found
+
+
+# made a handful of times (at start, per configured route): their generated __init__ costs nothing
+COLD_DATACLASSES = {"streams.AssemblerLimits", "routes.Template"}
+
+
+def test_every_dataclass_made_per_event_writes_its_own_init():
+    """The __init__ that dataclasses generates is Python source made at import: it runs
+    interpreted even in the compiled build (0.4-0.9 µs a call against ~0.1 compiled), and
+    the hot path makes several such objects a record. So a dataclass of a compiled module
+    says init=False and writes its own, or is listed above as made rarely."""
+    import ast
+
+    generated = []
+    for m in native.MODULES:
+        tree = ast.parse((native.PACKAGE / f"{m}.py").read_text())
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            for deco in cls.decorator_list:
+                call = deco if isinstance(deco, ast.Call) else None
+                name = ast.unparse(call.func if call else deco)
+                if name not in ("dataclass", "dataclasses.dataclass"):
+                    continue
+                init_false = call is not None and any(
+                    k.arg == "init" and isinstance(k.value, ast.Constant) and k.value.value is False
+                    for k in call.keywords)
+                has_init = any(isinstance(n, ast.FunctionDef) and n.name == "__init__" for n in cls.body)
+                if not (init_false and has_init) and f"{m}.{cls.name}" not in COLD_DATACLASSES:
+                    generated.append(f"{m}.{cls.name}")
+    assert not generated
+
+
+def test_the_hot_classes_run_compiled_inits():
+    """The check above, seen from the build: the objects made per record have a compiled
+    __init__ (a Python function here would be the generated one)."""
+    import types
+
+    if native.state() != "compiled (mypyc)":
+        pytest.skip(f"hot modules: {native.state()}")
+    from spanprobe import events, httpparse, streams
+    for cls in (events.Header, events.DataEvent, events.ConnEvent, httpparse.Message,
+                streams.Exchange, streams.Connection):
+        assert not isinstance(cls.__init__, types.FunctionType), cls
