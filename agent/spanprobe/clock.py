@@ -16,14 +16,14 @@ class MonotonicToWall:
 
     def refresh(self) -> None:
         # bracket the wall read by two monotonic reads; keep the tightest estimate
-        best = None
-        for _ in range(3):
+        spread = offset = 0
+        for i in range(3):
             m1 = time.monotonic_ns()
             w = time.time_ns()
             m2 = time.monotonic_ns()
-            if best is None or m2 - m1 < best[0]:
-                best = (m2 - m1, w - (m1 + m2) // 2)
-        self.offset = best[1]
+            if i == 0 or m2 - m1 < spread:
+                spread, offset = m2 - m1, w - (m1 + m2) // 2
+        self.offset = offset
         self._next = time.monotonic() + self.refresh_s
 
     def tick(self) -> None:

@@ -29,7 +29,7 @@ PACKAGE = Path(__file__).resolve().parent
 COMPILED = PACKAGE / "_compiled"
 SOURCES = COMPILED / "sources.json"
 # what scripts/compile_agent.py compiles: the per-record and per-span path
-MODULES = ("events", "httpparse", "privacy", "routes", "streams", "router", "spans", "otlp_wire")
+MODULES = ("events", "httpparse", "privacy", "routes", "streams", "router", "spans", "otlp_wire", "clock")
 RUNTIME = "spanprobe_hot__mypyc"     # scripts/compile_agent.py's group name + "__mypyc"
 
 _state = "not built"

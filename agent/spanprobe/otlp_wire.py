@@ -10,6 +10,7 @@ The output is byte-for-byte what the SDK's encoder gives for the same spans (fie
 number order, proto3 defaults left out, oneof values always written):
 tests/unit/test_otlp_wire.py compares the two. Spans with events or links (spanprobe
 makes none) go through the SDK's encoder, whole batch, so nothing is encoded wrongly.
+It reads the agent's own span type (spans.Span) as a compiled struct.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from .spans import Span, from_readable
 
 _FIXED64 = struct.Struct("<Q").pack
 _FIXED32 = struct.Struct("<I").pack
@@ -90,7 +93,7 @@ def key_value(key: str, value) -> bytes:
 
 
 class SpanEncoder:
-    """Encodes batches of SDK ReadableSpans into one ExportTraceServiceRequest.
+    """Encodes batches of spans (spans.Span) into one ExportTraceServiceRequest.
 
     Keeps its caches between batches: use one encoder per exporter thread."""
 
@@ -153,25 +156,19 @@ class SpanEncoder:
         return enc
 
     # ---- one span ----
-    def span(self, s) -> bytes:
-        ctx = s.context
-        parent = s.parent
-        parts = [b"\x0a\x10", ctx.trace_id.to_bytes(16, "big"),
-                 b"\x12\x08", ctx.span_id.to_bytes(8, "big")]
-        trace_state = ctx.trace_state
-        if trace_state:
-            parts.append(_string(b"\x1a", ",".join(f"{k}={v}" for k, v in trace_state.items())))
+    def span(self, s: Span) -> bytes:
+        parts = [b"\x0a\x10", s.trace_id.to_bytes(16, "big"),
+                 b"\x12\x08", s.span_id.to_bytes(8, "big")]
+        if s.trace_state:
+            parts.append(_string(b"\x1a", s.trace_state))
         flags = _FLAGS_HAS_IS_REMOTE
-        if parent is not None:
-            parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
-            if parent.is_remote:
+        if s.parent_span_id:
+            parts += (b"\x22\x08", s.parent_span_id.to_bytes(8, "big"))
+            if s.parent_remote:
                 flags |= _FLAGS_IS_REMOTE
         if s.name:
             parts.append(_string(b"\x2a", s.name))
-        # SDK INTERNAL=0 -> OTLP SPAN_KIND_INTERNAL=1 (`_value_`, the member's own value:
-        # Enum's `value` is a descriptor call, measurable at one per span)
-        kind = s.kind._value_ + 1
-        parts += (b"\x30", _SMALL_VARINTS[kind])
+        parts += (b"\x30", _SMALL_VARINTS[s.kind_code])
         if s.start_time:
             parts += (b"\x39", _FIXED64(s.start_time))
         if s.end_time:
@@ -179,29 +176,30 @@ class SpanEncoder:
         parts.append(self.attributes(b"\x4a", s.attributes))
         if s.dropped_attributes:
             parts += (b"\x50", varint(s.dropped_attributes))
-        if s.dropped_events:
-            parts += (b"\x60", varint(s.dropped_events))
-        if s.dropped_links:
-            parts += (b"\x70", varint(s.dropped_links))
-        status = s.status
-        if status is not None:
-            code = status.status_code._value_
-            desc = status.description
-            parts.append(_field(b"\x7a", (_string(b"\x12", desc) if desc else b"")
-                                + (b"\x18" + _SMALL_VARINTS[code] if code else b"")))
+        code = s.status_code
+        desc = s.status_description
+        parts.append(_field(b"\x7a", (_string(b"\x12", desc) if desc else b"")
+                            + (b"\x18" + _SMALL_VARINTS[code] if code else b"")))
         parts += (b"\x85\x01", _FIXED32(flags))    # field 16, fixed32
         return b"".join(parts)
 
     # ---- a batch ----
-    def encode(self, spans) -> bytes:
-        """One ExportTraceServiceRequest, serialised."""
+    def encode(self, spans: Sequence[Any]) -> bytes:
+        """One ExportTraceServiceRequest, serialised. The agent's Spans are read as they
+        are; other spans (SDK ReadableSpans) are read once into Spans, or, when one has
+        events or links (which spanprobe never makes), the whole batch goes through the
+        SDK's encoder, so nothing is encoded wrongly."""
+        own: list[Span] = []
         for s in spans:
-            if s.events or s.links:
-                from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-                return encode_spans(spans).SerializePartialToString()
+            if not isinstance(s, Span):
+                if s.events or s.links or s.dropped_events or s.dropped_links:
+                    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+                    return encode_spans(spans).SerializePartialToString()
+                s = from_readable(s)
+            own.append(s)
         groups: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
         span = self.span
-        for s in spans:
+        for s in own:
             res = s.resource
             scopes = groups.get(id(res))
             if scopes is None:

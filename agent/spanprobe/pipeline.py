@@ -6,7 +6,7 @@ The stages and what flows between them, each batch:
       -> Router.route: decode (events.decode) and hand each event to its stage
          -> list[Exchange]             (streams.Assembler, connection events)
          +  list[Request]              (session.py: what the stages need from the kernel)
-      -> build_spans: list[ReadableSpan] (spans.SpanBuilder)
+      -> build_spans: list[Span]       (spans.SpanBuilder)
       -> ExportQueue.submit             (export.py, its own thread)
     and the agent applies the requests to the session.
 
@@ -66,7 +66,7 @@ def agent_resource_attributes(settings: Settings, env: dict[str, str]) -> dict[s
 
 
 def build_spans(builder: SpanBuilder, exchanges: Iterable[Exchange], faults: Faults) -> list:
-    """Exchange -> ReadableSpan, each in its own isolation boundary."""
+    """Exchange -> Span, each in its own isolation boundary."""
     spans = []
     build = builder.build
     for x in exchanges:

@@ -1,7 +1,7 @@
 """Exchanges -> OpenTelemetry spans (HTTP semantic conventions, stable names).
 
-Spans are built as SDK ReadableSpans directly and handed to the exporters in batches:
-going through the SDK's tracer API costs 35-45 µs a span here, most of it in machinery
+Spans are built directly, as `Span`s, and handed to the exporters in batches: going
+through the SDK's tracer API costs 35-45 µs a span here, most of it in machinery
 (context, processors, locks) that an agent replaying finished work does not need.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from . import __version__, app_routes
 from . import events as ev
@@ -21,7 +21,6 @@ from .clock import MonotonicToWall
 from .discovery import ProcessRegistry
 from .httpparse import METHODS
 from .privacy import REDACTED, Redactor
-from .readable import AgentSpan
 from .routes import RouteMatcher
 from .app_routes import AppRoutes
 from .streams import Exchange
@@ -29,8 +28,105 @@ from .streams import Exchange
 log = logging.getLogger("spanprobe.spans")
 
 SCOPE = InstrumentationScope("spanprobe", __version__)
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_OK = Status(StatusCode.UNSET)
+# OTLP's numbers: SpanKind is the SDK's value + 1; StatusCode is the SDK's value
+KIND_SERVER = SpanKind.SERVER.value + 1
+KIND_CLIENT = SpanKind.CLIENT.value + 1
+_SDK_KINDS = {k.value + 1: k for k in SpanKind}
+STATUS_ERROR = StatusCode.ERROR.value
+
+
+class Span:
+    """A finished span as the agent hands it to its exporters.
+
+    Plain fields, which the encoder (otlp_wire) reads as a compiled struct. The SDK's
+    ReadableSpan cost 3-4 µs a span here: its __init__, two SpanContexts and a Status
+    are Python, and the encoder read each field through a Python property. Every other
+    reader (the SDK's own exporters, where spanprobe falls back to them, the console
+    line, tests) reads the ReadableSpan interface below, made on demand. The agent's
+    spans have no events or links and drop nothing (attributes.py bounds attributes)."""
+
+    def __init__(self, name: str, trace_id: int, span_id: int, parent_span_id: int,
+                 parent_remote: bool, trace_flags: int, kind_code: int, resource: Any,
+                 attributes: dict[str, Any], start_time: int, end_time: int,
+                 status_code: int = 0, status_description: str | None = None,
+                 trace_state: str = "", dropped_attributes: int = 0,
+                 instrumentation_scope: Any = SCOPE) -> None:
+        self.name = name
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_span_id = parent_span_id      # 0: a root span
+        self.parent_remote = parent_remote
+        self.trace_flags = trace_flags
+        self.trace_state = trace_state            # W3C tracestate header form; "": none
+        self.kind_code = kind_code                # OTLP's SpanKind number
+        self.resource = resource
+        self.attributes = attributes
+        self.start_time = start_time
+        self.end_time = end_time
+        self.status_code = status_code            # OTLP's (and the SDK's) StatusCode number
+        self.status_description = status_description
+        self.dropped_attributes = dropped_attributes
+        self.instrumentation_scope = instrumentation_scope
+
+    # ---- the SDK ReadableSpan's reading interface ----
+    def _trace_state(self) -> TraceState | None:
+        return TraceState.from_header([self.trace_state]) if self.trace_state else None
+
+    @property
+    def context(self) -> SpanContext:
+        return SpanContext(self.trace_id, self.span_id, False, TraceFlags(self.trace_flags),
+                           self._trace_state())
+
+    def get_span_context(self) -> SpanContext:
+        return self.context
+
+    @property
+    def parent(self) -> SpanContext | None:
+        if not self.parent_span_id:
+            return None
+        return SpanContext(self.trace_id, self.parent_span_id, self.parent_remote,
+                           TraceFlags(self.trace_flags), self._trace_state())
+
+    @property
+    def kind(self) -> SpanKind:
+        return _SDK_KINDS[self.kind_code]
+
+    @property
+    def status(self) -> Status:
+        return Status(StatusCode(self.status_code), self.status_description)
+
+    @property
+    def events(self) -> tuple:
+        return ()
+
+    @property
+    def links(self) -> tuple:
+        return ()
+
+    @property
+    def dropped_events(self) -> int:
+        return 0
+
+    @property
+    def dropped_links(self) -> int:
+        return 0
+
+
+def from_readable(s: Any) -> Span:
+    """An SDK ReadableSpan (or any span read the same way) without events or links, as a
+    Span: what the encoder takes from callers other than the agent."""
+    ctx = s.context
+    parent = s.parent
+    state = ctx.trace_state
+    status = s.status
+    return Span(s.name, ctx.trace_id, ctx.span_id, parent.span_id if parent is not None else 0,
+                bool(parent is not None and parent.is_remote), int(ctx.trace_flags),
+                s.kind.value + 1, s.resource, dict(s.attributes or {}), s.start_time or 0,
+                s.end_time or 0, status.status_code.value if status is not None else 0,
+                status.description if status is not None else None,
+                state.to_header() if state else "", s.dropped_attributes or 0,
+                s.instrumentation_scope)
+
 SDK_ATTRIBUTES = {
     "telemetry.sdk.name": "spanprobe",
     "telemetry.sdk.language": "python",
@@ -141,7 +237,7 @@ class SpanBuilder:
             out[key] = value
         return out
 
-    def build(self, x: Exchange) -> AgentSpan:
+    def build(self, x: Exchange) -> Span:
         req, resp, conn = x.request, x.response, x.conn
         server = conn.role == ev.ROLE_SERVER
         method = req.method or "GET"
@@ -193,7 +289,7 @@ class SpanBuilder:
             port = host_port or local_port
             if port:
                 attrs["server.port"] = port
-            kind = SpanKind.SERVER
+            kind = KIND_SERVER
             error = status is None or status >= 500
         else:
             peer_host = conn.peer[0] if conn.peer else None
@@ -206,16 +302,16 @@ class SpanBuilder:
             netloc = host_part if not port or port == 80 else f"{host_part}:{port}"
             attrs["url.full"] = f"http://{netloc}{path}" + (f"?{query}" if query else "")
             attrs["url.template"] = route
-            kind = SpanKind.CLIENT
+            kind = KIND_CLIENT
             error = status is None or status >= 400
+        status_code = 0
+        description = None
         if x.aborted:
             attrs["error.type"] = x.error_type or "connection_closed"
-            status_obj = Status(StatusCode.ERROR, x.aborted)
+            status_code, description = STATUS_ERROR, x.aborted
         elif error:
             attrs["error.type"] = str(status)
-            status_obj = Status(StatusCode.ERROR)
-        else:
-            status_obj = _OK
+            status_code = STATUS_ERROR
         if req.truncated:
             attrs["spanprobe.capture.truncated"] = True
         if rules:
@@ -226,13 +322,7 @@ class SpanBuilder:
         end = resp.end_ts if resp is not None and resp.end_ts else (x.ended_ts or req.end_ts or start)
         # the trace flags come with the trace: an incoming traceparent's (sampled or not,
         # W3C trace-context), else the agent's own choice for a trace it starts (sampled)
-        flags = _SAMPLED if x.trace_flags == TraceFlags.SAMPLED else TraceFlags(x.trace_flags)
-        context = SpanContext(x.trace_id, x.span_id, False, flags)
-        parent = (SpanContext(x.trace_id, x.parent_span_id, x.parent_remote, flags)
-                  if x.parent_span_id else None)
         wall = self.clock.wall
-        return AgentSpan(
-            name=f"{method} {route}", context=context, parent=parent,
-            resource=self.resource(conn.tgid), attributes=attrs, kind=kind,
-            status=status_obj, start_time=wall(start), end_time=wall(max(end, start)),
-            instrumentation_scope=SCOPE)
+        return Span(f"{method} {route}", x.trace_id, x.span_id, x.parent_span_id or 0,
+                    x.parent_remote, x.trace_flags, kind, self.resource(conn.tgid), attrs,
+                    wall(start), wall(max(end, start)), status_code, description)

@@ -435,15 +435,27 @@ def test_split_host(value, expected):
     assert split_host(value) == expected
 
 
-def test_the_spans_constants_are_what_the_sdk_works_out_for_them(builder):
-    """AgentSpan answers events, links and the dropped counts from constants: the same
-    as the SDK's ReadableSpan computes for the very same span."""
+@pytest.mark.parametrize("role, status, aborted", [
+    (ev.ROLE_SERVER, 200, None), (ev.ROLE_SERVER, 503, None), (ev.ROLE_CLIENT, 404, None),
+    (ev.ROLE_SERVER, 200, "connection closed before the response completed")])
+def test_a_span_reads_as_the_sdks_readable_span_of_the_same_values(builder, role, status, aborted):
+    """Readers other than the agent's encoder (the SDK's exporters, where spanprobe falls
+    back to them, the console line) read a Span through the ReadableSpan interface: the
+    same values as the SDK's own class holding the same span, and the SDK's encoder
+    reads the same message from both."""
     from opentelemetry.sdk.trace import ReadableSpan
-    span = builder.build(exchange(ev.ROLE_SERVER, request(), response()))
+    x = exchange(role, request(), response(status=status))
+    x.aborted = aborted
+    span = builder.build(x)
     sdk = ReadableSpan(name=span.name, context=span.context, parent=span.parent,
                        resource=span.resource, attributes=dict(span.attributes), kind=span.kind,
                        status=span.status, start_time=span.start_time, end_time=span.end_time,
                        instrumentation_scope=span.instrumentation_scope)
-    for name in ("events", "links", "dropped_attributes", "dropped_events", "dropped_links"):
+    for name in ("name", "context", "parent", "kind", "resource", "attributes", "start_time",
+                 "end_time", "instrumentation_scope", "events", "links", "dropped_attributes",
+                 "dropped_events", "dropped_links"):
         assert getattr(span, name) == getattr(sdk, name), name
-    assert span.to_json() == sdk.to_json()
+    assert (span.status.status_code, span.status.description) == (sdk.status.status_code, sdk.status.description)
+    assert span.get_span_context() == sdk.get_span_context()
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    assert encode_spans([span]) == encode_spans([sdk])
