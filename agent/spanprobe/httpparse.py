@@ -54,11 +54,13 @@ _BLANK_LINE = b"\r\n\r\n"
 _DECIMAL = re.compile(r"[0-9]{1,19}")
 _TOKEN_PATTERN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _TOKEN = re.compile(_TOKEN_PATTERN)
-_REQUEST_LINE = re.compile(r"(%s) ([^\x00-\x20\x7f]+) HTTP/(1\.[0-9])" % "|".join(sorted(METHODS)))
-_STATUS_LINE = re.compile(r"HTTP/(1\.[0-9]) ([1-5][0-9][0-9])(?: .*)?", re.DOTALL)
-# field lines that every per-line rule accepts: a token name, no CR or LF in the value
-_FIELD_LINE = _TOKEN_PATTERN + r":[^\r\n]*"
-_FIELD_LINES = re.compile(_FIELD_LINE + r"(?:\r\n" + _FIELD_LINE + ")*")
+# a request target's forbidden characters: controls, space and DEL
+_TARGET_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
+# field names seen, as written -> lower case: a name is checked against _TOKEN and
+# lowered once, not on every line that carries it (cleared when full, so names sent to
+# fill it cost only their own check)
+_NAMES: dict[str, str] = {}
+_NAMES_LIMIT = 4096
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;.*)?", re.DOTALL)
 
 # states
@@ -122,7 +124,9 @@ class ParseError(ValueError):
 
 def _content_length(value: str) -> int:
     """Content-Length: one value, or a list of identical values (RFC 9112 6.3)."""
-    if _DECIMAL.fullmatch(value):       # one value: nearly always
+    # one value, nearly always: what _DECIMAL matches (ASCII digits are the only ASCII
+    # characters isdigit() takes), without the pattern's cost
+    if 0 < len(value) <= 19 and value.isascii() and value.isdigit():
         length = int(value)
         if length > MAX_CONTENT_LENGTH:
             raise ParseError(f"Content-Length {length} out of range")
@@ -149,13 +153,52 @@ def _chunk_size(line: bytes) -> int:
     return int(m.group(1), 16)
 
 
+def _digit(c: str) -> bool:
+    return "0" <= c <= "9"
+
+
+def _request_line(line: str, msg: Message) -> bool:
+    """`METHOD SP target SP HTTP/1.d`: a method of METHODS, a target of at least one
+    character and none of _TARGET_FORBIDDEN (so exactly two spaces). Read by position, not
+    by a pattern: at two start lines an exchange, the pattern was the head's largest cost."""
+    sp = line.find(" ")
+    if sp <= 0:
+        return False
+    method = line[:sp]
+    end = len(line) - 9             # where " HTTP/1.d" must start
+    if method not in METHODS or end < sp + 2 or line[end] != " " or not line.startswith("HTTP/1.", end + 1) \
+            or not _digit(line[-1]):
+        return False
+    target = line[sp + 1:end]
+    # isprintable() of an ASCII string is false exactly for controls and DEL
+    if target.isascii():
+        if " " in target or not target.isprintable():
+            return False
+    elif _TARGET_FORBIDDEN.search(target):
+        return False
+    msg.method, msg.target, msg.version = method, target, line[end + 6:]
+    return True
+
+
+def _status_line(line: str, msg: Message) -> bool:
+    """`HTTP/1.d SP ddd`, then nothing or a space and any reason; the status code in
+    100..599. Read by position (see _request_line)."""
+    if len(line) < 12 or not line.startswith("HTTP/1.") or not _digit(line[7]) or line[8] != " " \
+            or not ("1" <= line[9] <= "5") or not _digit(line[10]) or not _digit(line[11]) \
+            or (len(line) > 12 and line[12] != " "):
+        return False
+    msg.version = line[5:8]
+    msg.status = (ord(line[9]) - 48) * 100 + (ord(line[10]) - 48) * 10 + ord(line[11]) - 48
+    return True
+
+
 def parse_head(raw: bytes, msg: Message, *, partial: bool = False) -> None:
     """Fill `msg` from a message head (start line and headers, without the blank line).
 
     ParseError if the head breaks a rule of this module's docstring; `msg` may then be
     partly filled and must be dropped. This runs twice per exchange, so the start line is
-    checked by one pattern and a head whose every field line is well formed (nearly all)
-    skips the per-line checks: both give what the per-line rules give."""
+    read by position, and a field name checked by a dictionary of the names seen before
+    (_NAMES): both give what the rules give."""
     text = raw.decode("latin-1")
     first, sep, rest = text.partition("\r\n")
     if partial:
@@ -164,32 +207,35 @@ def parse_head(raw: bytes, msg: Message, *, partial: bool = False) -> None:
         else:
             rest = rest.rpartition("\r\n")[0]      # the last line may be cut
     if msg.is_request:
-        m = _REQUEST_LINE.fullmatch(first)
-        if m is None:
+        if not _request_line(first, msg):
             raise ParseError(f"bad request line {first[:80]!r}")
-        msg.method, msg.target, msg.version = m.groups()
-    else:
-        m = _STATUS_LINE.fullmatch(first)
-        if m is None:
-            raise ParseError(f"bad status line {first[:80]!r}")
-        msg.version, status = m.groups()
-        msg.status = int(status)
+    elif not _status_line(first, msg):
+        raise ParseError(f"bad status line {first[:80]!r}")
     headers = msg.headers
     if rest or (sep and not partial):
         lines = rest.split("\r\n")
         if len(lines) > MAX_HEADER_LINES:
             raise ParseError(f"{len(lines)} header lines")
-        if _FIELD_LINES.fullmatch(rest):
-            fields = [line.split(":", 1) for line in lines]
-        else:   # skip what is not a field line (an obsolete fold, a line without a name)
-            fields = [f for f in (line.split(":", 1) for line in lines)
-                      if len(f) == 2 and _TOKEN.fullmatch(f[0])]
         # values of a repeated field, joined once at the end (joining as they come is
         # quadratic in a head that repeats one field thousands of times)
         repeated: dict[str, list[str]] | None = None
-        for name, value in fields:
-            name = name.lower()
-            value = value.strip(" \t")
+        names = _NAMES
+        for line in lines:
+            # a field line: a token, ':', the value. Other lines (an obsolete fold, a line
+            # without a name) are skipped.
+            i = line.find(":")
+            if i <= 0:
+                continue
+            raw_name = line[:i]
+            name = names.get(raw_name)
+            if name is None:
+                if not _TOKEN.fullmatch(raw_name):
+                    continue
+                name = raw_name.lower()
+                if len(names) >= _NAMES_LIMIT:
+                    names.clear()
+                names[raw_name] = name
+            value = line[i + 1:].strip(" \t")
             if name in headers:
                 if repeated is None:
                     repeated = {}

@@ -7,11 +7,14 @@ of the whole buffer as `tail`.
 
 from __future__ import annotations
 
+import random
+import re
+
 import pytest
 
 from spanprobe.httpparse import (
-    CHUNK_LOST, CHUNK_SIZE, HEAD_LIMIT, IDLE, OPEN, RESYNC, UNTIL_CLOSE,
-    Message, MessageParser, ParseError, looks_like_start, parse_head,
+    CHUNK_LOST, CHUNK_SIZE, HEAD_LIMIT, IDLE, METHODS, OPEN, RESYNC, UNTIL_CLOSE,
+    Message, MessageParser, ParseError, _request_line, _status_line, looks_like_start, parse_head,
 )
 
 TID = 4242
@@ -710,3 +713,38 @@ def test_a_trailer_section_at_the_limit_ends_the_message_and_one_byte_over_is_co
     assert (m.status, m.body_size, m.complete) == (200, 3, True)
     assert r.p.parse_errors == over
     assert r.p.state == (RESYNC if over else IDLE)
+
+
+# The start lines as the module docstring states them, as patterns: the parser reads them
+# by position (cheaper), and must take exactly what these take.
+_REQUEST_LINE_SPEC = re.compile(r"(%s) ([^\x00-\x20\x7f]+) HTTP/(1\.[0-9])" % "|".join(sorted(METHODS)))
+_STATUS_LINE_SPEC = re.compile(r"HTTP/(1\.[0-9]) ([1-5][0-9][0-9])(?: .*)?", re.DOTALL)
+_PIECES = ["GET", "POST", "get", "PATCH", "FOO", " ", "  ", "/", "/a?b=1", "HTTP/1.1", "HTTP/1.",
+           "HTTP/2.0", "HTTP/1.x", "\t", "\x00", "\x7f", "\x80", "\xa0", "\xff", "1", "200", "599",
+           "600", "099", "OK", "\n", "\r", "é", "x"]
+
+
+def test_start_lines_read_by_position_take_what_the_documented_patterns_take():
+    rng = random.Random(11)
+    for _ in range(50_000):
+        line = "".join(rng.choice(_PIECES) for _ in range(rng.randint(1, 6)))
+        req, resp = Message(True, 0, 0), Message(False, 0, 0)
+        m = _REQUEST_LINE_SPEC.fullmatch(line)
+        assert _request_line(line, req) == (m is not None), repr(line)
+        if m:
+            assert (req.method, req.target, req.version) == m.groups()
+        m = _STATUS_LINE_SPEC.fullmatch(line)
+        assert _status_line(line, resp) == (m is not None), repr(line)
+        if m:
+            assert (resp.version, resp.status) == (m.group(1), int(m.group(2)))
+
+
+def test_the_field_name_cache_stays_bounded_and_right():
+    """Names sent to fill the cache of lowered names (httpparse._NAMES) empty it; every
+    head is still read right, a name that is no token still skipped."""
+    from spanprobe import httpparse
+    for i in range(httpparse._NAMES_LIMIT + 100):
+        msg = Message(True, 0, 0)
+        parse_head(b"GET / HTTP/1.1\r\nX-Name-%d: v\r\nHost: h\r\nBad Name%d: w" % (i, i), msg)
+        assert msg.headers == {"x-name-%d" % i: "v", "host": "h"}
+        assert len(httpparse._NAMES) <= httpparse._NAMES_LIMIT
