@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import errno
 import io
 import logging
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import caps
+from . import caps, ringbuf
 from . import events as ev
 from .errors import KernelUnsupported, PermissionProblem, ProbeAttachError
 from .kernel import KernelFeatures, detect, ensure_tracefs
@@ -24,6 +25,7 @@ from .kstats import MappedCounters, enable_run_time_stats, program_misses, progr
 from .memory import release_after_compile
 from .probes import MODE_IDS, SYSCALLS, TRACEPOINTS, Plan, candidates, make_plan
 from .procfs import SysRoot
+from .ringbuf import MappedRing
 from .writeguard import WriteGuard
 
 log = logging.getLogger("spanprobe.loader")
@@ -67,6 +69,9 @@ class BpfSession:
     control: MappedCounters | None = None                         # the control map, mmapped at the first write
     run_stats_fd: int | None = None                               # held while programs' run time is counted
     write_guard: WriteGuard = field(default_factory=WriteGuard)   # map writes unpreempted (writeguard.py)
+    ring: MappedRing | None = None                                # the ring buffer, read in place (ringbuf.py)
+    buffer_reader: str = "bcc"                                    # who reads the buffer: "mapped" or "bcc (why)"
+    _records: list[bytes] = field(default_factory=list)           # bcc's callbacks put records here
 
     # ---- maps ----
     def table(self, name: str):
@@ -199,20 +204,40 @@ class BpfSession:
         return programs_run_ns({name.decode(): f.fd for name, f in list(self.bpf.funcs.items())})
 
     # ---- events ----
-    def open_buffer(self, on_raw, on_lost, pages: int) -> None:
+    def open_buffer(self, on_lost, pages: int) -> None:
         events = self.table("events")
         if self.plan.transport == "ringbuf":
-            events.open_ring_buffer(on_raw)
+            why = ringbuf.supported()
+            if why is None:
+                try:
+                    self.ring = MappedRing(events.map_fd, events.max_entries)
+                    self.buffer_reader = "mapped"
+                    return
+                except (OSError, ValueError) as exc:
+                    why = f"mapping it failed: {exc}"
+            log.warning("ring buffer read through bcc's callbacks (slower): %s", why)
+            self.buffer_reader = f"bcc ({why})"
+            events.open_ring_buffer(self._on_raw)
         else:
-            events.open_perf_buffer(on_raw, page_cnt=max(8, pages // os.cpu_count()),
+            events.open_perf_buffer(self._on_raw, page_cnt=max(8, pages // os.cpu_count()),
                                     lost_cb=on_lost)
 
-    def poll(self, timeout_ms: int) -> None:
+    def _on_raw(self, ctx, data, size) -> int:
+        self._records.append(ctypes.string_at(data, size))
+        return 0
+
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        if self.ring is not None:
+            records: list[bytes] = []
+            self.ring.poll(timeout_ms, records)
+            return records
         if self.plan.transport == "ringbuf":
             self.bpf.ring_buffer_poll(timeout_ms)
             self.bpf.ring_buffer_consume()
         else:
             self.bpf.perf_buffer_poll(timeout_ms)
+        records, self._records = self._records, []
+        return records
 
     def close(self) -> None:
         """Detach everything. Each syscall tracepoint's removal waits for an RCU grace
@@ -230,6 +255,9 @@ class BpfSession:
 
         if self.losses is not None:
             self.losses.close()
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
         if self.control is not None:
             self.control.close()
         if self.run_stats_fd is not None:

@@ -29,7 +29,8 @@ PACKAGE = Path(__file__).resolve().parent
 COMPILED = PACKAGE / "_compiled"
 SOURCES = COMPILED / "sources.json"
 # what scripts/compile_agent.py compiles: the per-record and per-span path
-MODULES = ("events", "httpparse", "privacy", "routes", "streams", "router", "spans", "otlp_wire", "clock")
+MODULES = ("events", "httpparse", "privacy", "routes", "streams", "router", "spans", "otlp_wire", "clock",
+           "ringbuf")
 RUNTIME = "spanprobe_hot__mypyc"     # scripts/compile_agent.py's group name + "__mypyc"
 
 _state = "not built"

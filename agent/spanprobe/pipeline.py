@@ -15,7 +15,6 @@ The stages never call back into the agent; only the agent touches the session.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -168,13 +167,13 @@ class Agent:
         for pid in selected:           # after adoption: a pid with client connections links now
             self.router.python_candidate(pid)
         self.apply(self.router.take_requests())
-        s.open_buffer(self._on_raw, self._on_lost, self.settings["ring_buffer_pages"])
+        s.open_buffer(self._on_lost, self.settings["ring_buffer_pages"])
         exporters = make_exporters(self.settings) if self.exporters is None else list(self.exporters)
         self.exporter = ExportQueue(exporters, self.settings["export.queue_size"],
                                     self.settings["export.batch_size"], self.settings["export.max_attempts"],
                                     max_retry_delay=self.settings["export.max_retry_delay_s"])
-        log.info("ready strategy=%s transport=%s compile=%.1fs selected=%s adopted=%d hot_modules=%s hooks=%s",
-                 s.plan.strategy, s.plan.transport, s.compile_s,
+        log.info("ready strategy=%s transport=%s reader=%s compile=%.1fs selected=%s adopted=%d hot_modules=%s hooks=%s",
+                 s.plan.strategy, s.plan.transport, s.buffer_reader.split(" ", 1)[0], s.compile_s,
                  "all" if self.selection.trace_all else len(selected), adoption.adopted,
                  native.state().split(" ", 1)[0], ",".join(s.attached))
         for name, why in s.plan.skipped:
@@ -207,10 +206,10 @@ class Agent:
             self.session.set_shed(share)
             self._shed_written = share
 
-    # ---- buffer callbacks (called from inside the session's poll) ----
-    def _on_raw(self, ctx, data, size) -> int:
-        self._batch.append(ctypes.string_at(data, size))
-        return 0
+    # ---- the event buffer ----
+    def poll(self, timeout_ms: int) -> None:
+        """Take what the kernel side sent (within `timeout_ms`) into the next batch."""
+        self._batch += self.session.poll(timeout_ms)
 
     def _on_lost(self, count) -> None:
         self.stats.perf_lost += count
@@ -227,7 +226,7 @@ class Agent:
             while not self.stop.is_set():
                 t0 = time.monotonic()
                 self.watchdog.tick()
-                self.session.poll(interval)
+                self.poll(interval)
                 self.process_batch(self._checkpoint)
                 self.losses.poll(self.counters)
                 now = time.monotonic()
@@ -367,7 +366,7 @@ class Agent:
         if self.session is None:
             return
         try:
-            self.session.poll(0)
+            self.poll(0)
             drain_until = time.monotonic() + STOP_DRAIN_S
             self.process_batch(lambda: time.monotonic() > drain_until)
             # requests still waiting for a response: exported as such, never dropped silently

@@ -13,7 +13,6 @@ from typing import Callable, Protocol, Union
 
 from .probes import Plan
 
-RawCallback = Callable[[object, int, int], int]     # (ctx, address of the record, size)
 LostCallback = Callable[[int], None]
 
 
@@ -39,8 +38,11 @@ class KernelSession(Protocol):
         """The programs' run time so far, when accounted."""
     def now_ns(self) -> int:
         """Now, on the clock of the events' timestamps (the kernel's bpf_ktime_get_ns)."""
-    def open_buffer(self, on_raw: RawCallback, on_lost: LostCallback, pages: int) -> None: ...
-    def poll(self, timeout_ms: int) -> None: ...
+    buffer_reader: str
+    """Who reads the event buffer: "mapped" (ringbuf.py), or "bcc (why)"."""
+    def open_buffer(self, on_lost: LostCallback, pages: int) -> None: ...
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        """The records that came within `timeout_ms`, in order, each its own bytes."""
     def close(self) -> None: ...
 
 

@@ -10,7 +10,6 @@ for spanprobe.procfs.SysRoot.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import struct
@@ -38,7 +37,7 @@ class FakeSession:
         self.polls = 0
         self.now = 0             # now_ns(): 0 = before every record, so nothing times out
         self.closed = False
-        self._on_raw = None
+        self.buffer_reader = "fake"
         self.shed: list[int] = []            # every share set_shed was given, in order
         self.program_ns = 0                  # programs_cpu_ns(): what tests make it
         self.program_time_refused: str | None = None
@@ -92,18 +91,15 @@ class FakeSession:
         """The fake kernel's clock: tests set `now` to the time of their records."""
         return self.now
 
-    def open_buffer(self, on_raw, on_lost, pages: int) -> None:
-        self._on_raw = on_raw
+    def open_buffer(self, on_lost, pages: int) -> None:
         self.on_lost = on_lost
 
-    def poll(self, timeout_ms: int) -> None:
+    def poll(self, timeout_ms: int) -> list[bytes]:
         self.polls += 1
         records, self.pending = self.pending, []
-        for raw in records:
-            buf = ctypes.create_string_buffer(raw, len(raw))
-            self._on_raw(None, ctypes.addressof(buf), len(raw))
         if self.on_poll is not None:
             self.on_poll()
+        return records
 
     def close(self) -> None:
         self.closed = True

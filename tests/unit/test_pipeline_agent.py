@@ -89,7 +89,7 @@ def exchange(ts, pid=APP, fd=5, conn_id=7, req=REQ, resp=RESP, close=True):
 
 def step(agent):
     """One turn of the loop: poll, then the batch through every stage."""
-    agent.session.poll(0)
+    agent.poll(0)
     agent.process_batch()
 
 
