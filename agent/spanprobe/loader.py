@@ -178,6 +178,8 @@ class BpfSession:
             # which hooks skipped runs, only those that did (the stats line stays short)
             out.update({f"prog_misses_{name}": n for name, n in sorted(each.items()) if n})
         out["map_writes_unguarded"] = self.write_guard.unguarded
+        # records the mapped reader gave up on (a header out of bounds: never seen)
+        out["ring_records_unreadable"] = self.ring.reader.unreadable if self.ring is not None else 0
         return out
 
     # ---- the CPU budget (budget.py) ----

@@ -15,7 +15,7 @@ log = logging.getLogger("spanprobe")
 
 # What the kernel side or the buffer lost: a change in any of them is warned about.
 LOSSES = ("kernel_events_lost", "perf_events_lost", "kernel_read_faults", "kernel_active_map_full",
-          "kernel_prog_misses")
+          "kernel_prog_misses", "kernel_ring_records_unreadable")
 # What the losses cost, reported with them.
 COSTS = ("gaps_lost_events", "gaps_read_faults", "exchanges_dropped_gap", "responses_dropped_gap")
 

@@ -31,7 +31,8 @@ class FakeSession:
         self.ports: set[int] = set()
         self.python: dict[int, tuple] = {}                        # pid -> (layout, runtime)
         self.adopted: dict[tuple[int, int], tuple[int, int]] = {}  # (pid, fd) -> (conn_id, role)
-        self.kernel_counters = {**{name: 0 for name in ev.COUNTERS.values()}, "prog_misses": 0}
+        self.kernel_counters = {**{name: 0 for name in ev.COUNTERS.values()}, "prog_misses": 0,
+                                "ring_records_unreadable": 0}
         self.pending: list[bytes] = []       # injected, delivered at the next poll
         self.on_poll: Callable[[], None] | None = None   # called after each poll's delivery
         self.polls = 0
