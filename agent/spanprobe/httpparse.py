@@ -57,10 +57,12 @@ _TOKEN = re.compile(_TOKEN_PATTERN)
 # a request target's forbidden characters: controls, space and DEL
 _TARGET_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 # field names seen, as written -> lower case: a name is checked against _TOKEN and
-# lowered once, not on every line that carries it (cleared when full, so names sent to
-# fill it cost only their own check)
+# lowered once, not on every line that carries it. Bounded in entries (cleared when full,
+# so names sent to fill it cost only their own check) and in size: longer names than any
+# real field's are checked each time and never kept.
 _NAMES: dict[str, str] = {}
 _NAMES_LIMIT = 4096
+_NAME_KEPT_MAX = 64
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;.*)?", re.DOTALL)
 
 # states
@@ -232,9 +234,10 @@ def parse_head(raw: bytes, msg: Message, *, partial: bool = False) -> None:
                 if not _TOKEN.fullmatch(raw_name):
                     continue
                 name = raw_name.lower()
-                if len(names) >= _NAMES_LIMIT:
-                    names.clear()
-                names[raw_name] = name
+                if len(raw_name) <= _NAME_KEPT_MAX:
+                    if len(names) >= _NAMES_LIMIT:
+                        names.clear()
+                    names[raw_name] = name
             value = line[i + 1:].strip(" \t")
             if name in headers:
                 if repeated is None:

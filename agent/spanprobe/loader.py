@@ -258,7 +258,10 @@ class BpfSession:
         if self.losses is not None:
             self.losses.close()
         if self.ring is not None:
-            self.ring.close()
+            try:
+                self.ring.close()
+            except Exception as exc:    # the rest of the clean-up must still run
+                log.warning("ring buffer mapping not closed: %s", exc)
             self.ring = None
         if self.control is not None:
             self.control.close()

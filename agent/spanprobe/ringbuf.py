@@ -80,6 +80,7 @@ class RingReader:
                 # to the producer rather than read garbage as events
                 self.unreadable += 1
                 self.consumer[0] = prod
+                self.records += got
                 return got
             if not word & DISCARD:
                 start = off + HEADER_SIZE
@@ -111,12 +112,21 @@ class MappedRing:
         except BaseException:
             self._consumer_map.close()
             raise
-        producer_pages = memoryview(self._producer_map)
-        self.reader = RingReader(memoryview(self._consumer_map)[:8].cast("Q"),
-                                 producer_pages[:8].cast("Q"), producer_pages[page:], size)
-        producer_pages.release()
-        self._poll = select.epoll()
-        self._poll.register(fd, select.EPOLLIN)
+        try:
+            with memoryview(self._consumer_map) as consumer_page, \
+                    memoryview(self._producer_map) as producer_pages:
+                self.reader = RingReader(consumer_page[:8].cast("Q"), producer_pages[:8].cast("Q"),
+                                         producer_pages[page:], size)
+            try:
+                self._poll = select.epoll()
+                self._poll.register(fd, select.EPOLLIN)
+            except BaseException:
+                self.reader.release()
+                raise
+        except BaseException:
+            self._producer_map.close()
+            self._consumer_map.close()
+            raise
 
     def poll(self, timeout_ms: int, sink: list[bytes]) -> int:
         """Wait up to `timeout_ms` for the kernel's wake-up (it wakes the reader every

@@ -201,6 +201,10 @@ class Cell:
         self.res["transport"] = ready.get("transport")
         self.res["compile_s"] = ready.get("compile")
         self.res["hooks"] = ready.get("hooks", "").split(",")
+        # the guests are x86-64: a ring buffer is read in place there (ringbuf.py)
+        self.res["reader"] = ready.get("reader")
+        if ready.get("transport") == "ringbuf":
+            self.check("ring_buffer_mapped", ready.get("reader") == "mapped", ready.get("reader"))
         mine = owned_programs(self.agent.pid)
         self.owned = set(mine)
         self.res["while_attached"] = {"programs": len(mine) if mine else None, **probe_events()}

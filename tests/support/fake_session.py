@@ -34,7 +34,7 @@ class FakeSession:
         self.kernel_counters = {**{name: 0 for name in ev.COUNTERS.values()}, "prog_misses": 0,
                                 "ring_records_unreadable": 0}
         self.pending: list[bytes] = []       # injected, delivered at the next poll
-        self.on_poll: Callable[[], None] | None = None   # called after each poll's delivery
+        self.on_poll: Callable[[], None] | None = None   # called by each poll, after taking what was pending
         self.polls = 0
         self.now = 0             # now_ns(): 0 = before every record, so nothing times out
         self.closed = False

@@ -748,3 +748,15 @@ def test_the_field_name_cache_stays_bounded_and_right():
         parse_head(b"GET / HTTP/1.1\r\nX-Name-%d: v\r\nHost: h\r\nBad Name%d: w" % (i, i), msg)
         assert msg.headers == {"x-name-%d" % i: "v", "host": "h"}
         assert len(httpparse._NAMES) <= httpparse._NAMES_LIMIT
+
+
+def test_a_field_name_longer_than_any_real_one_is_read_but_not_kept():
+    """The name cache holds short names only: a head of 64 KiB names cannot make it hold
+    hundreds of MiB (4096 entries of them)."""
+    from spanprobe import httpparse
+    long_name = "X" * 5000
+    msg = Message(True, 0, 0)
+    parse_head(b"GET / HTTP/1.1\r\n" + long_name.encode() + b": v", msg)
+    assert msg.headers == {long_name.lower(): "v"}
+    assert long_name not in httpparse._NAMES
+    assert all(len(name) <= httpparse._NAME_KEPT_MAX for name in httpparse._NAMES)

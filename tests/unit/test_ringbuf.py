@@ -94,9 +94,11 @@ def test_a_discarded_record_is_skipped():
     assert ring.consumer == ring.producer
 
 
-@pytest.mark.parametrize("length", [64, 1 << 29, 57])
+@pytest.mark.parametrize("length", [64, 1 << 29, 57, 40])
 def test_a_header_out_of_bounds_is_counted_and_nothing_is_read_from_it(length):
-    """A length past the data area, or past what the producer reserved: never a record."""
+    """A length past the data area (64, 1 << 29, 57: the area is 64 bytes, 56 of them a
+    record's at most), or past what the producer reserved (40 where 16 were): never a
+    record."""
     ring = Ring(64)
     ring.output(b"ok")
     pos = ring.producer
@@ -105,6 +107,7 @@ def test_a_header_out_of_bounds_is_counted_and_nothing_is_read_from_it(length):
     got: list[bytes] = []
     assert ring.reader.read(got) == 1 and got == [b"ok"]
     assert ring.reader.unreadable == 1 and ring.consumer == ring.producer
+    assert ring.reader.records == 1
 
 
 def test_the_reader_refuses_a_layout_that_is_not_the_kernels():

@@ -458,4 +458,8 @@ def test_a_span_reads_as_the_sdks_readable_span_of_the_same_values(builder, role
     assert (span.status.status_code, span.status.description) == (sdk.status.status_code, sdk.status.description)
     assert span.get_span_context() == sdk.get_span_context()
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from spanprobe.otlp_wire import SpanEncoder
     assert encode_spans([span]) == encode_spans([sdk])
+    # the agent's encoder reads the fields, the SDK's the properties: the same bytes
+    assert SpanEncoder().encode([span]) == encode_spans([span]).SerializePartialToString()
