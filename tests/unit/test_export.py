@@ -127,6 +127,23 @@ def test_a_full_batch_wakes_the_thread_before_the_flush_interval(queues):
     assert wait_for(lambda: rec.batches == [[1, 2, 3]], timeout=2)
 
 
+def test_a_wake_by_a_full_batch_sends_full_batches_and_keeps_the_rest_for_the_next(queues):
+    """A remainder is not sent at once after a full batch: it joins the next batch, or goes
+    at the interval. (Sent at once, every other request was a remainder: ~280 spans a
+    request instead of 512 under a steady load, each request ~1 ms of the agent's CPU.)"""
+    rec = Recording()
+    q = queues([rec], batch_size=3, flush_interval=30)
+    q.submit([1, 2, 3, 4])
+    assert wait_for(lambda: rec.batches == [[1, 2, 3]], timeout=2)
+    time.sleep(0.1)
+    assert rec.batches == [[1, 2, 3]]          # 4 waits
+    q.submit([5, 6])
+    assert wait_for(lambda: rec.batches == [[1, 2, 3], [4, 5, 6]], timeout=2)
+    q.submit([7])
+    q.shutdown(timeout=2.0)                    # and at stop, everything goes
+    assert rec.batches == [[1, 2, 3], [4, 5, 6], [7]]
+
+
 def test_partial_batch_flushed_after_the_interval(queues):
     rec = Recording()
     q = queues([rec], batch_size=100, flush_interval=0.02)
