@@ -104,28 +104,30 @@ class SpanEncoder:
         self._kv_size = 0
 
     # ---- attributes ----
-    def attributes(self, tag: bytes, attrs) -> bytes:
-        """Every attribute as a repeated KeyValue field with the given tag."""
+    def attributes(self, tag: bytes, attrs: dict[str, Any]) -> bytes:
+        """Every attribute as a repeated KeyValue field with the given tag. A dict (the
+        compiled loop iterates it directly); other mappings are copied into one first."""
         if not attrs:
             return b""
         out = []
         kv_cache = self._kv.setdefault(tag, {})
-        for pair in attrs.items():
-            cls = pair[1].__class__
+        for key, value in attrs.items():
+            cls = value.__class__
             # str and int only: a bool or float equal to a cached int (True == 1 == 1.0)
             # would share its entry
             if cls is str or cls is int:
+                pair = (key, value)
                 enc = kv_cache.get(pair)
                 if enc is None:
                     if self._kv_size >= _KV_CACHE_LIMIT:
                         self._kv.clear()          # high-cardinality values: start again
                         self._kv_size = 0
                         kv_cache = self._kv[tag] = {}
-                    enc = kv_cache[pair] = _field(tag, key_value(*pair))
+                    enc = kv_cache[pair] = _field(tag, key_value(key, value))
                     self._kv_size += 1
                 out.append(enc)
             else:
-                out.append(_field(tag, key_value(*pair)))
+                out.append(_field(tag, key_value(key, value)))
         return b"".join(out)
 
     # ---- resource and scope, once per object ----
@@ -133,7 +135,7 @@ class SpanEncoder:
         hit = self._resources.get(id(resource))
         if hit is not None and hit[0] is resource:
             return hit[1]
-        enc = _field(_T_RS_RESOURCE, self.attributes(_T_ATTR, resource.attributes))
+        enc = _field(_T_RS_RESOURCE, self.attributes(_T_ATTR, dict(resource.attributes or {})))
         if len(self._resources) >= _RESOURCE_CACHE_LIMIT:
             self._resources.clear()
         self._resources[id(resource)] = (resource, enc)   # holds it: its id is not reused
@@ -148,7 +150,7 @@ class SpanEncoder:
         else:
             body = ((_string(b"\x0a", scope.name) if scope.name else b"")
                     + (_string(b"\x12", scope.version) if scope.version else b"")
-                    + self.attributes(b"\x1a", scope.attributes))
+                    + self.attributes(b"\x1a", dict(scope.attributes or {})))
         enc = _field(_T_SS_SCOPE, body)
         if len(self._scopes) >= _RESOURCE_CACHE_LIMIT:
             self._scopes.clear()
