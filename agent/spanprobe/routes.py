@@ -26,11 +26,19 @@ def _opaque(segment: str) -> bool:
     return digits >= 2 or not _WORD.match(segment)
 
 
+# segments seen that the heuristic keeps as they are ("users", "api"): they repeat on
+# every request and take four patterns each to clear. Short ones only, cleared when full.
+_LITERALS: set[str] = set()
+_LITERALS_LIMIT = 4096
+_LITERAL_KEPT_MAX = 64
+
+
 def heuristic(path: str) -> str:
     parts = path.split("/")
     out: list[str] = []
+    literals = _LITERALS
     for seg in parts:
-        if not seg:
+        if not seg or seg in literals:
             out.append(seg)
         elif _NUM.match(seg):
             out.append("{id}")
@@ -44,6 +52,10 @@ def heuristic(path: str) -> str:
             out.append("{token}")
         else:
             out.append(seg)
+            if len(seg) <= _LITERAL_KEPT_MAX:
+                if len(literals) >= _LITERALS_LIMIT:
+                    literals.clear()
+                literals.add(seg)
     return "/".join(out) or "/"
 
 

@@ -119,3 +119,27 @@ def test_route_cache_returns_same_answer():
     first = m.route("/users/1")
     assert m.route("/users/1") == first == ("/users/{id}", True)
     assert m._cache["/users/1"] == first
+
+
+def test_the_literal_segment_cache_changes_no_route_and_stays_bounded():
+    """heuristic() remembers the segments it kept as they are (routes._LITERALS); a path
+    gives the same route whether its segments were seen before or not, and segments sent
+    to fill the cache empty it rather than grow it."""
+    import random
+
+    from spanprobe import routes
+    rng = random.Random(5)
+    pieces = ["users", "42", "api", "v1", "0x1f2e3d4c", "2024-01-02", "abc", "deadbeef99",
+              "550e8400-e29b-41d4-a716-446655440000", "a1b2c3d4e5f6g7h8i9", "x" * 80, ""]
+    paths = ["/" + "/".join(rng.choice(pieces) for _ in range(rng.randint(0, 5))) for _ in range(2000)]
+    routes._LITERALS.clear()
+    fresh = []
+    for p in paths:
+        routes._LITERALS.clear()
+        fresh.append(heuristic(p))
+    routes._LITERALS.clear()
+    assert [heuristic(p) for p in paths] == fresh          # with the cache warm
+    assert "x" * 80 not in routes._LITERALS                  # long segments are not kept
+    for i in range(routes._LITERALS_LIMIT + 10):
+        assert heuristic(f"/seg{chr(97 + i % 26)}{'z' * (i % 40)}q{i}x") != ""
+        assert len(routes._LITERALS) <= routes._LITERALS_LIMIT
