@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import caps, ringbuf
+from . import caps
 from . import events as ev
 from .errors import KernelUnsupported, PermissionProblem, ProbeAttachError
 from .kernel import KernelFeatures, detect, ensure_tracefs
@@ -25,7 +25,7 @@ from .kstats import MappedCounters, enable_run_time_stats, program_misses, progr
 from .memory import release_after_compile
 from .probes import MODE_IDS, SYSCALLS, TRACEPOINTS, Plan, candidates, make_plan
 from .procfs import SysRoot
-from .ringbuf import MappedRing
+from .ringbuf import MappedRing, supported as mapped_reader_supported
 from .writeguard import WriteGuard
 
 log = logging.getLogger("spanprobe.loader")
@@ -209,7 +209,7 @@ class BpfSession:
     def open_buffer(self, on_lost, pages: int) -> None:
         events = self.table("events")
         if self.plan.transport == "ringbuf":
-            why = ringbuf.supported()
+            why = mapped_reader_supported()
             if why is None:
                 try:
                     self.ring = MappedRing(events.map_fd, events.max_entries)
