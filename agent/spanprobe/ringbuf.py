@@ -55,7 +55,6 @@ class RingReader:
         self.data = data
         self.words = data.cast("I")        # native u32: the record headers
         self.size = size
-        self.records = 0
         self.unreadable = 0                # records given up on: a header out of bounds
 
     def read(self, sink: list[bytes]) -> int:
@@ -80,7 +79,6 @@ class RingReader:
                 # to the producer rather than read garbage as events
                 self.unreadable += 1
                 self.consumer[0] = prod
-                self.records += got
                 return got
             if not word & DISCARD:
                 start = off + HEADER_SIZE
@@ -88,7 +86,6 @@ class RingReader:
                 got += 1
             cons += (length + HEADER_SIZE + 7) & ~7
             self.consumer[0] = cons        # one aligned 8-byte store, as libbpf's
-        self.records += got
         return got
 
     def release(self) -> None:
