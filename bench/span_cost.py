@@ -60,9 +60,13 @@ def data(ts, direction, payload, conn_id=1):
 
 
 def conn(kind, ts, conn_id, peer_port=50000):
+    """An open record with both ends, or a close record as the kernel side sends it: role
+    and listen_fd -1 only (bpf/spanprobe.bpf.c, OP_CLOSE), no family and no address."""
+    if kind == ev.EV_CONN_CLOSE:
+        return header(kind, ts, conn_id=conn_id) + ev.CONN.pack(-1, 0, ev.ROLE_SERVER, 0, 0, 0, 0,
+                                                                 b"\0" * 16, b"\0" * 16)
     return header(kind, ts, conn_id=conn_id) + ev.CONN.pack(
-        3 if kind == ev.EV_CONN_OPEN else -1, ev.AF_INET, ev.ROLE_SERVER, 0, peer_port, 8000, 0,
-        LOOPBACK, LOOPBACK)
+        3, ev.AF_INET, ev.ROLE_SERVER, 0, peer_port, 8000, 0, LOOPBACK, LOOPBACK)
 
 
 def records(n: int, per_request: bool = False) -> list[bytes]:

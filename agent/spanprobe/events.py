@@ -10,30 +10,31 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Final
 
-EV_DATA = 1
-EV_WRITE_RESULT = 2
-EV_CONN_OPEN = 3
-EV_CONN_CLOSE = 4
-EV_CONN_PORTS = 5
-EV_PROC_EXEC = 6
-EV_PROC_FORK = 7
-EV_PROC_EXIT = 8
-EV_CONN_ADDR = 9
+EV_DATA: Final = 1
+EV_WRITE_RESULT: Final = 2
+EV_CONN_OPEN: Final = 3
+EV_CONN_CLOSE: Final = 4
+EV_CONN_PORTS: Final = 5
+EV_PROC_EXEC: Final = 6
+EV_PROC_FORK: Final = 7
+EV_PROC_EXIT: Final = 8
+EV_CONN_ADDR: Final = 9
 
-DIR_INGRESS = 0
-DIR_EGRESS = 1
+DIR_INGRESS: Final = 0
+DIR_EGRESS: Final = 1
 
-ROLE_UNKNOWN = 0
-ROLE_SERVER = 1
-ROLE_CLIENT = 2
+ROLE_UNKNOWN: Final = 0
+ROLE_SERVER: Final = 1
+ROLE_CLIENT: Final = 2
 
-DATA_AT_ENTRY = 1
-DATA_VECTOR = 2
-DATA_FAULT = 4
-DATA_RESUMED = 8     # the connection was shed before this record (budget.py)
+DATA_AT_ENTRY: Final = 1
+DATA_VECTOR: Final = 2
+DATA_FAULT: Final = 4
+DATA_RESUMED: Final = 8     # the connection was shed before this record (budget.py)
 
-OPEN_ADOPTED = 1
+OPEN_ADOPTED: Final = 1
 
 # Kernel counters (enum sp_counter), by slot.
 COUNTERS = {
@@ -47,25 +48,25 @@ COUNTERS = {
     7: "connections_shed",
     8: "requests_shed",
 }
-COUNTER_SLOTS = 9
+COUNTER_SLOTS: Final = 9
 # Settings written through mmap(2) (enum sp_control), by slot.
-CONTROL_SHED_PERMILLE = 0
-CONTROL_BUDGET = 1
-CONTROL_SLOTS = 2
-MAX_CAPTURE = 4096
-TAIL_BYTES = 8
+CONTROL_SHED_PERMILLE: Final = 0
+CONTROL_BUDGET: Final = 1
+CONTROL_SLOTS: Final = 2
+MAX_CAPTURE: Final = 4096
+TAIL_BYTES: Final = 8
 
-AF_UNIX = 1
-AF_INET = 2
-AF_INET6 = 10
+AF_UNIX: Final = 1
+AF_INET: Final = 2
+AF_INET6: Final = 10
 
-HEADER = struct.Struct("<QIIIiQ")                 # struct sp_header
-DATA = struct.Struct("<qIBBHiI8s")                # struct sp_data_event after the header
-WRITE_RESULT = struct.Struct("<qq")               # struct sp_write_result_event
-CONN = struct.Struct("<iHBBHHI16s16s")            # struct sp_conn_event
-PATH_BYTES = 128
-PROC = struct.Struct("<II16s128s")                # struct sp_proc_event
-DATA_BUF_OFFSET = HEADER.size + DATA.size
+HEADER: Final = struct.Struct("<QIIIiQ")          # struct sp_header
+DATA: Final = struct.Struct("<qIBBHiI8s")         # struct sp_data_event after the header
+WRITE_RESULT: Final = struct.Struct("<qq")        # struct sp_write_result_event
+CONN: Final = struct.Struct("<iHBBHHI16s16s")     # struct sp_conn_event
+PATH_BYTES: Final = 128
+PROC: Final = struct.Struct("<II16s128s")         # struct sp_proc_event
+DATA_BUF_OFFSET: Final = HEADER.size + DATA.size
 
 # Sizes and offsets the layout test compares against the C compiler's.
 LAYOUT = {
@@ -196,8 +197,8 @@ def decode(raw: bytes):
     """One record -> DataEvent | WriteResult | ConnEvent | ProcEvent."""
     if len(raw) < HEADER.size:
         raise DecodeError(f"record of {len(raw)} bytes is shorter than a header")
-    h = Header(*HEADER.unpack_from(raw))
-    kind = h.kind
+    ts_ns, kind, tgid, tid, fd, conn_id = HEADER.unpack_from(raw)
+    h = Header(ts_ns, kind, tgid, tid, fd, conn_id)
     off = HEADER.size
     if kind == EV_DATA:
         length, captured, direction, flags, iov_index, owner_fd, lost, tail = DATA.unpack_from(raw, off)

@@ -39,34 +39,44 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Final
 
-HEAD_LIMIT = 64 * 1024          # bytes of a head (or trailer section) kept, blank line excluded
-CHUNK_LINE_LIMIT = 1024         # bytes of a chunk-size line, extensions included
-MAX_HEADER_LINES = 1024         # far above what servers accept (commonly about 100)
-MAX_CONTENT_LENGTH = 2 ** 63 - 1
-METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE"})
-_STARTS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"PATC", b"OPTI", b"CONN", b"TRAC", b"HTTP")
-_BODYLESS_REQUESTS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
-_BLANK_LINE = b"\r\n\r\n"
+HEAD_LIMIT: Final = 64 * 1024          # bytes of a head (or trailer section) kept, blank line excluded
+CHUNK_LINE_LIMIT: Final = 1024         # bytes of a chunk-size line, extensions included
+MAX_HEADER_LINES: Final = 1024         # far above what servers accept (commonly about 100)
+MAX_CONTENT_LENGTH: Final = 2 ** 63 - 1
+METHODS: Final = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE"})
+_STARTS: Final = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"PATC", b"OPTI", b"CONN", b"TRAC", b"HTTP")
+_BODYLESS_REQUESTS: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+_BLANK_LINE: Final = b"\r\n\r\n"
 
 # [0-9] in a str pattern matches ASCII digits only (\d would match any Unicode digit)
-_DECIMAL = re.compile(r"[0-9]{1,19}")
-_TOKEN_PATTERN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_TOKEN = re.compile(_TOKEN_PATTERN)
+_DECIMAL: Final = re.compile(r"[0-9]{1,19}")
+_TOKEN_PATTERN: Final = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN: Final = re.compile(_TOKEN_PATTERN)
 # a request target's forbidden characters: controls, space and DEL
-_TARGET_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
+_TARGET_FORBIDDEN: Final = re.compile(r"[\x00-\x20\x7f]")
 # field names seen, as written -> lower case: a name is checked against _TOKEN and
 # lowered once, not on every line that carries it. Bounded in entries (cleared when full,
 # so names sent to fill it cost only their own check) and in size: longer names than any
 # real field's are checked each time and never kept.
 _NAMES: dict[str, str] = {}
-_NAMES_LIMIT = 4096
-_NAME_KEPT_MAX = 64
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;.*)?", re.DOTALL)
+_NAMES_LIMIT: Final = 4096
+_NAME_KEPT_MAX: Final = 64
+_CHUNK_SIZE: Final = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;.*)?", re.DOTALL)
 
 # states
-IDLE, HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, CHUNK_TRAILER, UNTIL_CLOSE, OPEN, CHUNK_LOST, RESYNC = range(10)
+# parser states (Final: the compiled module reads them as constants)
+IDLE: Final = 0
+HEAD: Final = 1
+BODY: Final = 2
+CHUNK_SIZE: Final = 3
+CHUNK_DATA: Final = 4
+CHUNK_TRAILER: Final = 5
+UNTIL_CLOSE: Final = 6
+OPEN: Final = 7
+CHUNK_LOST: Final = 8
+RESYNC: Final = 9
 
 
 @dataclass(slots=True, init=False)     # its own __init__: see events.Header

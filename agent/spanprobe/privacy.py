@@ -4,13 +4,14 @@ command-line arguments."""
 from __future__ import annotations
 
 import re
+from typing import Final
 from urllib.parse import quote, unquote
 
-REDACTED = "REDACTED"
+REDACTED: Final = "REDACTED"
 SECRET_CACHE_LIMIT = 4096      # parameter names whose verdict is kept
-_SECRET_WORDS = re.compile(r"(pass(word|wd)?|pwd|secret|token|key|auth|credential|signature|session|jwt|cookie)",
+_SECRET_WORDS: Final = re.compile(r"(pass(word|wd)?|pwd|secret|token|key|auth|credential|signature|session|jwt|cookie)",
                            re.IGNORECASE)
-_URL_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://[^/:@\s]+):[^/@\s]+@", re.IGNORECASE)
+_URL_USERINFO: Final = re.compile(r"([a-z][a-z0-9+.-]*://[^/:@\s]+):[^/@\s]+@", re.IGNORECASE)
 
 
 class Redactor:

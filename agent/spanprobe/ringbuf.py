@@ -24,10 +24,11 @@ from __future__ import annotations
 import mmap
 import platform
 import select
+from typing import Final
 
-HEADER_SIZE = 8
-BUSY = 1 << 31
-DISCARD = 1 << 30
+HEADER_SIZE: Final = 8
+BUSY: Final = 1 << 31
+DISCARD: Final = 1 << 30
 
 
 def supported() -> str | None:

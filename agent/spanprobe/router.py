@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import Callable
+from typing import Callable, Final
 
 from . import events as ev
 from .attributes import Extractor
@@ -32,10 +32,10 @@ records_log = logging.getLogger("spanprobe.records")
 
 # The stop flag is looked at every this many events: a huge batch still stops within
 # milliseconds of SIGTERM, and the check costs nothing per event.
-STOP_CHECK_EVERY = 256
-PROC_KINDS = frozenset((ev.EV_PROC_EXEC, ev.EV_PROC_FORK, ev.EV_PROC_EXIT))
+STOP_CHECK_EVERY: Final = 256
+PROC_KINDS: Final = frozenset((ev.EV_PROC_EXEC, ev.EV_PROC_FORK, ev.EV_PROC_EXIT))
 # how often the agent's sockets may be read again for a server port it does not export to
-OTHER_PORTS_READ_NS = 1_000_000_000
+OTHER_PORTS_READ_NS: Final = 1_000_000_000
 
 
 def describe_record(e) -> str:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
-_HEX = re.compile(r"^(?:0x)?[0-9a-fA-F]{8,}$")
-_NUM = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}(?:[Tt ].*)?$")
-_WORD = re.compile(r"^[a-z][a-z_-]*$")
-_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)(?::[^}]*)?\}$")
+_UUID: Final = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+_HEX: Final = re.compile(r"^(?:0x)?[0-9a-fA-F]{8,}$")
+_NUM: Final = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
+_DATE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}(?:[Tt ].*)?$")
+_WORD: Final = re.compile(r"^[a-z][a-z_-]*$")
+_PARAM: Final = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)(?::[^}]*)?\}$")
 
 
 def _opaque(segment: str) -> bool:
@@ -29,8 +30,8 @@ def _opaque(segment: str) -> bool:
 # segments seen that the heuristic keeps as they are ("users", "api"): they repeat on
 # every request and take four patterns each to clear. Short ones only, cleared when full.
 _LITERALS: set[str] = set()
-_LITERALS_LIMIT = 4096
-_LITERAL_KEPT_MAX = 64
+_LITERALS_LIMIT: Final = 4096
+_LITERAL_KEPT_MAX: Final = 64
 
 
 def heuristic(path: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -27,12 +27,12 @@ from .streams import Exchange
 
 log = logging.getLogger("spanprobe.spans")
 
-SCOPE = InstrumentationScope("spanprobe", __version__)
+SCOPE: Final = InstrumentationScope("spanprobe", __version__)
 # OTLP's numbers: SpanKind is the SDK's value + 1; StatusCode is the SDK's value
-KIND_SERVER = SpanKind.SERVER.value + 1
-KIND_CLIENT = SpanKind.CLIENT.value + 1
+KIND_SERVER: Final = SpanKind.SERVER.value + 1
+KIND_CLIENT: Final = SpanKind.CLIENT.value + 1
 _SDK_KINDS = {k.value + 1: k for k in SpanKind}
-STATUS_ERROR = StatusCode.ERROR.value
+STATUS_ERROR: Final = StatusCode.ERROR.value
 
 
 class Span:
@@ -146,7 +146,7 @@ def split_host(value: str | None) -> tuple[str | None, int | None]:
     return host or None, int(port) if port.isdigit() else None
 
 
-_WILDCARDS = ("0.0.0.0", "::", "")
+_WILDCARDS: Final = ("0.0.0.0", "::", "")
 
 
 def local_end(local: tuple[str, int] | None) -> tuple[str | None, int | None]:

@@ -23,14 +23,14 @@ import re
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Callable
+from typing import Callable, Final
 
 from . import events as ev
 from .httpparse import Message, MessageParser
 
 import logging
 _debug = logging.getLogger("spanprobe.streams")
-TASK_TRUST_AFTER = 3   # verified task owners before a process's task links are used
+TASK_TRUST_AFTER: Final = 3   # verified task owners before a process's task links are used
 
 _rng = random.Random()
 _rng.seed(int.from_bytes(__import__("os").urandom(16), "little"))
@@ -52,7 +52,7 @@ def new_span_id() -> int:
 
 # W3C trace-context: lowercase hex only; version 00 has exactly four fields, later
 # versions may append more (the same rule as OpenTelemetry's own propagator).
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_TRACEPARENT: Final = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 
 
 def parse_traceparent(value: str | None) -> tuple[int, int, int] | None:
@@ -80,7 +80,7 @@ class AssemblerLimits:
     buffered_bytes: int = 16 << 20  # head and line bytes parsers hold, all connections
 
 
-_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+_WILDCARDS: Final = frozenset({"", "0.0.0.0", "::"})
 
 
 def link_endpoint(ep: tuple[str, int] | None) -> tuple[str, int] | None:
