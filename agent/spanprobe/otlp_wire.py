@@ -17,28 +17,29 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from .spans import Span, from_readable
 
-_FIXED64 = struct.Struct("<Q").pack
-_FIXED32 = struct.Struct("<I").pack
-_DOUBLE = struct.Struct("<d").pack
+_FIXED64: Final = struct.Struct("<Q").pack
+_FIXED32: Final = struct.Struct("<I").pack
+_DOUBLE: Final = struct.Struct("<d").pack
 
 # wire tags: (field << 3) | wire type
-_T_RESOURCE_SPANS = b"\x0a"          # ExportTraceServiceRequest.resource_spans = 1
-_T_RS_RESOURCE = b"\x0a"             # ResourceSpans.resource = 1
-_T_RS_SCOPE_SPANS = b"\x12"          # ResourceSpans.scope_spans = 2
-_T_SCHEMA_URL = b"\x1a"              # ResourceSpans/ScopeSpans.schema_url = 3
-_T_SS_SCOPE = b"\x0a"                # ScopeSpans.scope = 1
-_T_SS_SPAN = b"\x12"                 # ScopeSpans.spans = 2
-_T_ATTR = b"\x0a"                    # Resource.attributes = 1
-_FLAGS_HAS_IS_REMOTE = 0x100         # SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
-_FLAGS_IS_REMOTE = 0x200             # SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
+_T_RESOURCE_SPANS: Final = b"\x0a"          # ExportTraceServiceRequest.resource_spans = 1
+_T_RS_RESOURCE: Final = b"\x0a"             # ResourceSpans.resource = 1
+_T_RS_SCOPE_SPANS: Final = b"\x12"          # ResourceSpans.scope_spans = 2
+_T_SCHEMA_URL: Final = b"\x1a"              # ResourceSpans/ScopeSpans.schema_url = 3
+_T_SS_SCOPE: Final = b"\x0a"                # ScopeSpans.scope = 1
+_T_SS_SPAN: Final = b"\x12"                 # ScopeSpans.spans = 2
+_T_ATTR: Final = b"\x0a"                    # Resource.attributes = 1
+_FLAGS_HAS_IS_REMOTE: Final = 0x100         # SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
+_FLAGS_IS_REMOTE: Final = 0x200             # SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 _KV_CACHE_LIMIT = 8192               # (key, str or int value) pairs kept encoded; cleared when full
-_RESOURCE_CACHE_LIMIT = 4096         # one entry per traced process
+_KV_VALUES_PER_KEY = 512             # values of one key kept; past it, that key is encoded per span
+_RESOURCE_CACHE_LIMIT: Final = 4096         # one entry per traced process
 
-_SMALL_VARINTS = [bytes([n]) for n in range(128)]
+_SMALL_VARINTS: Final = [bytes([n]) for n in range(128)]
 
 
 def varint(n: int) -> bytes:
@@ -100,31 +101,44 @@ class SpanEncoder:
     def __init__(self):
         self._resources: dict[int, tuple[object, bytes]] = {}
         self._scopes: dict[int, tuple[object, bytes]] = {}
-        self._kv: dict[bytes, dict[tuple[str, str | int], bytes]] = {}   # tag -> (key, value) -> field
+        self._kv: dict[bytes, dict[str, dict[str | int, bytes]]] = {}   # tag -> key -> value -> field
         self._kv_size = 0
 
     # ---- attributes ----
     def attributes(self, tag: bytes, attrs: dict[str, Any]) -> bytes:
         """Every attribute as a repeated KeyValue field with the given tag. A dict (the
-        compiled loop iterates it directly); other mappings are copied into one first."""
+        compiled loop iterates it directly); other mappings are copied into one first.
+
+        A str or int value's field is cached by key, then by value: no pair is made and
+        hashed per attribute, and a key's name is the same object span after span, so it
+        is found by identity. At most _KV_VALUES_PER_KEY values a key are kept: a key
+        whose values rarely repeat (a path, a port) stops filling the cache and leaves it
+        to the pairs that do repeat; all of it is cleared at _KV_CACHE_LIMIT."""
         if not attrs:
             return b""
         out = []
-        kv_cache = self._kv.setdefault(tag, {})
+        by_key = self._kv.get(tag)
+        if by_key is None:
+            by_key = self._kv[tag] = {}
         for key, value in attrs.items():
             cls = value.__class__
             # str and int only: a bool or float equal to a cached int (True == 1 == 1.0)
             # would share its entry
             if cls is str or cls is int:
-                pair = (key, value)
-                enc = kv_cache.get(pair)
+                values = by_key.get(key)
+                if values is None:
+                    values = by_key[key] = {}
+                enc = values.get(value)
                 if enc is None:
-                    if self._kv_size >= _KV_CACHE_LIMIT:
-                        self._kv.clear()          # high-cardinality values: start again
-                        self._kv_size = 0
-                        kv_cache = self._kv[tag] = {}
-                    enc = kv_cache[pair] = _field(tag, key_value(key, value))
-                    self._kv_size += 1
+                    enc = _field(tag, key_value(key, value))
+                    if len(values) < _KV_VALUES_PER_KEY:
+                        if self._kv_size >= _KV_CACHE_LIMIT:
+                            self._kv.clear()      # many keys and values: start again
+                            self._kv_size = 0
+                            by_key = self._kv[tag] = {}
+                            values = by_key[key] = {}
+                        values[value] = enc
+                        self._kv_size += 1
                 out.append(enc)
             else:
                 out.append(_field(tag, key_value(key, value)))

@@ -101,6 +101,20 @@ def test_the_value_cache_is_bounded_and_stays_correct_when_cleared(monkeypatch):
     assert enc._kv_size <= 3
 
 
+def test_a_key_with_many_values_stops_filling_the_cache(monkeypatch):
+    """Past _KV_VALUES_PER_KEY values of one key (a path), that key's values are encoded
+    per span and the cache keeps the pairs that repeat; the bytes stay the SDK's."""
+    monkeypatch.setattr(otlp_wire, "_KV_VALUES_PER_KEY", 2)
+    enc = SpanEncoder()
+    spans = [span(i) for i in range(10)]           # a distinct url.path each, the rest alike
+    for _ in range(2):
+        assert enc.encode(spans) == encode_spans(spans).SerializePartialToString()
+    by_key = enc._kv[b"\x4a"]
+    assert len(by_key["url.path"]) == 2
+    assert all(len(values) == 1 for key, values in by_key.items() if key != "url.path")
+    assert enc._kv_size == sum(len(values) for keys in enc._kv.values() for values in keys.values())
+
+
 def test_the_resource_cache_does_not_mistake_a_new_object_for_a_freed_one():
     enc = SpanEncoder()
     first = enc.encode([span(1, resource=Resource({"service.name": "one"}))])
