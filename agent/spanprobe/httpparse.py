@@ -56,6 +56,11 @@ _TOKEN_PATTERN: Final = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _TOKEN: Final = re.compile(_TOKEN_PATTERN)
 # a request target's forbidden characters: controls, space and DEL
 _TARGET_FORBIDDEN: Final = re.compile(r"[\x00-\x20\x7f]")
+# Methods mypyc has no primitive for, taken once: called through these, the compiled code
+# skips the method lookup it makes on each `value.isascii()` (hundreds of instructions).
+_isascii: Final = str.isascii
+_isdigit: Final = str.isdigit
+_isprintable: Final = str.isprintable
 # field names seen, as written -> lower case: a name is checked against _TOKEN and
 # lowered once, not on every line that carries it. Bounded in entries (cleared when full,
 # so names sent to fill it cost only their own check) and in size: longer names than any
@@ -138,7 +143,7 @@ def _content_length(value: str) -> int:
     """Content-Length: one value, or a list of identical values (RFC 9112 6.3)."""
     # one value, nearly always: what _DECIMAL matches (ASCII digits are the only ASCII
     # characters isdigit() takes), without the pattern's cost
-    if 0 < len(value) <= 19 and value.isascii() and value.isdigit():
+    if 0 < len(value) <= 19 and _isascii(value) and _isdigit(value):
         length = int(value)
         if length > MAX_CONTENT_LENGTH:
             raise ParseError(f"Content-Length {length} out of range")
@@ -183,8 +188,8 @@ def _request_line(line: str, msg: Message) -> bool:
         return False
     target = line[sp + 1:end]
     # isprintable() of an ASCII string is false exactly for controls and DEL
-    if target.isascii():
-        if " " in target or not target.isprintable():
+    if _isascii(target):
+        if " " in target or not _isprintable(target):
             return False
     elif _TARGET_FORBIDDEN.search(target):
         return False
