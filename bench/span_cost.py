@@ -11,6 +11,13 @@ records a span), whose total includes the same encoding. CPU time
 (time.process_time), medians of 5 rounds, one process: ratios are what matter.
 `--both` runs it twice, with the agent's hot modules compiled by mypyc and from their
 sources (SPANPROBE_COMPILED=0, spanprobe/native.py), and prints the two side by side.
+
+`--instructions` counts instead of timing: each path runs under valgrind's callgrind at two
+sizes, and the difference of the instructions executed, divided by the difference of the
+spans, is the path's instructions per span (start-up and imports cancel out). It repeats to
+within a fraction of a percent where CPU time on a shared virtual machine moves by a third
+between runs, so it is what tells a step of a few percent from the noise. Instructions are
+not time (a cache miss costs more than an add), so the CPU figures above stay the measure.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import statistics
 import struct
 import subprocess
@@ -171,8 +180,15 @@ def main() -> None:
     p.add_argument("--spans", type=int, default=20000)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--both", action="store_true", help="compiled and source, side by side")
+    p.add_argument("--instructions", action="store_true",
+                   help="instructions per span under valgrind (deterministic), compiled and source")
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)   # --both's children
+    p.add_argument("--path", choices=sorted(COUNTED), help=argparse.SUPPRESS)   # --instructions' children
     a = p.parse_args()
+    if a.path:
+        return COUNTED[a.path](a.spans)
+    if a.instructions:
+        return instructions()
     if a.both:
         return both(a)
     settle_heap()        # as the agent does once ready
@@ -239,6 +255,65 @@ def both(a) -> None:
         c = statistics.median(r[name] for r in runs["compiled"])
         s = statistics.median(r[name] for r in runs["source"])
         print(f"{name:<36}{c:>10.1f}{s:>10.1f}{c / s:>8.2f}")
+
+
+# --instructions: what one child process runs, once, at a given number of spans
+def _count_build(n: int) -> None:
+    settle_heap()
+    spans, _ = agent_path(records(n))
+    assert len(spans) == n
+
+
+def _count_total(n: int) -> None:
+    settle_heap()
+    spans, _ = agent_path(records(n))
+    encode_wire(spans)
+
+
+def _count_per_request(n: int) -> None:
+    settle_heap()
+    spans, _ = agent_path(records(n, per_request=True))
+    encode_wire(spans)
+
+
+def _count_sdk(n: int) -> None:
+    sdk_path(n)
+
+
+COUNTED = {"build": _count_build, "total": _count_total, "per-request": _count_per_request, "sdk": _count_sdk}
+COUNTED_ROWS = (("agent: decode + assemble + build", "build"), ("agent: total per span", "total"),
+                ("agent, a connection per request", "per-request"), ("SDK tracer API (no export)", "sdk"))
+SIZES = (1000, 4000)
+
+
+def _instructions(path: str, compiled: bool) -> float:
+    counts = []
+    for n in SIZES:
+        env = dict(os.environ, SPANPROBE_COMPILED="1" if compiled else "0")
+        done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                               sys.executable, __file__, "--path", path, "--spans", str(n)],
+                              env=env, capture_output=True, text=True)
+        got = re.search(r"Collected : (\d+)", done.stderr)
+        if done.returncode != 0 or got is None:
+            raise SystemExit(f"span_cost --instructions: the {path} run failed under valgrind: "
+                             f"{done.stderr.strip().splitlines()[-1:]}")
+        counts.append(int(got.group(1)))
+    return (counts[1] - counts[0]) / (SIZES[1] - SIZES[0])
+
+
+def instructions() -> None:
+    """Instructions per span of each path, compiled and from source (module docstring)."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("span_cost --instructions: valgrind is not installed: apt-get install valgrind")
+    build = native.state()
+    if not build.startswith("compiled"):
+        raise SystemExit(f"span_cost --instructions: no compiled build ({build}): "
+                         "run python scripts/compile_agent.py")
+    print(f"instructions per span (callgrind, {SIZES[1]} spans minus {SIZES[0]}), one process each")
+    print(f"{'path':<36}{'compiled':>10}{'source':>10}")
+    for name, path in COUNTED_ROWS:
+        c, s = _instructions(path, True), _instructions(path, False)
+        print(f"{name:<36}{c:>10,.0f}{s:>10,.0f}", flush=True)
 
 
 if __name__ == "__main__":
