@@ -121,7 +121,7 @@ class SpanEncoder:
         if by_key is None:
             by_key = self._kv[tag] = {}
         for key, value in attrs.items():
-            cls = value.__class__
+            cls = type(value)
             # str and int only: a bool or float equal to a cached int (True == 1 == 1.0)
             # would share its entry
             if cls is str or cls is int:
