@@ -70,6 +70,7 @@ DATA_BUF_OFFSET: Final = HEADER.size + DATA.size
 # Bound once: the compiled module calls a bound method directly, where `HEADER.unpack_from(...)`
 # looks the method up on every call (a few hundred instructions of ~5,000 a record).
 _unpack_header: Final = HEADER.unpack_from
+HEADER_SIZE: Final = HEADER.size
 _unpack_data: Final = DATA.unpack_from
 
 # Sizes and offsets the layout test compares against the C compiler's.
@@ -199,11 +200,15 @@ def _addr(family: int, raw: bytes, port: int) -> tuple[str, int] | None:
 
 def decode(raw: bytes):
     """One record -> DataEvent | WriteResult | ConnEvent | ProcEvent."""
-    if len(raw) < HEADER.size:
+    if len(raw) < HEADER_SIZE:
         raise DecodeError(f"record of {len(raw)} bytes is shorter than a header")
+    # declared: compared and sliced with as machine integers, not as objects
+    kind: int
+    length: int
+    captured: int
     ts_ns, kind, tgid, tid, fd, conn_id = _unpack_header(raw)
     h = Header(ts_ns, kind, tgid, tid, fd, conn_id)
-    off = HEADER.size
+    off = HEADER_SIZE
     if kind == EV_DATA:
         length, captured, direction, flags, iov_index, owner_fd, lost, tail = _unpack_data(raw, off)
         data = raw[DATA_BUF_OFFSET:DATA_BUF_OFFSET + captured]

@@ -30,6 +30,7 @@ def _opaque(segment: str) -> bool:
 # segments seen that the heuristic keeps as they are ("users", "api"): they repeat on
 # every request and take four patterns each to clear. Short ones only, cleared when full.
 _LITERALS: set[str] = set()
+_isascii: Final = str.isascii     # bound once (the compiled module has no primitive for it)
 _LITERALS_LIMIT: Final = 4096
 _LITERAL_KEPT_MAX: Final = 64
 
@@ -41,7 +42,7 @@ def heuristic(path: str) -> str:
     for seg in parts:
         if not seg or seg in literals:
             out.append(seg)
-        elif _NUM.match(seg):
+        elif (seg.isdigit() and _isascii(seg)) or _NUM.match(seg):     # digits: _NUM's, no pattern run
             out.append("{id}")
         elif _UUID.match(seg):
             out.append("{uuid}")
