@@ -147,7 +147,7 @@ class Connection:
     local: tuple[str, int] | None = None
     listen_fd: int = -1
     family: int = 0
-    inflight: deque = field(default_factory=deque)    # Exchanges awaiting a response
+    inflight: deque[Exchange] = field(default_factory=deque)    # awaiting a response
     requests: MessageParser | None = None
     responses: MessageParser | None = None
     ingress: MessageParser | None = None      # requests for servers, responses for clients
@@ -165,7 +165,7 @@ class Connection:
 
     def __init__(self, tgid: int, fd: int, conn_id: int, role: int, opened_ts: int,
                  peer: tuple[str, int] | None = None, local: tuple[str, int] | None = None,
-                 listen_fd: int = -1, family: int = 0, inflight: deque | None = None,
+                 listen_fd: int = -1, family: int = 0, inflight: deque[Exchange] | None = None,
                  requests: MessageParser | None = None, responses: MessageParser | None = None,
                  ingress: MessageParser | None = None, egress: MessageParser | None = None,
                  egress_skip: int = 0, ignored: bool = False, owner_fd: int = -1,
