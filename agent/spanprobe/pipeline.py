@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 from . import native
 from .adoption import adopt_established
@@ -43,10 +43,10 @@ from .procfs import SysRoot
 from .pyruntime import Calibrations
 from .router import HostSockets, Router, RuleScopes
 from .routes import RouteMatcher
-from .sampling import SAMPLED, HeadSampler
+from .sampling import HeadSampler
 from .session import (CaptureRequest, KernelSession, ProcessGone, PythonCheckRequest,
                       PythonLinkRequest, Request, SelectRequest, SessionOpener)
-from .spans import SpanBuilder
+from .spans import SpanBuilder, build_spans
 from .streams import Exchange
 
 log = logging.getLogger("spanprobe")
@@ -62,18 +62,6 @@ def agent_resource_attributes(settings: Settings, env: dict[str, str]) -> dict[s
                                 if k != "service.name"}
     attrs.update({str(k): v for k, v in settings["resource_attributes"].items()})
     return attrs
-
-
-def build_spans(builder: SpanBuilder, exchanges: Iterable[Exchange], faults: Faults) -> list:
-    """Exchange -> Span, each in its own isolation boundary."""
-    spans = []
-    build = builder.build
-    for x in exchanges:
-        try:
-            spans.append(build(x))
-        except Exception as exc:    # one odd exchange must not stop the agent
-            faults.record("build", exc)
-    return spans
 
 
 @dataclass
@@ -278,9 +266,9 @@ class Agent:
 
     def _build(self, exchanges: list[Exchange]) -> list:
         """Spans of the sampled exchanges; the others (head sampling) are only counted."""
-        sampled = [x for x in exchanges if x.trace_flags & SAMPLED]
-        self.stats.unsampled += len(exchanges) - len(sampled)
-        return build_spans(self.builder, sampled, self.faults)
+        spans, unsampled = build_spans(self.builder, exchanges, self.faults.record)
+        self.stats.unsampled += unsampled
+        return spans
 
     def _submit(self, spans: list) -> None:
         if spans:

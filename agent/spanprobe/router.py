@@ -203,6 +203,7 @@ class Router:
         """Handle a batch of raw records in order; the exchanges they finished."""
         decode = ev.decode
         handlers = self.handlers
+        asm = self.assembler
         describe = records_log.isEnabledFor(logging.DEBUG)
         for i, raw in enumerate(batch):
             if not i % STOP_CHECK_EVERY and should_stop():
@@ -221,7 +222,10 @@ class Router:
             if describe:
                 records_log.debug("record %s", describe_record(e))
             try:
-                handlers[e.h.kind](e)
+                if isinstance(e, ev.DataEvent):   # most records: a direct call, not the table's
+                    asm.data(e)
+                else:
+                    handlers[e.h.kind](e)
             except Exception as exc:
                 self._failed(e, exc)
         return self.finished()
