@@ -266,7 +266,7 @@ class Agent:
 
     def _build(self, exchanges: list[Exchange]) -> list:
         """Spans of the sampled exchanges; the others (head sampling) are only counted."""
-        spans, unsampled = build_spans(self.builder, exchanges, self.faults.record)
+        spans, unsampled = build_spans(self.builder.build, exchanges, self.faults.record)
         self.stats.unsampled += unsampled
         return spans
 

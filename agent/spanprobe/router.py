@@ -203,7 +203,7 @@ class Router:
         """Handle a batch of raw records in order; the exchanges they finished."""
         decode = ev.decode
         handlers = self.handlers
-        asm = self.assembler
+        on_data = handlers[ev.EV_DATA]
         describe = records_log.isEnabledFor(logging.DEBUG)
         for i, raw in enumerate(batch):
             if not i % STOP_CHECK_EVERY and should_stop():
@@ -222,8 +222,8 @@ class Router:
             if describe:
                 records_log.debug("record %s", describe_record(e))
             try:
-                if isinstance(e, ev.DataEvent):   # most records: a direct call, not the table's
-                    asm.data(e)
+                if isinstance(e, ev.DataEvent):   # most records: no lookup of the kind in the table
+                    on_data(e)
                 else:
                     handlers[e.h.kind](e)
             except Exception as exc:

@@ -329,7 +329,7 @@ class SpanBuilder:
                     wall(start), wall(max(end, start)), status_code, description)
 
 
-def build_spans(builder: SpanBuilder, exchanges: list[Exchange],
+def build_spans(build: Callable[[Exchange], Span], exchanges: list[Exchange],
                 record_fault: Callable[[str, Exception], None]) -> tuple[list[Span], int]:
     """(spans of the sampled exchanges, how many were not sampled). Each exchange is built
     in its own isolation boundary: one that fails is recorded and the rest go on. Here,
@@ -341,7 +341,7 @@ def build_spans(builder: SpanBuilder, exchanges: list[Exchange],
             unsampled += 1
             continue
         try:
-            spans.append(builder.build(x))
+            spans.append(build(x))
         except Exception as exc:    # one odd exchange must not stop the agent
             record_fault("build", exc)
     return spans, unsampled
