@@ -93,54 +93,7 @@ def http_exporter(url: str, timeout: float) -> SpanExporter:
     if not (all(callable(getattr(client, name, None)) for name in ("_submit", "_compress"))
             and hasattr(client, "_timeout") and hasattr(client, "_transport")):
         return _sdk_http_exporter(OTLPSpanExporter, url, timeout)
-    client._transport, how = lean_transport(client._transport, url)
-    log.info("OTLP/HTTP to %s: %s", url, how)
     return exporter
-
-
-# where requests would take something from the process's environment that urllib3 alone
-# does not: the SDK's credential provider (a requests.Session of its own)
-CREDENTIAL_PROVIDER_VARIABLES = ("OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
-                                 "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER")
-
-
-def lean_transport(transport, url: str):
-    """(the transport to send through, a phrase saying which and why).
-
-    The SDK sends OTLP/HTTP through `requests` by default; its package also ships a
-    transport on urllib3 alone (the SDK's own, opentelemetry-exporter-http-transport),
-    which costs the agent a third of the CPU per POST (bench: ~0.33 against ~0.95 ms), a
-    µs or more per span at the batches the export queue sends. It is taken with the
-    trust requests would use (the certificate file; else REQUESTS_CA_BUNDLE or
-    CURL_CA_BUNDLE; else requests' own CA bundle; and the client certificate). What only
-    requests can carry keeps it, said in the phrase: a proxy from the environment for this
-    URL, a .netrc entry for the host, a credential provider's session, a CA directory."""
-    try:
-        import requests
-        from opentelemetry.exporter.http.transport._requests import RequestsHTTPTransport
-        from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
-    except ImportError as exc:
-        return transport, f"through the SDK's transport ({exc})"
-    session = getattr(transport, "_session", None)
-    if type(transport) is not RequestsHTTPTransport or type(session) is not requests.Session:
-        return transport, f"through the SDK's {type(transport).__name__}"
-    kept = [name for name in CREDENTIAL_PROVIDER_VARIABLES if os.environ.get(name)]
-    # what requests would send with: the session's settings merged with the environment's
-    merged = session.merge_environment_settings(url, {}, None, session.verify, session.cert)
-    if requests.utils.select_proxy(url, merged["proxies"]):
-        kept.append("a proxy from the environment")
-    if session.trust_env and requests.utils.get_netrc_auth(url):
-        kept.append("a .netrc entry for the host")
-    if isinstance(merged["verify"], str) and os.path.isdir(merged["verify"]):
-        kept.append("a directory of CA certificates")     # the SDK's urllib3 transport takes files
-    if kept:
-        return transport, "through requests, for " + ", ".join(kept)
-    verify = merged["verify"]
-    if verify is True:      # requests' own bundle (certifi), so the same receivers are trusted
-        verify = requests.utils.DEFAULT_CA_BUNDLE_PATH
-    lean = Urllib3HTTPTransport(verify=verify, cert=merged["cert"])
-    transport.close()
-    return lean, "through urllib3 (the SDK's transport), TLS trust as requests resolved it"
 
 
 def _sdk_http_exporter(sdk_class, url: str, timeout: float) -> SpanExporter:

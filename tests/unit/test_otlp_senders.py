@@ -3,10 +3,7 @@ receiver on loopback answers becomes accepted, "later" (with its delay) or refus
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import logging
-import ssl
 import threading
 import time
 from concurrent import futures
@@ -15,18 +12,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 import pytest
-import requests
 from google.protobuf.duration_pb2 import Duration
 from google.rpc.error_details_pb2 import RetryInfo
-from opentelemetry.exporter.http.transport._requests import RequestsHTTPTransport
-from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
-from spanprobe.otlp_senders import (CREDENTIAL_PROVIDER_VARIABLES, grpc_compression, grpc_exporter,
-                                    http_exporter, lean_transport)
+from spanprobe.otlp_senders import grpc_compression, grpc_exporter, http_exporter
 from tests.support.procs import free_port
 
 SPANS = [ReadableSpan(name="GET /x", context=SpanContext(0x1, 0x2, False, TraceFlags(1)),
@@ -205,129 +198,3 @@ def test_grpc_to_a_real_grpc_receiver_gives_no_protocol_hint(grpc_answers, caplo
 ])
 def test_grpc_compression_accepts_none_which_the_sdk_rejects(env, want):
     assert grpc_compression(env) == want
-
-
-# --- which transport OTLP/HTTP goes through (otlp_senders.lean_transport) ---
-
-ENVIRONMENT_TRUST = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
-                     "http_proxy", "https_proxy", "all_proxy", "NO_PROXY", "no_proxy",
-                     "OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
-
-
-@pytest.fixture
-def clean_env(monkeypatch, tmp_path):
-    for name in ENVIRONMENT_TRUST + CREDENTIAL_PROVIDER_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    return monkeypatch
-
-
-def pool_settings(exporter):
-    transport = exporter._client._transport
-    assert isinstance(transport, Urllib3HTTPTransport), type(transport)
-    return transport._pool.connection_pool_kw
-
-
-def test_http_goes_through_urllib3_with_requests_own_ca_bundle(clean_env):
-    exporter = http_exporter("http://127.0.0.1:4318/v1/traces", 1.0)
-    kw = pool_settings(exporter)
-    assert (kw["cert_reqs"], kw["ca_certs"]) == ("CERT_REQUIRED", requests.utils.DEFAULT_CA_BUNDLE_PATH)
-    exporter.shutdown()
-
-
-def test_the_certificate_variables_carry_over(clean_env, tmp_path):
-    ca = tmp_path / "ca.pem"
-    clean_env.setenv("REQUESTS_CA_BUNDLE", "/nowhere/bundle.pem")
-    assert pool_settings(http_exporter("https://127.0.0.1:4318/v1/traces", 1.0))["ca_certs"] == "/nowhere/bundle.pem"
-    clean_env.setenv("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", str(ca))   # the SDK's variable wins
-    assert pool_settings(http_exporter("https://127.0.0.1:4318/v1/traces", 1.0))["ca_certs"] == str(ca)
-
-
-@pytest.mark.parametrize("variables, kept", [
-    ({"HTTP_PROXY": "http://127.0.0.1:9"}, "a proxy"),
-    ({"HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "127.0.0.1"}, None),
-    ({"HTTPS_PROXY": "http://127.0.0.1:9"}, None),            # not this URL's scheme
-    ({"OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER": "x"}, "CREDENTIAL_PROVIDER"),
-])
-def test_requests_is_kept_for_what_only_it_carries(clean_env, variables, kept):
-    for name, value in variables.items():
-        clean_env.setenv(name, value)
-    url = "http://127.0.0.1:4318/v1/traces"
-    transport, how = lean_transport(RequestsHTTPTransport(verify=True, cert=None), url)
-    if kept is None:
-        assert isinstance(transport, Urllib3HTTPTransport) and how.startswith("through urllib3")
-    else:
-        assert isinstance(transport, RequestsHTTPTransport) and kept in how
-
-
-def test_a_netrc_entry_keeps_requests(clean_env, tmp_path):
-    netrc = tmp_path / "netrc"
-    netrc.write_text("machine 127.0.0.1 login u password p\n")
-    netrc.chmod(0o600)
-    clean_env.setenv("NETRC", str(netrc))
-    transport, how = lean_transport(RequestsHTTPTransport(verify=True, cert=None), "http://127.0.0.1:1/v1/traces")
-    assert isinstance(transport, RequestsHTTPTransport) and ".netrc" in how
-
-
-def self_signed(tmp_path):
-    """A certificate for 127.0.0.1 and its key, as PEM files (it is its own CA)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "spanprobe test receiver")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = tmp_path / "receiver.pem", tmp_path / "receiver.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_file, key_file
-
-
-def test_https_receiver_trusted_only_through_the_certificate_variable(clean_env, tmp_path):
-    """Over TLS to a receiver with its own certificate: refused while only the default
-    bundle is trusted, accepted once OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE names it."""
-    cert_file, key_file = self_signed(tmp_path)
-    received = []
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):
-            received.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"https://127.0.0.1:{server.server_address[1]}/v1/traces"
-    try:
-        untrusting = http_exporter(url, 2.0)
-        a = untrusting.attempt(SPANS)
-        untrusting.shutdown()
-        assert not a.ok and "SSL" in a.reason.upper() and received == []
-        clean_env.setenv("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", str(cert_file))
-        trusting = http_exporter(url, 2.0)
-        assert isinstance(trusting._client._transport, Urllib3HTTPTransport)
-        assert trusting.attempt(SPANS).ok and len(received) == 1
-        trusting.shutdown()
-    finally:
-        server.shutdown()
-        server.server_close()
