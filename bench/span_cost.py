@@ -280,9 +280,54 @@ def _count_sdk(n: int) -> None:
     sdk_path(n)
 
 
-COUNTED = {"build": _count_build, "total": _count_total, "per-request": _count_per_request, "sdk": _count_sdk}
+def _count_wiring(n: int, per_request: bool) -> None:
+    """The agent's own wiring (pipeline.Agent: router, assembler, builder, export queue,
+    otlp_wire) on a fake kernel session (tests/support/fake_session.py) and a fake /proc,
+    fed the same records in batches of 500 as the loop takes them from the ring buffer."""
+    import tempfile
+
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+    from spanprobe.config import resolve
+    from spanprobe.otlp_wire import SpanEncoder
+    from spanprobe.pipeline import Agent
+    from tests.support.fake_session import FakeSession, fake_proc, tcp_row
+
+    class Encoded(SpanExporter):
+        def __init__(self):
+            self.encoder, self.spans = SpanEncoder(), 0
+
+        def export(self, spans):
+            self.encoder.encode(spans)
+            self.spans += len(spans)
+            return SpanExportResult.SUCCESS
+
+    listening = (("0.0.0.0", 8000), 1001)
+    with tempfile.TemporaryDirectory(prefix="span-cost-proc-") as tmp:
+        fake_proc(Path(tmp), 4242, ["/usr/bin/python3", "app.py"], "/usr/bin/python3.11", {3: listening[1]},
+                  [tcp_row(0, listening[0], ("0.0.0.0", 0), 0x0A, listening[1])])
+        session, exporter = FakeSession(), Encoded()
+        agent = Agent(resolve({"select.ports": [8000]}, env={}), SysRoot(tmp), env={},
+                      open_session=session.opener(), exporters=[exporter])
+        agent.start()
+        settle_heap()
+        raw = records(n, per_request=per_request)
+        for i in range(0, len(raw), 500):
+            session.inject(*raw[i:i + 500])
+            agent.poll(0)
+            agent.process_batch()
+        agent.shutdown()
+    assert exporter.spans == n, (exporter.spans, n)
+
+
+COUNTED = {"build": _count_build, "total": _count_total, "per-request": _count_per_request, "sdk": _count_sdk,
+           "wiring": lambda n: _count_wiring(n, False), "wiring-per-request": lambda n: _count_wiring(n, True)}
 COUNTED_ROWS = (("agent: decode + assemble + build", "build"), ("agent: total per span", "total"),
-                ("agent, a connection per request", "per-request"), ("SDK tracer API (no export)", "sdk"))
+                ("agent, a connection per request", "per-request"),
+                ("agent's wiring (pipeline.Agent)", "wiring"),
+                ("agent's wiring, conn. per request", "wiring-per-request"),
+                ("SDK tracer API (no export)", "sdk"))
 SIZES = (1000, 4000)
 
 
