@@ -159,7 +159,7 @@ def sdk_path(n: int):
             return SpanExportResult.SUCCESS
 
     provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(Null(), max_queue_size=n + 10))
+    provider.add_span_processor(BatchSpanProcessor(Null(), max_queue_size=max(n + 10, 512)))   # >= its batch
     tracer = provider.get_tracer("bench")
     t0 = time.process_time()
     for i in range(n):
