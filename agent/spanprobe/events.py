@@ -66,11 +66,11 @@ WRITE_RESULT: Final = struct.Struct("<qq")        # struct sp_write_result_event
 CONN: Final = struct.Struct("<iHBBHHI16s16s")     # struct sp_conn_event
 PATH_BYTES: Final = 128
 PROC: Final = struct.Struct("<II16s128s")         # struct sp_proc_event
-DATA_BUF_OFFSET: Final = HEADER.size + DATA.size
+HEADER_SIZE: Final = HEADER.size
+DATA_BUF_OFFSET: Final = HEADER_SIZE + DATA.size
 # Bound once: the compiled module calls a bound method directly, where `HEADER.unpack_from(...)`
 # looks the method up on every call (a few hundred instructions of ~5,000 a record).
 _unpack_header: Final = HEADER.unpack_from
-HEADER_SIZE: Final = HEADER.size
 _unpack_data: Final = DATA.unpack_from
 
 # Sizes and offsets the layout test compares against the C compiler's.
