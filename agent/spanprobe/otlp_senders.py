@@ -86,7 +86,7 @@ def http_exporter(url: str, timeout: float) -> SpanExporter:
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             return SpanExportResult.SUCCESS if self.attempt(spans).ok else SpanExportResult.FAILURE
 
-    exporter = Exporter(endpoint=url, timeout=timeout)
+    exporter = Exporter(endpoint=url, timeout=timeout, session=settled_session())
     # _client._submit, _compress, _timeout and _transport are private to the SDK versions in
     # requirements/constraints.txt (tests/unit/test_otlp_wire.py sends through them)
     client = getattr(exporter, "_client", None)
@@ -94,6 +94,55 @@ def http_exporter(url: str, timeout: float) -> SpanExporter:
             and hasattr(client, "_timeout") and hasattr(client, "_transport")):
         return _sdk_http_exporter(OTLPSpanExporter, url, timeout)
     return exporter
+
+
+# a credential provider's own session (an entry point the SDK loads): left to the SDK
+CREDENTIAL_PROVIDER_VARIABLES = ("OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
+                                 "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER")
+SETTLED_LIMIT = 64      # request shapes remembered (one exporter sends one)
+
+
+def settled_session():
+    """The session the SDK's OTLP/HTTP transport posts through: requests' own, with two
+    differences, both about what `requests` takes from the environment at each request.
+
+    * Read once per request shape, not per POST: `merge_environment_settings` scans every
+      environment variable twice per request for proxies (~30% of a POST's CPU with ~75
+      variables set), and the agent's environment does not change while it runs.
+    * The CA file the SDK set from OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE is used for the
+      receiver even where REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE is set: requests lets those
+      replace a session's own `verify`, so the receiver's private CA was ignored.
+    None where a credential provider variable names a session of its own (the SDK loads it)."""
+    if any(os.environ.get(name) for name in CREDENTIAL_PROVIDER_VARIABLES):
+        return None
+    import requests
+
+    class SettledSession(requests.Session):
+        def __init__(self) -> None:
+            super().__init__()
+            self.settled: dict[tuple, dict] = {}
+
+        def merge_environment_settings(self, url, proxies, stream, verify, cert):
+            try:
+                key = (url, None if proxies is None else tuple(sorted(proxies.items())), stream,
+                       verify, cert, tuple(sorted(self.proxies.items())), self.stream, self.verify,
+                       self.cert, self.trust_env)
+                settings = self.settled.get(key)
+            except TypeError:           # something unhashable: not remembered
+                key, settings = None, None
+            if settings is None:
+                if isinstance(self.verify, str) and verify in (None, True):
+                    verify = self.verify        # the receiver's CA over the environment's bundle
+                settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+                if key is not None and len(self.settled) < SETTLED_LIMIT:
+                    self.settled[key] = settings
+            # a copy: what requests is given may be changed by it
+            out = dict(settings)
+            if settings["proxies"] is not None:
+                out["proxies"] = type(settings["proxies"])(settings["proxies"])
+            return out
+
+    return SettledSession()
 
 
 def _sdk_http_exporter(sdk_class, url: str, timeout: float) -> SpanExporter:

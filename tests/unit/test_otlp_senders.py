@@ -19,7 +19,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
-from spanprobe.otlp_senders import grpc_compression, grpc_exporter, http_exporter
+from spanprobe.otlp_senders import grpc_compression, grpc_exporter, http_exporter, settled_session
 from tests.support.procs import free_port
 
 SPANS = [ReadableSpan(name="GET /x", context=SpanContext(0x1, 0x2, False, TraceFlags(1)),
@@ -198,3 +198,127 @@ def test_grpc_to_a_real_grpc_receiver_gives_no_protocol_hint(grpc_answers, caplo
 ])
 def test_grpc_compression_accepts_none_which_the_sdk_rejects(env, want):
     assert grpc_compression(env) == want
+
+
+# ---- the session the OTLP/HTTP transport posts through ----
+
+def _merged(session, url, verify=None):
+    return session.merge_environment_settings(url, {}, None, verify, None)
+
+
+@pytest.mark.parametrize("env", [
+    {},
+    {"HTTPS_PROXY": "http://proxy.invalid:3128", "NO_PROXY": "127.0.0.1"},
+    {"http_proxy": "http://proxy.invalid:3128"},
+    {"REQUESTS_CA_BUNDLE": "/nonexistent/bundle.pem"},
+    {"CURL_CA_BUNDLE": "/nonexistent/curl.pem", "all_proxy": "socks5://proxy.invalid:1080"},
+])
+@pytest.mark.parametrize("url", ["http://127.0.0.1:4318/v1/traces", "https://receiver.invalid/v1/traces"])
+def test_settled_session_merges_as_requests_does(monkeypatch, env, url):
+    """Where the session's own verify is True (no OTEL certificate), its settings are
+    requests' own, the first time and when remembered."""
+    import requests
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
+                 "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settled = settled_session()
+    want = _merged(requests.Session(), url)
+    assert _merged(settled, url) == want
+    assert _merged(settled, url) == want
+    assert _merged(settled, url, verify=False) == _merged(requests.Session(), url, verify=False)
+
+
+def test_settled_session_reads_the_environment_once_per_request_shape(monkeypatch):
+    import requests.sessions
+
+    calls = []
+    real = requests.sessions.get_environ_proxies
+    monkeypatch.setattr(requests.sessions, "get_environ_proxies",
+                        lambda url, no_proxy=None: calls.append(url) or real(url, no_proxy=no_proxy))
+    session = settled_session()
+    for _ in range(5):
+        out = _merged(session, "http://127.0.0.1:4318/v1/traces")
+        out["proxies"]["http"] = "changed by a caller"     # a copy each time
+    assert calls == ["http://127.0.0.1:4318/v1/traces"]
+    assert "http" not in _merged(session, "http://127.0.0.1:4318/v1/traces")["proxies"]
+
+
+def test_a_credential_provider_keeps_its_own_session(monkeypatch):
+    monkeypatch.setenv("OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER", "someone")
+    assert settled_session() is None
+
+
+def _private_ca(tmp_path):
+    """A CA of its own and a certificate it signed for 127.0.0.1: (CA file, cert, key)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "spanprobe test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(1)
+          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    import ipaddress
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    files = tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key"
+    files[0].write_bytes(ca.public_bytes(pem))
+    files[1].write_bytes(leaf.public_bytes(pem))
+    files[2].write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return files
+
+
+def test_the_otel_certificate_verifies_the_receiver_over_requests_ca_bundle(tmp_path, monkeypatch):
+    """OTLP/HTTP over TLS to a receiver whose CA only OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE
+    names, with REQUESTS_CA_BUNDLE set to the system's bundle (as on many hosts): accepted.
+    Without the CA the same POST fails verification, so the certificate is what decided."""
+    import ssl
+
+    ca, cert, key = _private_ca(tmp_path)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}/v1/traces"
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
+    try:
+        without = http_exporter(url, 5.0).attempt(SPANS)
+        assert not without.ok and "SSL" in without.reason
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", str(ca))
+        exporter = http_exporter(url, 5.0)
+        assert exporter.attempt(SPANS).ok
+        exporter.shutdown()
+    finally:
+        server.shutdown()
+        server.server_close()
