@@ -184,17 +184,42 @@ class DecodeError(ValueError):
     pass
 
 
+# An address's text by its 16 raw bytes, per family: a connection-per-request server's
+# peers and local ends repeat, and inet_ntop (sprintf underneath) was ~0.3 µs an address,
+# a quarter of decoding an open record. Cleared when full.
+ADDR_CACHE_LIMIT: Final = 4096
+_V4_TEXT: Final[dict[bytes, str]] = {}
+_V6_TEXT: Final[dict[bytes, str]] = {}
+_V4_MAPPED: Final = b"\0" * 10 + b"\xff\xff"
+
+
+def _remember(cache: dict[bytes, str], raw: bytes, text: str) -> str:
+    if len(cache) >= ADDR_CACHE_LIMIT:
+        cache.clear()
+    cache[raw] = text
+    return text
+
+
 def _addr(family: int, raw: bytes, port: int) -> tuple[str, int] | None:
+    """(address, port), or None for an end the kernel did not fill (all zero)."""
     if family == AF_INET:
-        if raw[:4] == b"\0\0\0\0" and port == 0:
+        text = _V4_TEXT.get(raw)
+        if text is None:
+            text = _remember(_V4_TEXT, raw, socket.inet_ntop(socket.AF_INET, raw[:4]))
+        if port == 0 and text == "0.0.0.0":
             return None
-        return socket.inet_ntop(socket.AF_INET, raw[:4]), port
+        return text, port
     if family == AF_INET6:
-        if raw == b"\0" * 16 and port == 0:
+        text = _V6_TEXT.get(raw)
+        if text is None:
+            if raw[:12] == _V4_MAPPED:
+                text = socket.inet_ntop(socket.AF_INET, raw[12:16])
+            else:
+                text = socket.inet_ntop(socket.AF_INET6, raw)
+            text = _remember(_V6_TEXT, raw, text)
+        if port == 0 and text == "::":
             return None
-        if raw[:12] == b"\0" * 10 + b"\xff\xff":
-            return socket.inet_ntop(socket.AF_INET, raw[12:16]), port
-        return socket.inet_ntop(socket.AF_INET6, raw), port
+        return text, port
     return None
 
 

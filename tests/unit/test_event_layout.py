@@ -313,3 +313,25 @@ def test_decode_short_record():
 def test_decode_unknown_kind():
     with pytest.raises(ev.DecodeError, match="unknown event kind 99"):
         ev.decode(header(99) + b"\0" * 64)
+
+
+@pytest.mark.parametrize("family, raw, port, want", [
+    (ev.AF_INET, b"\0" * 16, 0, None),                          # the kernel filled nothing
+    (ev.AF_INET, b"\0" * 16, 8000, ("0.0.0.0", 8000)),
+    (ev.AF_INET, bytes([127, 0, 0, 1]) + b"\0" * 12, 40000, ("127.0.0.1", 40000)),
+    (ev.AF_INET6, b"\0" * 16, 0, None),
+    (ev.AF_INET6, b"\0" * 16, 443, ("::", 443)),
+    (ev.AF_INET6, b"\0" * 10 + b"\xff\xff" + b"\0" * 4, 0, ("0.0.0.0", 0)),   # mapped, not empty
+    (ev.AF_INET6, b"\0" * 10 + b"\xff\xff" + bytes([127, 0, 0, 1]), 8000, ("127.0.0.1", 8000)),
+    (ev.AF_INET6, socket.inet_pton(socket.AF_INET6, "fd00::1"), 8000, ("fd00::1", 8000)),
+    (ev.AF_UNIX, b"\0" * 16, 0, None),
+])
+def test_addresses_the_same_from_the_cache(family, raw, port, want):
+    assert ev._addr(family, raw, port) == want
+    assert ev._addr(family, raw, port) == want       # the second time from the cache
+
+
+def test_address_cache_is_bounded():
+    for i in range(ev.ADDR_CACHE_LIMIT + 10):
+        assert ev._addr(ev.AF_INET, i.to_bytes(4, "big") + b"\0" * 12, 1) == (socket.inet_ntoa(i.to_bytes(4, "big")), 1)
+    assert len(ev._V4_TEXT) <= ev.ADDR_CACHE_LIMIT
