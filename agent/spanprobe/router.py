@@ -201,7 +201,6 @@ class Router:
 
     def route(self, batch: list[bytes], should_stop: Callable[[], bool]) -> list[Exchange]:
         """Handle a batch of raw records in order; the exchanges they finished."""
-        decode = ev.decode
         handlers = self.handlers
         on_data = handlers[ev.EV_DATA]
         describe = records_log.isEnabledFor(logging.DEBUG)
@@ -211,7 +210,7 @@ class Router:
                 log.info("stop: %d events of the batch left unhandled (counted)", len(batch) - i)
                 break
             try:
-                e = decode(raw)
+                e = ev.decode(raw)    # a native call; through a local name it was a Python one
             except ev.DecodeError as bad:     # (a name of its own: compiled, a name has one type)
                 self.decode_errors += 1
                 log.debug("decode error: %s", bad)
