@@ -60,7 +60,7 @@ def run(plan) -> dict:
                     "python": platform.python_version(), "commit": _commit()},
         "settings": {k: getattr(plan, k) for k in (
             "apps", "configs", "rounds", "warmup_s", "saturation_s", "fixed_s", "step_s", "rates",
-            "wrk_connections", "loadgen_connections", "pause_ms", "app_cpu", "load_cpu")},
+            "wrk_connections", "loadgen_connections", "pause_ms", "app_cpu", "load_cpu", "receiver_idle")},
         "tools": {"fixed_rate": "bench.loadgen (asyncio open loop, latency from due time)",
                   "saturation": "wrk -t1 with bench/lua/count.lua",
                   "throughput_load": "wrk -t1 with bench/lua/paced.lua"},
@@ -69,7 +69,7 @@ def run(plan) -> dict:
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
     with Procs(logs) as procs, bpf_stats():
-        receiver = ReceiverProcess(procs, cpu=None)
+        receiver = ReceiverProcess(procs, cpu=None, idle=plan.receiver_idle)
         ctx = Context(plan, procs, receiver)
         ctx.say(plan.pinning)
         rows = overhead.run(ctx)

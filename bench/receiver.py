@@ -57,9 +57,10 @@ def serve() -> None:
 class ReceiverProcess:
     """The harness's handle on a receiver process started through `Procs`."""
 
-    def __init__(self, procs, cpu: int | None, tag: str = "receiver"):
+    def __init__(self, procs, cpu: int | None, tag: str = "receiver", idle: bool = False):
         self.procs = procs
-        self.proc = procs.start(tag, [sys.executable, "-m", "bench.receiver"], cpu=cpu, pipes=True)
+        prefix = ["chrt", "--idle", "0"] if idle else []
+        self.proc = procs.start(tag, [*prefix, sys.executable, "-m", "bench.receiver"], cpu=cpu, pipes=True)
         self.port = int(self._line("port ").split()[1])
         self.endpoint = f"http://127.0.0.1:{self.port}"
 

@@ -61,12 +61,14 @@ class Plan:
     out: Path
     name: str
     bench_python: str
+    receiver_idle: bool = False
 
     @property
     def pinning(self) -> str:
         return (f"app (server and worker) pinned to CPU {self.app_cpu}; wrk, bench.loadgen, the OTLP "
                 f"receiver and the agent pinned to CPU {self.load_cpu}. Throughput test: the agent "
-                f"alone on CPU {self.load_cpu}; server, wrk and receiver on CPU {self.app_cpu}.")
+                f"alone on CPU {self.load_cpu}; server, wrk and receiver on CPU {self.app_cpu}."
+                + (" The receiver under SCHED_IDLE." if self.receiver_idle else ""))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -130,6 +132,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--loadgen-connections", type=_positive(int), default=32)
     p.add_argument("--pause-ms", type=_positive(int), default=10,
                    help="throughput test: wrk's pause after each response per connection")
+    p.add_argument("--receiver-idle", action="store_true",
+                   help="run the OTLP receiver under SCHED_IDLE: it stands in for a collector on "
+                        "another host, and its bursts then never delay the load generator")
     p.add_argument("--app-cpu", type=int, default=0)
     p.add_argument("--load-cpu", type=int, default=1)
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
@@ -150,7 +155,7 @@ def plan_from(argv: list[str] | None) -> Plan:
                 fixed_s=pick(a.fixed_s, "fixed_s"), step_s=pick(a.step_s, "step_s"),
                 rates=pick(a.rates, "rates"), catch_up_s=pick(a.catch_up_s, "catch_up_s"), throughput=not a.no_throughput,
                 wrk_connections=a.wrk_connections, loadgen_connections=a.loadgen_connections,
-                pause_ms=a.pause_ms, app_cpu=a.app_cpu, load_cpu=a.load_cpu, out=a.out,
+                pause_ms=a.pause_ms, app_cpu=a.app_cpu, load_cpu=a.load_cpu, receiver_idle=a.receiver_idle, out=a.out,
                 name=a.name or pre["name"], bench_python=a.bench_python or "")
     check(plan)
     return plan
