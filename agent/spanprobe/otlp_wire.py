@@ -22,7 +22,6 @@ from typing import Any, Final
 from .spans import Span, from_readable
 
 _FIXED64: Final = struct.Struct("<Q").pack
-_FIXED32: Final = struct.Struct("<I").pack
 _DOUBLE: Final = struct.Struct("<d").pack
 
 # wire tags: (field << 3) | wire type
@@ -40,6 +39,12 @@ _KV_VALUES_PER_KEY = 512             # values of one key kept; past it, that key
 _RESOURCE_CACHE_LIMIT: Final = 4096         # one entry per traced process
 
 _SMALL_VARINTS: Final = [bytes([n]) for n in range(128)]
+_NAME_CACHE_LIMIT: Final = 4096     # span names kept encoded ("GET /users/{id}" repeats)
+# the last two fields of most spans, made once: status unset, and the flags field (16,
+# fixed32) with or without the remote bit
+_STATUS_UNSET: Final = b"\x7a\x00"
+_FLAGS_LOCAL: Final = b"\x85\x01" + struct.pack("<I", _FLAGS_HAS_IS_REMOTE)
+_FLAGS_REMOTE: Final = b"\x85\x01" + struct.pack("<I", _FLAGS_HAS_IS_REMOTE | _FLAGS_IS_REMOTE)
 
 
 def varint(n: int) -> bytes:
@@ -103,6 +108,7 @@ class SpanEncoder:
         self._scopes: dict[int, tuple[object, bytes]] = {}
         self._kv: dict[bytes, dict[str, dict[str | int, bytes]]] = {}   # tag -> key -> value -> field
         self._kv_size = 0
+        self._names: dict[str, bytes] = {}
 
     # ---- attributes ----
     def attributes(self, tag: bytes, attrs: dict[str, Any]) -> bytes:
@@ -177,13 +183,19 @@ class SpanEncoder:
                  b"\x12\x08", s.span_id.to_bytes(8, "big")]
         if s.trace_state:
             parts.append(_string(b"\x1a", s.trace_state))
-        flags = _FLAGS_HAS_IS_REMOTE
+        remote = False
         if s.parent_span_id:
             parts += (b"\x22\x08", s.parent_span_id.to_bytes(8, "big"))
-            if s.parent_remote:
-                flags |= _FLAGS_IS_REMOTE
-        if s.name:
-            parts.append(_string(b"\x2a", s.name))
+            remote = bool(s.parent_remote)
+        name = s.name
+        if name:
+            enc = self._names.get(name)
+            if enc is None:
+                enc = _string(b"\x2a", name)
+                if len(self._names) >= _NAME_CACHE_LIMIT:
+                    self._names.clear()
+                self._names[name] = enc
+            parts.append(enc)
         parts += (b"\x30", _SMALL_VARINTS[s.kind_code])
         if s.start_time:
             parts += (b"\x39", _FIXED64(s.start_time))
@@ -194,9 +206,12 @@ class SpanEncoder:
             parts += (b"\x50", varint(s.dropped_attributes))
         code = s.status_code
         desc = s.status_description
-        parts.append(_field(b"\x7a", (_string(b"\x12", desc) if desc else b"")
-                            + (b"\x18" + _SMALL_VARINTS[code] if code else b"")))
-        parts += (b"\x85\x01", _FIXED32(flags))    # field 16, fixed32
+        if code or desc:
+            parts.append(_field(b"\x7a", (_string(b"\x12", desc) if desc else b"")
+                                + (b"\x18" + _SMALL_VARINTS[code] if code else b"")))
+        else:
+            parts.append(_STATUS_UNSET)
+        parts.append(_FLAGS_REMOTE if remote else _FLAGS_LOCAL)    # field 16, fixed32
         return b"".join(parts)
 
     # ---- a batch ----

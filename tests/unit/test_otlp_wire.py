@@ -115,6 +115,17 @@ def test_a_key_with_many_values_stops_filling_the_cache(monkeypatch):
     assert enc._kv_size == sum(len(values) for keys in enc._kv.values() for values in keys.values())
 
 
+def test_span_names_are_cached_within_a_bound_and_stay_the_sdks():
+    enc = SpanEncoder()
+    names = [f"GET /n/{i}" for i in range(otlp_wire._NAME_CACHE_LIMIT + 5)]
+    for batch in (names[:3], names, names[:3]):           # hits, a clear, hits again
+        spans = [span(i) for i in range(len(batch))]
+        for s, name in zip(spans, batch):
+            s._name = name
+        assert enc.encode(spans) == encode_spans(spans).SerializePartialToString()
+    assert len(enc._names) <= otlp_wire._NAME_CACHE_LIMIT
+
+
 def test_the_resource_cache_does_not_mistake_a_new_object_for_a_freed_one():
     enc = SpanEncoder()
     first = enc.encode([span(1, resource=Resource({"service.name": "one"}))])
