@@ -116,7 +116,7 @@ class Agent:
                                    self.extractor, self.scopes.rules_for)
         self.router = Router(self.registry, self.selection, self.scopes,
                              HostSockets(self.root, os.getpid(), export_ports(settings)), self.builder, requests, self.faults,
-                             HeadSampler(settings["sampling.sampler"], settings["sampling.ratio"]))
+                             HeadSampler(settings["sampling.sampler"], settings["sampling.ratio"]).for_assembler())
         self.assembler = self.router.assembler
         self.calibrations = calibrations or Calibrations(self.root)
         self.python_pending: dict[int, tuple] = {}   # calibrated, linking not on yet (no call out)

@@ -124,3 +124,22 @@ def test_every_answer_is_what_the_sdk_sampler_says_when_asked_each_time(name):
         got = s(trace_id, parent, flags if parent else SAMPLED, remote)
         assert bool(got & SAMPLED) == want, (trace_id, parent, flags, remote)
         assert got & ~SAMPLED == (flags if parent else SAMPLED) & ~SAMPLED
+
+
+@pytest.mark.parametrize("name, ratio, skipped", [
+    ("parentbased_always_on", 1.0, True), ("always_on", 1.0, False), ("always_off", 1.0, False),
+    ("parentbased_always_off", 1.0, False), ("traceidratio", 1.0, False),
+    ("parentbased_traceidratio", 1.0, False), ("parentbased_traceidratio", 0.5, False),
+])
+def test_the_assembler_asks_only_where_an_answer_can_differ_from_its_own(name, ratio, skipped):
+    """Without a sampler the assembler samples a new trace and keeps a parent's flags:
+    the sampler is left out only where every answer the SDK gives is that."""
+    s = HeadSampler(name, ratio)
+    assert (s.for_assembler() is None) is skipped
+    if skipped:
+        rng = random.Random(3)
+        for _ in range(200):
+            trace_id, flags = rng.getrandbits(128) | 1, rng.getrandbits(8)
+            assert s(trace_id, None, 1, False) == 1
+            for remote in (True, False):
+                assert s(trace_id, PARENT, flags, remote) == flags
