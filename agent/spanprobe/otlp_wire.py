@@ -40,6 +40,7 @@ _RESOURCE_CACHE_LIMIT: Final = 4096         # one entry per traced process
 
 _SMALL_VARINTS: Final = [bytes([n]) for n in range(128)]
 _NAME_CACHE_LIMIT: Final = 4096     # span names kept encoded ("GET /users/{id}" repeats)
+_BASE_CACHE_LIMIT: Final = 4096     # connections' shared span attributes kept encoded
 # the last two fields of most spans, made once: status unset, and the flags field (16,
 # fixed32) with or without the remote bit
 _STATUS_UNSET: Final = b"\x7a\x00"
@@ -109,9 +110,10 @@ class SpanEncoder:
         self._kv: dict[bytes, dict[str, dict[str | int, bytes]]] = {}   # tag -> key -> value -> field
         self._kv_size = 0
         self._names: dict[str, bytes] = {}
+        self._bases: dict[int, tuple[dict[str, Any], bytes]] = {}
 
     # ---- attributes ----
-    def attributes(self, tag: bytes, attrs: dict[str, Any]) -> bytes:
+    def attributes(self, tag: bytes, attrs: dict[str, Any], skip: int = 0) -> bytes:
         """Every attribute as a repeated KeyValue field with the given tag. A dict (the
         compiled loop iterates it directly); other mappings are copied into one first.
 
@@ -127,6 +129,9 @@ class SpanEncoder:
         if by_key is None:
             by_key = self._kv[tag] = {}
         for key, value in attrs.items():
+            if skip:                # the first `skip` items: written already (_base)
+                skip -= 1
+                continue
             cls = type(value)
             # str and int only: a bool or float equal to a cached int (True == 1 == 1.0)
             # would share its entry
@@ -159,6 +164,17 @@ class SpanEncoder:
         if len(self._resources) >= _RESOURCE_CACHE_LIMIT:
             self._resources.clear()
         self._resources[id(resource)] = (resource, enc)   # holds it: its id is not reused
+        return enc
+
+    def _base(self, base: dict[str, Any]) -> bytes:
+        """The fields of a span's shared attributes (Span.attr_base), once per dict."""
+        hit = self._bases.get(id(base))
+        if hit is not None and hit[0] is base:
+            return hit[1]
+        enc = self.attributes(b"\x4a", base)
+        if len(self._bases) >= _BASE_CACHE_LIMIT:
+            self._bases.clear()
+        self._bases[id(base)] = (base, enc)     # holds it: its id is not reused meanwhile
         return enc
 
     def _scope(self, scope) -> bytes:
@@ -201,7 +217,11 @@ class SpanEncoder:
             parts += (b"\x39", _FIXED64(s.start_time))
         if s.end_time:
             parts += (b"\x41", _FIXED64(s.end_time))
-        parts.append(self.attributes(b"\x4a", s.attributes))
+        base = s.attr_base
+        if base is None:
+            parts.append(self.attributes(b"\x4a", s.attributes))
+        else:       # the connection's attributes first, as they are in s.attributes
+            parts += (self._base(base), self.attributes(b"\x4a", s.attributes, len(base)))
         if s.dropped_attributes:
             parts += (b"\x50", varint(s.dropped_attributes))
         code = s.status_code

@@ -23,7 +23,7 @@ from .httpparse import METHODS
 from .privacy import REDACTED, Redactor
 from .routes import RouteMatcher
 from .app_routes import AppRoutes
-from .streams import Exchange
+from .streams import Connection, Exchange
 
 log = logging.getLogger("spanprobe.spans")
 
@@ -51,7 +51,7 @@ class Span:
                  attributes: dict[str, Any], start_time: int, end_time: int,
                  status_code: int = 0, status_description: str | None = None,
                  trace_state: str = "", dropped_attributes: int = 0,
-                 instrumentation_scope: Any = SCOPE) -> None:
+                 instrumentation_scope: Any = SCOPE, attr_base: dict[str, Any] | None = None) -> None:
         self.name = name
         self.trace_id = trace_id
         self.span_id = span_id
@@ -68,6 +68,10 @@ class Span:
         self.status_description = status_description
         self.dropped_attributes = dropped_attributes
         self.instrumentation_scope = instrumentation_scope
+        # None, or a dict shared by the spans of one connection whose items are the first
+        # ones of `attributes`, as they are there (SpanBuilder copies it, then adds): the
+        # encoder writes its fields once and reuses them. Never changed once made.
+        self.attr_base = attr_base
 
     # ---- the SDK ReadableSpan's reading interface ----
     def _trace_state(self) -> TraceState | None:
@@ -250,18 +254,37 @@ class SpanBuilder:
             route, configured = self.routes.route(path)
             if not configured and server:
                 route = self.app_route(conn.tgid, path) or route
-        attrs: dict[str, Any] = {}
+        host_header = req.headers.get("host")
+        base: dict[str, Any] | None = None
+        if server:
+            # What the connection and its Host header decide: from a connection's second
+            # request on, made once and shared (and encoded once: otlp_wire keeps a base's
+            # bytes by identity). A connection's first request makes its own, so that a
+            # connection per request pays nothing for it.
+            key = (conn.peer, conn.local, host_header, req.version)
+            cached = conn.span_base
+            if cached is not None and cached[0] == key:
+                base = cached[1]
+                if base is None:
+                    base = self._server_base(conn, host_header, req.version)
+                    conn.span_base = (key, base)
+                attrs: dict[str, Any] = base.copy()
+            else:
+                conn.span_base = (key, None)
+                attrs = self._server_base(conn, host_header, req.version)
+        else:
+            attrs = {}
         if method in METHODS:
             attrs["http.request.method"] = method
         else:
             attrs["http.request.method"] = "_OTHER"
             attrs["http.request.method_original"] = method
-        host, host_port = split_host(req.headers.get("host"))
         status = resp.status if resp is not None else None
         if status is not None:
             attrs["http.response.status_code"] = status
-        attrs["network.protocol.version"] = req.version
-        attrs["network.transport"] = "tcp"
+        if not server:
+            attrs["network.protocol.version"] = req.version
+            attrs["network.transport"] = "tcp"
         ua = req.headers.get("user-agent")
         if ua:
             attrs["user_agent.original"] = ua
@@ -269,30 +292,22 @@ class SpanBuilder:
             attrs["http.request.body.size"] = req.declared_length or req.body_size
         if resp is not None and (resp.body_size or resp.declared_length is not None):
             attrs["http.response.body.size"] = resp.body_size
-        if conn.peer:
-            attrs["network.peer.address"], attrs["network.peer.port"] = conn.peer
-        local_address, local_port = local_end(conn.local)
-        if local_address:
-            attrs["network.local.address"] = local_address
-        if local_port:
-            attrs["network.local.port"] = local_port
         if server:
-            attrs["url.scheme"] = "http"
             attrs["url.path"] = path
             if query:
                 attrs["url.query"] = query
             attrs["http.route"] = route
-            if conn.peer:
-                attrs["client.address"], attrs["client.port"] = conn.peer
-            # the Host header names the server as the client asked for it (semantic
-            # conventions: the logical address); without one, the socket's own end
-            attrs["server.address"] = host or local_address or self.host_name
-            port = host_port or local_port
-            if port:
-                attrs["server.port"] = port
             kind = KIND_SERVER
             error = status is None or status >= 500
         else:
+            if conn.peer:
+                attrs["network.peer.address"], attrs["network.peer.port"] = conn.peer
+            local_address, local_port = local_end(conn.local)
+            if local_address:
+                attrs["network.local.address"] = local_address
+            if local_port:
+                attrs["network.local.port"] = local_port
+            host, host_port = split_host(host_header)
             peer_host = conn.peer[0] if conn.peer else None
             address = host or peer_host or "unknown"
             port = conn.peer[1] if conn.peer else host_port
@@ -319,6 +334,8 @@ class SpanBuilder:
             raw_query = (req.target or "").partition("?")[2].split("#", 1)[0]
             self.extractor.apply(rules, self.resource(conn.tgid).attributes.get("service.name", ""),
                                  req, resp, path, raw_query, attrs)
+            base = None     # written as one dict where rules wrote to it (config keeps
+                            # them off spanprobe's own names, the base's among them)
         start = req.start_ts
         end = resp.end_ts if resp is not None and resp.end_ts else (x.ended_ts or req.end_ts or start)
         # the trace flags come with the trace: an incoming traceparent's (sampled or not,
@@ -326,7 +343,30 @@ class SpanBuilder:
         wall = self.clock.wall
         return Span(f"{method} {route}", x.trace_id, x.span_id, x.parent_span_id or 0,
                     x.parent_remote, x.trace_flags, kind, self.resource(conn.tgid), attrs,
-                    wall(start), wall(max(end, start)), status_code, description)
+                    wall(start), wall(max(end, start)), status_code, description, attr_base=base)
+
+    def _server_base(self, conn: Connection, host_header: str | None, version: str | None) -> dict[str, Any]:
+        """A server span's attributes that its connection and the request's Host header
+        decide: the same for every request of a keep-alive connection. The semantic
+        conventions' server.address is the Host header's (the logical address the client
+        asked for); without one, the socket's own end."""
+        base: dict[str, Any] = {"network.protocol.version": version, "network.transport": "tcp"}
+        if conn.peer:
+            base["network.peer.address"], base["network.peer.port"] = conn.peer
+        local_address, local_port = local_end(conn.local)
+        if local_address:
+            base["network.local.address"] = local_address
+        if local_port:
+            base["network.local.port"] = local_port
+        base["url.scheme"] = "http"
+        if conn.peer:
+            base["client.address"], base["client.port"] = conn.peer
+        host, host_port = split_host(host_header)
+        base["server.address"] = host or local_address or self.host_name
+        port = host_port or local_port
+        if port:
+            base["server.port"] = port
+        return base
 
 
 def build_spans(build: Callable[[Exchange], Span], exchanges: list[Exchange],

@@ -162,6 +162,7 @@ class Connection:
     lost: int = 0                 # the kernel's loss count for it, as last seen
     resync: bool = False          # a gap since the last request head: responses now
                                   # can't be paired (see Assembler.gap)
+    span_base: tuple | None = None    # (what decided it, the attributes its server spans share)
 
     def __init__(self, tgid: int, fd: int, conn_id: int, role: int, opened_ts: int,
                  peer: tuple[str, int] | None = None, local: tuple[str, int] | None = None,
@@ -170,7 +171,8 @@ class Connection:
                  ingress: MessageParser | None = None, egress: MessageParser | None = None,
                  egress_skip: int = 0, ignored: bool = False, owner_fd: int = -1,
                  last_egress: Message | None = None, link_key: tuple | None = None,
-                 refused: int = 0, buffered: int = 0, lost: int = 0, resync: bool = False) -> None:
+                 refused: int = 0, buffered: int = 0, lost: int = 0, resync: bool = False,
+                 span_base: tuple | None = None) -> None:
         self.tgid = tgid
         self.fd = fd
         self.conn_id = conn_id
@@ -194,6 +196,7 @@ class Connection:
         self.buffered = buffered
         self.lost = lost
         self.resync = resync
+        self.span_base = span_base
 
     @property
     def key(self) -> tuple[int, int]:

@@ -126,6 +126,24 @@ def test_span_names_are_cached_within_a_bound_and_stay_the_sdks():
     assert len(enc._names) <= otlp_wire._NAME_CACHE_LIMIT
 
 
+def test_a_spans_shared_attributes_are_written_once_and_as_the_sdk_writes_them_all():
+    """Spans whose attributes begin with a shared base (Span.attr_base) give the bytes the
+    SDK's encoder gives for their whole attributes; the base is encoded once while kept."""
+    from spanprobe.spans import from_readable
+
+    base = {"network.transport": "tcp", "client.address": "10.0.0.9", "client.port": 51000}
+    ours = []
+    for i in range(5):
+        s = from_readable(span(i, attributes={**base, "url.path": f"/items/{i}", "http.route": "/items/{id}"}))
+        s.attr_base = base if i else None           # the first without one, as the builder does
+        ours.append(s)
+    enc = SpanEncoder()
+    readable = [span(i, attributes={**base, "url.path": f"/items/{i}", "http.route": "/items/{id}"})
+                for i in range(5)]
+    assert enc.encode(ours) == encode_spans(readable).SerializePartialToString()
+    assert [entry[0] for entry in enc._bases.values()] == [base]    # encoded once, kept
+
+
 def test_the_resource_cache_does_not_mistake_a_new_object_for_a_freed_one():
     enc = SpanEncoder()
     first = enc.encode([span(1, resource=Resource({"service.name": "one"}))])

@@ -463,3 +463,36 @@ def test_a_span_reads_as_the_sdks_readable_span_of_the_same_values(builder, role
     assert encode_spans([span]) == encode_spans([sdk])
     # the agent's encoder reads the fields, the SDK's the properties: the same bytes
     assert SpanEncoder().encode([span]) == encode_spans([span]).SerializePartialToString()
+
+
+# ---- a connection's shared attributes (Span.attr_base) ----
+
+def test_a_keep_alive_connection_shares_its_attributes_from_its_second_request(builder):
+    conn = Connection(PID_ENV, 5, 1, ev.ROLE_SERVER, 0, ("10.0.0.9", 51000), ("10.0.0.5", 8000))
+
+    def build(target, host="shop.example:8443"):
+        return builder.build(Exchange(conn, request("GET", target, {"host": host}), TRACE, SPAN, None, False,
+                                      response=response(200)))
+
+    first, second, third = build("/users/1"), build("/users/2"), build("/users/3")
+    assert first.attr_base is None                      # a connection per request pays nothing
+    assert second.attr_base is not None and third.attr_base is second.attr_base
+    for span in (second, third):                        # the base's items first, as they are
+        base = span.attr_base
+        assert list(span.attributes.items())[:len(base)] == list(base.items())
+    # the same attributes, whichever way they were made
+    assert dict(first.attributes) == {**dict(second.attributes), "url.path": "/users/1"}
+    assert third.attributes["url.path"] == "/users/3" and "url.path" not in third.attr_base
+    moved = build("/users/4", host="other.example")     # what decided the base changed
+    assert moved.attr_base is None and moved.attributes["server.address"] == "other.example"
+    again = build("/users/5", host="other.example")
+    assert again.attr_base is not None and again.attr_base["server.address"] == "other.example"
+    assert second.attr_base["server.address"] == "shop.example"     # a base never changes
+
+
+def test_a_client_span_has_no_shared_attributes(builder):
+    conn = Connection(PID_ENV, 6, 2, ev.ROLE_CLIENT, 0, ("10.0.0.7", 80), ("10.0.0.5", 40000))
+    for _ in range(2):
+        span = builder.build(Exchange(conn, request("GET", "/x", {"host": "api"}), TRACE, SPAN, None, False,
+                                      response=response(200)))
+        assert span.attr_base is None

@@ -165,3 +165,24 @@ def test_standard_attributes_are_unchanged_by_rules(root):
     with_rule = dict(b1.build(x).attributes)
     assert with_rule.pop("region") == "eu"
     assert with_rule == plain
+
+
+def test_a_span_that_rules_wrote_to_has_no_shared_base(root):
+    """Rules may not name an attribute spanprobe sets (config refuses it), and where rules
+    ran the span is written as one dict anyway: no key of a connection's shared base can
+    be written twice."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from spanprobe.otlp_wire import SpanEncoder
+
+    b, _ = builder(root, [{"from": "header", "name": "X-Real-Host", "attribute": "app.edge"}])
+    x = exchange("/a", headers={"x-real-host": "edge.example"})
+    conn = x.conn
+    spans = [b.build(x)]
+    for target in ("/b", "/c"):
+        nxt = exchange(target, headers={"x-real-host": "edge.example"})
+        nxt.conn = conn
+        spans.append(b.build(nxt))
+    assert all(s.attr_base is None for s in spans)
+    assert all(s.attributes["app.edge"] == "edge.example" for s in spans)
+    assert SpanEncoder().encode(spans) == encode_spans(spans).SerializePartialToString()
