@@ -163,6 +163,18 @@ def local_end(local: tuple[str, int] | None) -> tuple[str | None, int | None]:
     return (None if address in _WILDCARDS else address), (port or None)
 
 
+def _network_ends(attrs: dict[str, Any], conn: Connection) -> tuple[str | None, int | None]:
+    """network.peer.* and network.local.* of the connection into `attrs`; its local end."""
+    if conn.peer:
+        attrs["network.peer.address"], attrs["network.peer.port"] = conn.peer
+    local_address, local_port = local_end(conn.local)
+    if local_address:
+        attrs["network.local.address"] = local_address
+    if local_port:
+        attrs["network.local.port"] = local_port
+    return local_address, local_port
+
+
 class SpanBuilder:
     def __init__(self, registry: ProcessRegistry, routes: RouteMatcher, redactor: Redactor,
                  clock: MonotonicToWall, host_name: str, extra_resource: dict[str, object],
@@ -300,13 +312,7 @@ class SpanBuilder:
             kind = KIND_SERVER
             error = status is None or status >= 500
         else:
-            if conn.peer:
-                attrs["network.peer.address"], attrs["network.peer.port"] = conn.peer
-            local_address, local_port = local_end(conn.local)
-            if local_address:
-                attrs["network.local.address"] = local_address
-            if local_port:
-                attrs["network.local.port"] = local_port
+            _network_ends(attrs, conn)
             host, host_port = split_host(host_header)
             peer_host = conn.peer[0] if conn.peer else None
             address = host or peer_host or "unknown"
@@ -351,13 +357,7 @@ class SpanBuilder:
         conventions' server.address is the Host header's (the logical address the client
         asked for); without one, the socket's own end."""
         base: dict[str, Any] = {"network.protocol.version": version, "network.transport": "tcp"}
-        if conn.peer:
-            base["network.peer.address"], base["network.peer.port"] = conn.peer
-        local_address, local_port = local_end(conn.local)
-        if local_address:
-            base["network.local.address"] = local_address
-        if local_port:
-            base["network.local.port"] = local_port
+        local_address, local_port = _network_ends(base, conn)
         base["url.scheme"] = "http"
         if conn.peer:
             base["client.address"], base["client.port"] = conn.peer

@@ -27,10 +27,8 @@ SPANS = [ReadableSpan(name="GET /x", context=SpanContext(0x1, 0x2, False, TraceF
                       start_time=1, end_time=2)]
 
 
-@pytest.fixture
-def http_answers():
-    """An HTTP server answering each POST with the next (status, headers) of a script."""
-    script: list[tuple[int, dict]] = []
+def scripted(script: list[tuple[int, dict]]) -> type[BaseHTTPRequestHandler]:
+    """A handler answering each POST with the next (status, headers) of `script`."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -46,7 +44,14 @@ def http_answers():
                 self.send_header(k, v)
             self.end_headers()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    return Handler
+
+
+@pytest.fixture
+def http_answers():
+    """An HTTP server answering each POST with the next (status, headers) of a script."""
+    script: list[tuple[int, dict]] = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), scripted(script))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     exporter = http_exporter(f"http://127.0.0.1:{server.server_address[1]}/v1/traces", 2.0)
     yield script, exporter
@@ -292,20 +297,7 @@ def test_the_otel_certificate_verifies_the_receiver_over_requests_ca_bundle(tmp_
     import ssl
 
     ca, cert, key = _private_ca(tmp_path)
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), scripted([(200, {})]))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
