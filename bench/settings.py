@@ -68,7 +68,7 @@ class Plan:
         return (f"app (server and worker) pinned to CPU {self.app_cpu}; wrk, bench.loadgen, the OTLP "
                 f"receiver and the agent pinned to CPU {self.load_cpu}. Throughput test: the agent "
                 f"alone on CPU {self.load_cpu}; server, wrk and receiver on CPU {self.app_cpu}."
-                + (" The receiver under SCHED_IDLE." if self.receiver_idle else ""))
+                + (" The receivers (both tests) under SCHED_IDLE." if self.receiver_idle else ""))
 
 
 class _Parser(argparse.ArgumentParser):

@@ -37,7 +37,7 @@ LOAD_SHORTFALL = 0.85   # offered below this share of the step's rate: the load 
 
 def run(ctx) -> dict:
     plan, procs = ctx.plan, ctx.procs
-    receiver = ReceiverProcess(procs, cpu=plan.app_cpu, tag="receiver-throughput")
+    receiver = ReceiverProcess(procs, cpu=plan.app_cpu, tag="receiver-throughput", idle=plan.receiver_idle)
     port = free_port()
     server = procs.start("fast-server", [sys.executable, "-m", "bench.fast_server", str(port)],
                          cpu=plan.app_cpu)

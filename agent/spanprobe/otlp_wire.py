@@ -39,6 +39,7 @@ _KV_VALUES_PER_KEY = 512             # values of one key kept; past it, that key
 _RESOURCE_CACHE_LIMIT: Final = 4096         # one entry per traced process
 
 _SMALL_VARINTS: Final = [bytes([n]) for n in range(128)]
+_INT64_LIMIT: Final = 1 << 63
 _NAME_CACHE_LIMIT: Final = 4096     # span names kept encoded ("GET /users/{id}" repeats)
 _BASE_CACHE_LIMIT: Final = 4096     # connections' shared span attributes kept encoded
 # the last two fields of most spans, made once: status unset, and the flags field (16,
@@ -81,7 +82,11 @@ def any_value(value) -> bytes:
     if isinstance(value, str):
         return _string(b"\x0a", value)
     if isinstance(value, int):
-        return b"\x18" + varint(value)
+        if -_INT64_LIMIT <= value < _INT64_LIMIT:
+            return b"\x18" + varint(value)
+        # past int64 no varint can hold it (the SDK's encoder raises and loses the batch):
+        # its digits, as a string value
+        return _string(b"\x0a", str(value))
     if isinstance(value, float):
         return b"\x21" + _DOUBLE(value)
     if isinstance(value, bytes):

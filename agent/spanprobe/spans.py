@@ -140,6 +140,9 @@ SDK_ATTRIBUTES = {
 
 
 def split_host(value: str | None) -> tuple[str | None, int | None]:
+    """(host, port) of a Host header, which the client wrote: a port is 1-65535 in ASCII
+    digits or none (a superscript digit is isdigit() but not int()'s, and a number past
+    int64 would have made the span's encoding, and its whole batch, unreadable)."""
     if not value:
         return None, None
     value = value.strip()
@@ -148,7 +151,8 @@ def split_host(value: str | None) -> tuple[str | None, int | None]:
         port = rest[1:] if rest.startswith(":") else ""
     else:
         host, _, port = value.partition(":")
-    return host or None, int(port) if port.isdigit() else None
+    number = int(port) if 0 < len(port) <= 5 and port.isascii() and port.isdigit() else 0
+    return host or None, number if 0 < number <= 65535 else None
 
 
 _WILDCARDS: Final = ("0.0.0.0", "::", "")

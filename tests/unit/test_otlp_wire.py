@@ -158,6 +158,19 @@ def test_varint_and_unsupported_values():
         any_value(object())
 
 
+@pytest.mark.parametrize("value", [1 << 63, -(1 << 63) - 1, 10 ** 30, -(10 ** 30)])
+def test_an_int_past_int64_is_written_as_its_digits_never_as_a_corrupt_varint(value):
+    """No varint holds it; written as one, the receiver could not read the whole batch
+    (the SDK's encoder raises instead, losing it). The edges of int64 stay ints."""
+    from spanprobe.spans import from_readable
+
+    spans = [from_readable(span(1, attributes={"n": value, "lo": -(1 << 63), "hi": (1 << 63) - 1}))]
+    req = ExportTraceServiceRequest.FromString(SpanEncoder().encode(spans))
+    attrs = {kv.key: kv.value for kv in req.resource_spans[0].scope_spans[0].spans[0].attributes}
+    assert attrs["n"].string_value == str(value)
+    assert attrs["lo"].int_value == -(1 << 63) and attrs["hi"].int_value == (1 << 63) - 1
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 def test_the_agents_exporters_deliver_these_bytes_over_otlp(receiver, protocol):
     """make_exporters' exporters (the SDK's transport, our encoder) to a real receiver."""

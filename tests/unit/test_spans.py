@@ -430,9 +430,24 @@ def test_agent_resource_attributes_override_process_ones(root):
     ("[::1]:8443", ("::1", 8443)),
     ("[::1]", ("::1", None)),
     (":8080", (None, 8080)),
+    ("example.com:080", ("example.com", 80)),
+    # what a client may write that is not a port: none, never an exception or a huge int
+    ("example.com:\u00b2", ("example.com", None)),          # isdigit(), not int()'s
+    ("example.com:\u0661\u0662", ("example.com", None)),    # Arabic-Indic digits
+    ("example.com:0", ("example.com", None)),
+    ("example.com:65536", ("example.com", None)),
+    ("example.com:99999999999999999999999", ("example.com", None)),
+    ("[::1]:99999999999999999999", ("::1", None)),
 ])
 def test_split_host(value, expected):
     assert split_host(value) == expected
+
+
+def test_a_hostile_host_port_leaves_the_span_with_the_sockets_port(builder):
+    req = request("GET", "/", {"host": "shop.example:99999999999999999999999"})
+    span = builder.build(exchange(ev.ROLE_SERVER, req, response(200)))
+    assert span.attributes["server.address"] == "shop.example"
+    assert span.attributes["server.port"] == 8000
 
 
 @pytest.mark.parametrize("role, status, aborted", [
