@@ -11,7 +11,8 @@ Input layouts (the seeds in corpus/ are written by seeds.py with the encoders he
   a seed for the way the rest, the byte stream, is cut into segments: sizes, holes
   (bytes transferred but not captured), and gaps reported on their own.
 * jsonprefix: a document; the first byte also picks where a prefix of it is cut.
-* assembler: byte 0 flags (bit 0: keep bodies), then operations (see `Ops`).
+* assembler: byte 0 flags (bit 0: keep bodies), then operations (see `Ops`); the
+  exchanges it finishes are built into spans and encoded, and the encoding read back.
 * app_routes: byte 0 picks a route syntax, the rest is a Python source file (UTF-8, as
   app_routes.Reader reads one); its first line is also a route text on its own.
 * target_resource: a target's OTEL_RESOURCE_ATTRIBUTES; a NUL splits off its
@@ -30,6 +31,17 @@ from spanprobe import target_resource
 from spanprobe.httpparse import HEAD_LIMIT, MessageParser
 from spanprobe.jsonprefix import UNSET, extract, parse_prefix
 from spanprobe.streams import Assembler
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from spanprobe.clock import MonotonicToWall
+from spanprobe.config import DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_QUERY
+from spanprobe.discovery import ProcessRegistry
+from spanprobe.otlp_wire import SpanEncoder
+from spanprobe.privacy import Redactor
+from spanprobe.procfs import SysRoot
+from spanprobe.routes import RouteMatcher
+from spanprobe.spans import SpanBuilder
 
 KEEP_BODY = 4096
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE")
@@ -262,11 +274,30 @@ def assembler(data: bytes) -> tuple:
         check_message(x.request)
         if x.response is not None:
             check_message(x.response)
+    spans = _spans(out)
     return (tuple((summary(x.request), None if x.response is None else summary(x.response),
                    x.conn.role, x.conn.tgid, x.conn.fd, x.conn.conn_id, x.parent_span_id is None,
                    x.parent_remote, x.trace_flags, x.aborted, x.error_type, x.ended_ts)
                   for x in out),
-            tuple(sorted(asm.counts.items())))
+            tuple(sorted(asm.counts.items())),
+            tuple((s.name, s.kind_code, s.status_code, s.status_description,
+                   tuple(s.attributes.items()), s.attr_base is not None) for s in spans))
+
+
+def _spans(exchanges: list) -> list:
+    """The exchanges' spans, built and encoded as the agent does: the encoding must be one
+    a receiver can read, with every span in it (one unreadable value would cost the batch)."""
+    spans = [_BUILDER.build(x) for x in exchanges]
+    if spans:
+        request = ExportTraceServiceRequest.FromString(SpanEncoder().encode(spans))
+        assert sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans) == len(spans)
+    return spans
+
+
+# A builder over an empty /proc: every process is "pid-N", none has a route table.
+_REDACTOR = Redactor(list(DEFAULT_REDACT_HEADERS), list(DEFAULT_REDACT_QUERY))
+_BUILDER = SpanBuilder(ProcessRegistry(SysRoot("/nonexistent-spanprobe-fuzz-root"), _REDACTOR),
+                       RouteMatcher([]), _REDACTOR, MonotonicToWall(), "fuzz-host", {})
 
 
 # ---------------------------------------------------------------- app_routes
