@@ -10,8 +10,10 @@ belong to that step alone), warmed up until its spans arrive, then:
   sent requests (warm-up and step together), and the last span arrived within `MAX_DRAIN_S` of the load stopping
   (an agent that falls behind either loses events in the ring buffer or drains late);
 * spans/s = the step's spans received / wrk's duration; CPU µs/span = the agent's CPU from
-  its `ready` line to its exit (rusage, so the final flush and export count) / every span it
-  exported (the short warm-up's included).
+  the load's start until the receiver had every span of it (export included) / those spans;
+  beside it, from its `ready` line to its exit (rusage, so the final flush and export count)
+  / every span it exported, the warm-up's included: that one also holds what an agent
+  spends once (a process's first connection, the warm-up's small batches, the stop).
 
 The ladder stops at the first step that is not sustained, or when the load side cannot
 offer the rate asked for (then the result is a lower bound, and says so).
@@ -50,7 +52,8 @@ def run(ctx) -> dict:
             steps.append(step)
             us = step["cpu_us_per_span"]
             ctx.say(f"throughput {rate}/s: offered {step['offered_rps']:.0f} req/s, received "
-                    f"{step['spans_per_s']:.0f} spans/s, {'–' if us is None else f'{us:.1f}'} µs CPU/span, "
+                    f"{step['spans_per_s']:.0f} spans/s, {'–' if us is None else f'{us:.1f}'} µs CPU/span "
+                    f"under load ({step['cpu_us_per_span_lifetime'] or 0:.1f} from ready to exit), "
                     f"drain {step['drain_s']:.2f} s, lost {step['lost_events'] or 0} -> "
                     f"{'sustained' if step['sustained'] else 'NOT sustained'}")
             if not step["sustained"]:
@@ -68,6 +71,7 @@ def run(ctx) -> dict:
         "steps": steps, "limited_by": limited_by, "max_drain_s": MAX_DRAIN_S,
         "max_sustained_spans_per_s": best["spans_per_s"] if best else 0.0,
         "cpu_us_per_span": best["cpu_us_per_span"] if best else None,
+        "cpu_us_per_span_lifetime": best["cpu_us_per_span_lifetime"] if best else None,
         "pause_ms": plan.pause_ms, "step_s": plan.step_s, "budget": budget,
     }
 
@@ -88,9 +92,15 @@ def run_step(ctx, receiver: ReceiverProcess, port: int, rate: int) -> dict:
                              f"warm-up requests (log {agent.err})")
         # each connection offers about 1000 / (pause + ~0.3 ms response) requests/s
         connections = max(1, round(rate * (plan.pause_ms + 0.3) / 1000))
+        load_cpu0, load_spans0 = cpu_seconds(agent.proc.pid), got
         load = wrk(procs, port, plan.step_s, connections, cpu=plan.app_cpu, pause_ms=plan.pause_ms)
         got, drain = receiver.wait_until(start + load["completed"], timeout=plan.step_s + 20,
                                          quiet=1.0, stall=5.0)
+        # the load's spans, from its start until the receiver has all of them (export
+        # included), without what an agent spends once (starting, a process's first
+        # connection, the warm-up's small batches, the stop)
+        load_cpu = cpu_seconds(agent.proc.pid) - load_cpu0
+        load_spans = got - load_spans0
         memory = memory_kib(agent.proc.pid)
     finally:
         agent.stop()
@@ -109,7 +119,9 @@ def run_step(ctx, receiver: ReceiverProcess, port: int, rate: int) -> dict:
         "spans": spans, "spans_per_s": spans / load["duration_s"], "drain_s": drain,
         "agent_cpu_s": cpu,
         # CPU from ready to exit over every span it exported (warm-up included)
-        "cpu_us_per_span": cpu / (got - before) * 1e6 if got > before else None,
+        "cpu_us_per_span_lifetime": cpu / (got - before) * 1e6 if got > before else None,
+        # CPU under the load over its spans, drain and export included: the cost per span
+        "cpu_us_per_span": load_cpu / load_spans * 1e6 if load_spans > 0 else None,
         "agent_memory_kib": memory, "lost_events": lost, "agent_final": final,
         "hot_modules": agent.hot_modules,
         "spans_match": low <= got - before <= high,

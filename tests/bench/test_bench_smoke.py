@@ -184,6 +184,7 @@ def test_throughput_ladder(smoke):
     assert t["steps"], t
     for s in t["steps"]:
         assert s["spans_per_s"] > 0 and s["cpu_us_per_span"] > 0 and s["offered_rps"] > 0, s
+        assert s["cpu_us_per_span_lifetime"] > 0, s
     first = t["steps"][0]
     assert first["spans_match"] and not first["lost_events"], first   # 1,000/s: zero loss
     sustained = [s for s in t["steps"] if s["sustained"]]
