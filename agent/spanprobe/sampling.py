@@ -57,18 +57,14 @@ class HeadSampler:
         self.root = sdk.TraceIdRatioBased(ratio) if ratio_based else None
         self.root_answer = None if ratio_based else self.ask(self._PROBE_TRACE, None, SAMPLED, False)
 
-    @property
-    def keeps_parent_flags(self) -> bool:
-        """Every answer the SDK gave is what the assembler does without a sampler: a new
-        trace sampled, a parent's flags kept (the default, `parentbased_always_on`). Then
-        nothing needs asking per request (`for_assembler`)."""
-        return (self.root_answer is True and self.by_parent is not None
-                and all(answer == sampled for (_, sampled), answer in self.by_parent.items()))
-
     def for_assembler(self) -> "HeadSampler | None":
-        """What streams.Assembler takes as `sample`: None where asking changes nothing (an
-        interpreted call per request, ~2% of the agent's work a span, saved)."""
-        return None if self.keeps_parent_flags else self
+        """What streams.Assembler takes as `sample`: None where every answer the SDK gave
+        is what the assembler does without a sampler, a new trace sampled and a parent's
+        flags kept (the default, `parentbased_always_on`): an interpreted call per
+        request, ~2% of the agent's work a span, saved."""
+        keeps_parent_flags = (self.root_answer is True and self.by_parent is not None
+                              and all(answer == sampled for (_, sampled), answer in self.by_parent.items()))
+        return None if keeps_parent_flags else self
 
     def ask(self, trace_id: int, parent_span_id: int | None, flags: int, remote: bool) -> bool:
         """The SDK sampler's own decision, asked the way an SDK would ask it."""

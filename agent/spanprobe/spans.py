@@ -289,7 +289,7 @@ class SpanBuilder:
                 conn.span_base = (key, None)
                 attrs = self._server_base(conn, host_header, req.version)
         else:
-            attrs = {}
+            attrs = {"network.protocol.version": req.version, "network.transport": "tcp"}
         if method in METHODS:
             attrs["http.request.method"] = method
         else:
@@ -298,9 +298,6 @@ class SpanBuilder:
         status = resp.status if resp is not None else None
         if status is not None:
             attrs["http.response.status_code"] = status
-        if not server:
-            attrs["network.protocol.version"] = req.version
-            attrs["network.transport"] = "tcp"
         ua = req.headers.get("user-agent")
         if ua:
             attrs["user_agent.original"] = ua
