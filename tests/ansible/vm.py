@@ -67,13 +67,19 @@ class VM:
         self.frozen: str | None = None       # what the watch saw, once it stopped the VM
         self.starved = 0                      # samples the watch let off as starved (a busy host), not frozen
         self.slow = 1.0                       # its commands' timeouts scale (a VM at low priority: more)
-        # the last boot that froze, once booted again: {"why", "first_boot_s", "first_console",
-        # "again_with", "from": "a fresh overlay" (froze before SSH answered) or "its own disk"}
-        self.restarted: dict | None = None
+        # each boot that was stopped and booted again, in order: {"why", "first_boot_s",
+        # "first_console" (that boot's console, kept), "last_console" (its last lines),
+        # "again_with", "from": "a fresh overlay" (SSH had never answered) or "its own disk"}
+        self.restarts: list[dict] = []
         self.boots_again = 0
         self._watch: threading.Thread | None = None
         self._answering = threading.Event()    # SSH answered since the last (re)start
         self._rebooting = False                 # the watch is booting it again from its disk
+
+    @property
+    def restarted(self) -> dict | None:
+        """The last boot that was stopped and booted again, or None."""
+        return self.restarts[-1] if self.restarts else None
 
     # ---- lifecycle ----
     def start(self, keep_disk: bool = False) -> None:
@@ -125,6 +131,7 @@ class VM:
 
     WATCH_GAP_S = 3.0
     MAX_BOOTS_AGAIN = 2     # a freeze at boot, then one later: on one host thread neither recurs
+    BOOT_AGAIN_TIMEOUT_S = 480
 
     def _watch_registers(self, proc: subprocess.Popen) -> None:
         """Sample the vCPUs every WATCH_GAP_S until QEMU ends; a frozen one (FreezeWatch)
@@ -175,7 +182,7 @@ class VM:
                         time.sleep(1)
                         continue
                     if self.frozen and self.boots_again < self.MAX_BOOTS_AGAIN and not self._answering.is_set():
-                        self._boot_again()
+                        self._boot_again(keep_disk=self.boot_s is not None)
                         deadline = time.monotonic() + timeout
                         continue
                     raise RuntimeError(f"{self.name}: {self.frozen or f'qemu exited {self.proc.returncode}'} "
@@ -197,7 +204,10 @@ class VM:
             self.frozen = why
             self.proc.kill()
             self.proc.wait()
-            self._boot_again()
+            # a VM that had answered before holds what its tests did: booted again from its
+            # disk (seen in CI: a boot again after the freeze check stayed silent, at idle,
+            # and a fresh overlay lost the check's marker file)
+            self._boot_again(keep_disk=self.boot_s is not None)
             deadline = time.monotonic() + timeout
 
     def _vcpus(self) -> str:
@@ -209,11 +219,12 @@ class VM:
         return ", ".join(f"{cpu}: {ip}{' halted' if halted else ''}" for cpu, (ip, halted) in sorted(states.items()))
 
     def _boot_again(self, keep_disk: bool = False) -> None:
-        first = self.dir / "console-frozen.log"
+        first = self.dir / f"console-stopped-{len(self.restarts) + 1}.log"
         shutil.copyfile(self.console, first)
-        self.restarted = {"why": self.frozen, "first_boot_s": round(time.monotonic() - self.t0, 1),
-                          "first_console": str(first), "again_with": "tcg,thread=single",
-                          "from": "its own disk" if keep_disk else "a fresh overlay"}
+        self.restarts.append({"why": self.frozen, "first_boot_s": round(time.monotonic() - self.t0, 1),
+                              "first_console": str(first), "last_console": self.console_tail(8),
+                              "again_with": "tcg,thread=single",
+                              "from": "its own disk" if keep_disk else "a fresh overlay"})
         self.boots_again += 1
         self.tcg_thread = "single"
         self.start(keep_disk=keep_disk)
@@ -246,7 +257,9 @@ class VM:
     def ssh(self, command: str, check: bool = True, timeout: float = 600,
             input: str | None = None) -> subprocess.CompletedProcess:
         if self._rebooting or (self.restarted and self.boot_s is not None and not self._answering.is_set()):
-            self.wait_ssh()     # booted again after a freeze: wait for it to answer
+            # booted again after a freeze: wait for it to answer (a boot of a disk that has
+            # booted before: no first-boot work, ~140 s on one host thread under TCG)
+            self.wait_ssh(timeout=self.BOOT_AGAIN_TIMEOUT_S * self.slow)
         r = self._ssh(command, timeout * self.slow, input)
         if check and r.returncode != 0:
             raise RuntimeError(f"{self.name}{self._freeze_said()}: `{command}` exited {r.returncode}:\n"
@@ -260,9 +273,10 @@ class VM:
     def _freeze_said(self) -> str:
         if self.frozen:
             return f" ({self.frozen}: stopped)"
-        if self.restarted:
-            return (f" (froze: {self.restarted['why']}; booted again from {self.restarted['from']} with "
-                    f"{self.restarted['again_with']})")
+        if self.restarts:
+            return " (" + "; then ".join(
+                f"froze: {r['why']}; booted again from {r['from']} with {r['again_with']}; its console "
+                f"ended:\n{r['last_console']}\n" for r in self.restarts) + ")"
         return ""
 
     def put(self, local: Path, remote: str) -> None:

@@ -264,6 +264,7 @@ def test_a_frozen_appliance_is_stopped_and_booted_again_in_seconds(booted):
     compiled and traced."""
     fw, vm, host, _ = booted
     assert vm.frozen is None and vm.proc.poll() is None and vm.boots_again < vm.MAX_BOOTS_AGAIN
+    boots_before = len(vm.restarts)     # a first boot that froze, booted again before the checks
     vm.ssh("sudo touch /var/tmp/spanprobe-before-freeze && sync", timeout=60)
     vm.ssh("for i in 1 2; do nohup sh -c 'while :; do :; done' </dev/null >/dev/null 2>&1 & done", timeout=60)
     time.sleep(5)
@@ -276,6 +277,10 @@ def test_a_frozen_appliance_is_stopped_and_booted_again_in_seconds(booted):
     # the next command waits for the new boot to answer
     assert vm.ssh("test -e /var/tmp/spanprobe-before-freeze && echo kept", timeout=60).stdout.strip() == "kept"
     SUMMARY[f"{fw}: booted again from its disk, SSH answering in (s)"] = round(time.monotonic() - t, 1)
-    assert vm.restarted and "not halted" in vm.restarted["why"], vm.restarted
-    assert vm.restarted["from"] == "its own disk" and vm.proc is not first and vm.proc.poll() is None
+    stopped = vm.restarts[boots_before:]
+    assert stopped and "not halted" in stopped[0]["why"], stopped
+    if len(stopped) > 1:    # the boot again itself did not answer in time: said, with its console
+        SUMMARY[f"{fw}: after the freeze, booted again more than once"] = stopped[1:]
+    assert all(r["from"] == "its own disk" for r in stopped), stopped
+    assert vm.proc is not first and vm.proc.poll() is None
     assert "tcg,thread=single" in (vm.dir / "qemu.cmd").read_text()
