@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import overhead, report, throughput
+from bench import overhead, paired, report, throughput
 from bench.procs import REPO, BenchError, Procs, bpf_stats
 from bench.receiver import ReceiverProcess
 from bench.settings import plan_from
@@ -60,7 +60,8 @@ def run(plan) -> dict:
                     "python": platform.python_version(), "commit": _commit()},
         "settings": {k: getattr(plan, k) for k in (
             "apps", "configs", "rounds", "warmup_s", "saturation_s", "fixed_s", "step_s", "rates",
-            "wrk_connections", "loadgen_connections", "pause_ms", "app_cpu", "load_cpu", "receiver_idle")},
+            "wrk_connections", "loadgen_connections", "pause_ms", "app_cpu", "load_cpu", "receiver_idle",
+            "pairs", "pair_saturation_s", "pair_fixed_s")},
         "tools": {"fixed_rate": "bench.loadgen (asyncio open loop, latency from due time)",
                   "saturation": "wrk -t1 with bench/lua/count.lua",
                   "throughput_load": "wrk -t1 with bench/lua/paced.lua"},
@@ -74,12 +75,17 @@ def run(plan) -> dict:
         ctx.say(plan.pinning)
         rows = overhead.run(ctx)
         result["overhead"] = {"runs": rows, "summary": report.summarize(rows)}
+        if plan.paired_configs:
+            # at each app's fixed rate of the overhead runs (half of bare's first saturation)
+            rates = {app: next(r["fixed_rate"] for r in rows if r["app"] == app) for app in plan.apps}
+            result["paired"] = paired.run(ctx, rates)
         receiver.stop()
         if plan.throughput:
             result["throughput"] = throughput.run(ctx)
         result["duration_s"] = round(time.monotonic() - ctx.t0, 1)
     result["machine"]["loadavg_end"] = _loadavg()
-    result["targets"] = report.targets(result["overhead"]["summary"], result.get("throughput"))
+    result["targets"] = report.targets(result["overhead"]["summary"], result.get("throughput"),
+                                       result.get("paired"))
     return result
 
 

@@ -23,15 +23,18 @@ OPTIONAL_CONFIGS = ("spanprobe-idle",)
 AGENT_CONFIGS = ("spanprobe", "spanprobe-idle")
 # the configurations that export no span (nothing to count or wait for)
 SPANLESS = ("bare", "hooks")
+# what the paired step (bench/paired.py) compares with untraced windows of one app process
+PAIRED_CONFIGS = ("hooks", "spanprobe")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # what a full run and a smoke run do, unless a flag says otherwise
 PRESETS = {
     "full": dict(rounds=3, warmup_s=2.0, saturation_s=10.0, fixed_s=10.0, step_s=6.0,
                  rates=[2000, 4000, 6000, 8000, 10000, 15000, 20000, 30000, 40000], catch_up_s=30.0,
-                 name="latest"),
+                 pairs=4, pair_saturation_s=5.0, pair_fixed_s=8.0, name="latest"),
     "smoke": dict(rounds=1, warmup_s=1.0, saturation_s=2.0, fixed_s=2.0, step_s=2.0,
-                  rates=[1000, 2000], catch_up_s=10.0, name="smoke"),
+                  rates=[1000, 2000], catch_up_s=10.0, pairs=1, pair_saturation_s=1.0, pair_fixed_s=2.0,
+                  name="smoke"),
 }
 
 # what the bench venv must provide (requirements/bench.txt)
@@ -62,6 +65,14 @@ class Plan:
     name: str
     bench_python: str
     receiver_idle: bool = False
+    pairs: int = 0                  # paired windows per configuration (bench/paired.py); 0: none
+    pair_saturation_s: float = 5.0
+    pair_fixed_s: float = 8.0
+
+    @property
+    def paired_configs(self) -> list[str]:
+        """The configurations the paired step compares with untraced windows."""
+        return [c for c in PAIRED_CONFIGS if c in self.configs] if self.pairs else []
 
     @property
     def pinning(self) -> str:
@@ -87,6 +98,16 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
         return v
     return conv
+
+
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return v
 
 
 def _csv(allowed):
@@ -128,6 +149,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--catch-up-s", type=_positive(float),
                    help="most seconds an agent that fell behind gets to export before it is stopped")
     p.add_argument("--no-throughput", action="store_true", help="skip the agent throughput test")
+    p.add_argument("--pairs", type=_count, help="paired windows per configuration, traced and untraced "
+                   "in one app process (full: 4, smoke: 1; 0 skips the step)")
+    p.add_argument("--pair-saturation-s", type=_positive(float), help="seconds of wrk in a paired window")
+    p.add_argument("--pair-fixed-s", type=_positive(float), help="seconds at the fixed rate in a paired window")
     p.add_argument("--wrk-connections", type=_positive(int), default=16)
     p.add_argument("--loadgen-connections", type=_positive(int), default=32)
     p.add_argument("--pause-ms", type=_positive(int), default=10,
@@ -156,7 +181,9 @@ def plan_from(argv: list[str] | None) -> Plan:
                 rates=pick(a.rates, "rates"), catch_up_s=pick(a.catch_up_s, "catch_up_s"), throughput=not a.no_throughput,
                 wrk_connections=a.wrk_connections, loadgen_connections=a.loadgen_connections,
                 pause_ms=a.pause_ms, app_cpu=a.app_cpu, load_cpu=a.load_cpu, receiver_idle=a.receiver_idle, out=a.out,
-                name=a.name or pre["name"], bench_python=a.bench_python or "")
+                name=a.name or pre["name"], bench_python=a.bench_python or "",
+                pairs=pick(a.pairs, "pairs"), pair_saturation_s=pick(a.pair_saturation_s, "pair_saturation_s"),
+                pair_fixed_s=pick(a.pair_fixed_s, "pair_fixed_s"))
     check(plan)
     return plan
 

@@ -47,6 +47,7 @@ def _bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     (["--smoke", "--app-cpu", "4096"], "--app-cpu 4096"),
     (["--smoke", "--configs", "otel,spanprobe"], "must include bare"),
     (["--smoke", "--rates", "1000,-5"], "--rates"),
+    (["--smoke", "--pairs", "-1"], "--pairs"),
     (["--smoke", "--bench-python", "/nonexistent/python"], "/nonexistent/python"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, says):
@@ -209,6 +210,26 @@ def test_the_budget_step_sheds_whole_requests_and_accounts_for_each(smoke):
     assert b["used_cpu_percent"] > 0 and "CPU budget (`--max-cpu-percent`)" in smoke["md"]
 
 
+def test_paired_windows_compare_one_process_traced_and_untraced(smoke):
+    """The paired step ran for every app and both compared configurations, one pair each in
+    a smoke run: every window served requests, each figure is a change, and the app-side
+    targets are judged on the pairs."""
+    p = smoke["json"]["paired"]
+    assert set(p) == set(APPS)
+    for app, got in p.items():
+        assert got["fixed_rate"] == smoke["json"]["overhead"]["summary"][app]["bare"]["fixed_rate"]
+        for config in ("hooks", "spanprobe"):
+            (pair,) = got[config]["runs"]
+            for side in ("untraced", "traced"):
+                w = pair[side]
+                assert w["rps"] > 0 and w["fixed_completed"] > 0 and w["app_cpu_us_per_req"] > 0, (app, config, w)
+            f = got[config]["summary"]
+            assert f["pairs"] == 1 and f["app_cpu_change_pct"] == pair["app_cpu_change_pct"] is not None
+            assert f["throughput_change_pct_range"] == [pair["throughput_change_pct"]] * 2
+    assert "Paired windows" in smoke["md"]
+    assert {r["source"] for r in smoke["json"]["targets"] if r.get("source")} == {"paired"}
+
+
 def test_targets_are_reported_not_asserted(smoke):
     targets = smoke["json"]["targets"]
     assert len(targets) == 3 * len(APPS) + 2 + (1 if smoke["json"]["throughput"]["budget"] else 0)
@@ -217,14 +238,15 @@ def test_targets_are_reported_not_asserted(smoke):
 
 
 def test_markdown_shows_every_run(smoke):
-    rows = [line for line in smoke["md"].splitlines() if line.startswith("| Flask") or line.startswith("| FastAPI")]
+    runs_table = smoke["md"].split("Paired windows")[0]
+    rows = [line for line in runs_table.splitlines() if line.startswith("| Flask") or line.startswith("| FastAPI")]
     assert len(rows) == len(APPS) * len(CONFIGS)
     steps = smoke["json"]["throughput"]["steps"]
     assert f"| {steps[0]['rate_asked']:,} |" in smoke["md"]
 
 
 def test_no_process_left_behind(smoke):
-    ports = {r["port"] for r in smoke["json"]["overhead"]["runs"]}
+    ports = {r["port"] for r in smoke["json"]["overhead"]["runs"]} | {p["port"] for p in smoke["json"]["paired"].values()}
     for port in ports:
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"something still listens on {port}"

@@ -39,3 +39,42 @@ def test_without_a_floor_row_the_targets_are_judged_as_measured():
     rows = rows_by_metric(report.targets(summary(None, {"throughput_overhead_pct": 4.0, "p99_overhead_pct": 5.0,
                                                         "app_cpu_overhead_pct": 9.0}), None))
     assert [(r["judged"], r["met"]) for r in rows.values()] == [(True, True), (True, True), (True, False)]
+
+
+def paired_summary(throughput: float, p99: float, cpu: float) -> dict:
+    return {"summary": {"pairs": 4, "throughput_change_pct": throughput, "p99_change_pct": p99,
+                        "app_cpu_change_pct": cpu}}
+
+
+def test_paired_figures_judge_the_app_side_targets_where_the_step_ran():
+    """The paired step's medians replace the runs' (a loss of throughput is a negative
+    change traced over untraced, a positive overhead), and its floor pairs decide whether
+    each is judged; an app the step did not run keeps the runs' figures."""
+    runs = summary({"throughput_overhead_pct": -30.0, "p99_overhead_pct": 50.0, "app_cpu_overhead_pct": -18.0},
+                   {"throughput_overhead_pct": 27.0, "p99_overhead_pct": 900.0, "app_cpu_overhead_pct": 20.0})
+    runs["fastapi"] = runs["flask"]
+    paired = {"flask": {"hooks": paired_summary(-0.5, 12.0, 0.8), "spanprobe": paired_summary(-4.0, 40.0, 6.5)}}
+    rows = report.targets(runs, None, paired)
+    flask = rows_by_metric([r for r in rows if r["target"].startswith("flask")])
+    assert {r["source"] for r in flask.values()} == {"paired"}
+    assert flask["throughput overhead"]["value"] == 4.0 and flask["throughput overhead"]["met"]
+    assert flask["p99 latency above bare"]["judged"] is False       # the floor's pairs: +12% > 10%
+    app_cpu = flask["the app's own CPU per request above bare"]
+    assert (app_cpu["value"], app_cpu["judged"], app_cpu["met"]) == (6.5, True, False)
+    fastapi = rows_by_metric([r for r in rows if r["target"].startswith("fastapi")])
+    assert {r["source"] for r in fastapi.values()} == {"runs"} and not any(r["judged"] for r in fastapi.values())
+    md = report.markdown({"machine": {"cpus": 2, "kernel": "k", "loadavg_start": 0, "loadavg_end": 0, "commit": "c"},
+                          "mode": "full", "started": "now", "pinning": "", "targets": rows,
+                          "settings": {"rounds": 3, "saturation_s": 1, "wrk_connections": 1, "fixed_s": 1}})
+    assert "| flask: p99 latency above bare ≤ 10% | 40.0 % (paired) | not judged (the floor's pairs: +12.0%) |" in md
+
+
+def test_paired_summary_is_the_median_with_the_extremes():
+    from bench import paired
+
+    pairs = [{"throughput_change_pct": t, "p99_change_pct": None, "app_cpu_change_pct": c}
+             for t, c in ((-1.0, 2.0), (-3.0, 9.0), (-2.0, 4.0), (-8.0, 3.0))]
+    s = paired.summarize(pairs)
+    assert s["pairs"] == 4 and s["throughput_change_pct"] == -2.5 and s["throughput_change_pct_range"] == [-8.0, -1.0]
+    assert s["app_cpu_change_pct"] == 3.5 and s["app_cpu_change_pct_range"] == [2.0, 9.0]
+    assert s["p99_change_pct"] is None and s["p99_change_pct_range"] is None
