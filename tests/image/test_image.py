@@ -149,7 +149,8 @@ def booted(request, appliances):
         SUMMARY[f"{fw}: boot to SSH (s)"] = round(vm.wait_ssh(timeout=900), 1)
         if vm.restarted:        # the first boot froze under TCG: said, with its console kept
             SUMMARY[f"{fw}: first boot stopped"] = (f"{vm.restarted['why']}; booted again with "
-                                                   f"{vm.restarted['again_with']} ({vm.restarted['first_console']})")
+                                                   f"{vm.restarted['again_with']} ({vm.restarted['first_console']}, "
+                                                   f"which ended: {vm.restarted['last_console'][-600:]!r})")
         host = testinfra.get_host(f"ssh://{vm.name}", ssh_config=str(vm.ssh_config), sudo=True)
         yield fw, vm, host, receiver
     finally:
