@@ -70,8 +70,8 @@ def fleet():
         SUMMARY["times"]["boot (s)"] = round(time.monotonic() - t, 1)
         for n, m in manifests.items():
             SUMMARY["guests"][n] = {"suite": m["suite"], "kernel": m["kernel"], "boot_s": boots[n]}
-            if vms[n].restarted:    # its first boot froze under TCG: said, with its console kept
-                SUMMARY["times"][f"{n} first boot stopped"] = vms[n].restarted
+            if vms[n].restarts:     # its first boot froze under TCG or stayed silent: said, with its console kept
+                SUMMARY["times"][f"{n} first boot stopped"] = vms[n].restarts
 
         inventory = write_inventory(RESULTS / "inventory.yml", vms,
                                     {n: {"spanprobe_wheelhouse": str(houses[n])} for n in vms})
@@ -84,8 +84,9 @@ def fleet():
         yield fleet
     finally:
         for n, vm in vms.items():
-            if vm.restarted and vm.restarted["from"] == "its own disk":     # froze after boot: said
-                SUMMARY["times"][f"{n} froze after boot, booted again"] = vm.restarted
+            later = [r for r in vm.restarts if r["from"] == "its own disk"]
+            if later:               # stopped after it had answered (frozen or silent): said
+                SUMMARY["times"][f"{n} stopped after boot, booted again from its disk"] = later
             if vm.starved:          # samples its watch let off as starved by a busy host, not frozen
                 SUMMARY["times"][f"{n} starved samples (not frozen)"] = vm.starved
         parallel(lambda n: vms[n].stop(), list(vms))

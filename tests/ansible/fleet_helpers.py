@@ -173,10 +173,11 @@ LYNIS_RC = "/run/spanprobe-lynis.rc"
 # more than half of the audit (fresh boots of the stock Debian 13 guest, two vCPUs,
 # 2026-12-06: 917 s as packaged, 406 s without the log; both index 66, and the two report
 # files the same but for their time and memory lines). Neither the index nor the report
-# reads the log, so the audit runs Debian's lynis files copied to LYNIS_COPY, LogText and
-# LogTextBreak redefined empty at the end of its functions file, from that directory
-# (--usecwd: includes, database and profiles from there). /var/log/lynis.log stays empty;
-# lynis-report.dat is written as ever.
+# file reads the log (only the screen summary, which --cronjob leaves out), so the audit
+# runs Debian's lynis files copied to LYNIS_COPY, LogText and LogTextBreak redefined empty
+# at the end of its functions file, from that directory (--usecwd: includes, database and
+# profiles from there; plugins still from /etc/lynis/plugins). /var/log/lynis.log keeps
+# only lynis's first line; lynis-report.dat is written as ever.
 LYNIS_COPY = "/run/spanprobe-lynis"
 LYNIS_NO_LOG = "LogText() { :; }\nLogTextBreak() { :; }\n"
 LYNIS_POLL_S = 15
@@ -186,14 +187,17 @@ LYNIS_TIMEOUT_S = 1800
 def lynis_index(vm: VM) -> int | None:
     profile = "".join(f"skip-test={t}\n" for t in LYNIS_SKIP)
     vm.ssh("sudo tee /etc/lynis/custom.prf >/dev/null", input=profile)
-    # made again with each start: a boot again after a freeze empties /run
-    start = (f"sudo rm -rf {LYNIS_COPY} && sudo cp -a /usr/share/lynis {LYNIS_COPY} && "
+    # made again with each start (a boot again after a freeze empties /run), an audit still
+    # running from an earlier start stopped first
+    start = (f"sudo systemctl stop {LYNIS_UNIT} 2>/dev/null; sudo systemctl reset-failed {LYNIS_UNIT} 2>/dev/null; "
+             f"sudo rm -rf {LYNIS_COPY} && sudo cp -a /usr/share/lynis {LYNIS_COPY} && "
              f"sudo cp -a /etc/lynis/default.prf /etc/lynis/custom.prf {LYNIS_COPY}/ && "
              f"printf '{LYNIS_NO_LOG}' | sudo tee -a {LYNIS_COPY}/include/functions >/dev/null && "
-             f"sudo rm -f /var/log/lynis-report.dat {LYNIS_RC}; sudo systemd-run --quiet --collect "
+             f"sudo rm -f /var/log/lynis-report.dat {LYNIS_RC} && sudo systemd-run --quiet --collect "
              f"--unit={LYNIS_UNIT} --working-directory={LYNIS_COPY} sh -c "
              f"'lynis audit system --cronjob --usecwd >/dev/null 2>&1; echo $? >{LYNIS_RC}'")
     vm.ssh(start)
+    # after the start: a boot again that its SSH call waited for is not a reason to start again
     boots, t0 = vm.boots_again, time.monotonic()
     while True:
         time.sleep(LYNIS_POLL_S)
@@ -305,8 +309,8 @@ def _audit_stock(name: str, manifest: dict, path: Path, slow: float, smp: str) -
     try:
         vm.start()
         vm.wait_ssh(timeout=BOOT_TIMEOUT_S * slow)
-        if vm.restarted:        # said in the tier's summary
-            SUMMARY["times"][f"{name}-stock first boot stopped"] = vm.restarted
+        if vm.restarts:         # said in the tier's summary
+            SUMMARY["times"][f"{name}-stock first boot stopped"] = vm.restarts
         return _measured_once(vm, path)
     finally:
         vm.stop()

@@ -7,10 +7,11 @@ port on the host's loopback.
 
 Under multi-threaded TCG a vCPU sometimes freezes on a stale translation of kernel text
 (tests.support.tcg): each VM's registers are watched from outside, and a frozen VM is
-stopped within seconds and booted once more with every vCPU on one host thread, where that
-cannot happen: from a fresh overlay when it froze before SSH answered, from its own disk
-(what the tests did to it kept) when it froze later. Whatever was running in it when it
-froze fails and names the freeze; what comes after waits for SSH to answer again.
+stopped within seconds and booted again with every vCPU on one host thread, where that
+cannot happen; so is a boot that does not answer SSH in time. It boots from a fresh overlay
+when SSH had never answered, else from its own disk (what the tests did to it kept).
+Whatever was running in it fails and names the stop; what comes after waits for SSH to
+answer again. Every stopped boot is kept in `restarts`, with its console.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ class VM:
         self.frozen: str | None = None       # what the watch saw, once it stopped the VM
         self.starved = 0                      # samples the watch let off as starved (a busy host), not frozen
         self.slow = 1.0                       # its commands' timeouts scale (a VM at low priority: more)
-        # each boot that was stopped and booted again, in order: {"why", "first_boot_s",
-        # "first_console" (that boot's console, kept), "last_console" (its last lines),
+        # each boot that was stopped and booted again, in order: {"why", "first_boot_s" (that
+        # stopped boot's seconds), "first_console" (its console, kept), "last_console" (its last lines),
         # "again_with", "from": "a fresh overlay" (SSH had never answered) or "its own disk"}
         self.restarts: list[dict] = []
         self.boots_again = 0
@@ -130,7 +131,7 @@ class VM:
             self._watch.start()
 
     WATCH_GAP_S = 3.0
-    MAX_BOOTS_AGAIN = 2     # a freeze at boot, then one later: on one host thread neither recurs
+    MAX_BOOTS_AGAIN = 2     # e.g. a freeze at boot, then one later (on one host thread neither recurs)
     BOOT_AGAIN_TIMEOUT_S = 480
 
     def _watch_registers(self, proc: subprocess.Popen) -> None:
@@ -164,11 +165,10 @@ class VM:
 
     def wait_ssh(self, timeout: float = 900) -> float:
         """Seconds from start to SSH answering. A boot frozen by TCG, or one that does not
-        answer SSH within `timeout` for a reason not seen from outside, is booted once more
-        with tcg,thread=single
-        (slower, so only then); the seconds are the second boot's, and `restarted` says
-        what happened to the first: why, with the vCPUs' instruction pointers and SSH's
-        last error."""
+        answer SSH within `timeout` for a reason not seen from outside, is booted again with
+        tcg,thread=single (slower, so only then), up to MAX_BOOTS_AGAIN in all; the seconds
+        are the last boot's, and `restarts` says what happened to each stopped one: why,
+        with the vCPUs' instruction pointers and SSH's last error, and its console."""
         deadline = time.monotonic() + timeout
         last = ""
         while True:
@@ -231,15 +231,22 @@ class VM:
         self.frozen = None
 
     def stop(self) -> None:
+        """Power off a VM that answers SSH, else stop its QEMU; never waits for (or boots
+        again) a VM that is not answering."""
         if self.proc is None:
             return
+        deadline = time.monotonic() + 60
+        while self._rebooting and time.monotonic() < deadline:     # the watch's boot again: then stop that
+            time.sleep(0.5)
         if self.proc.poll() is None:
+            answering = self._answering.is_set()
+            if answering:
+                try:
+                    self._ssh("sudo systemctl poweroff", timeout=20)
+                except subprocess.TimeoutExpired:
+                    pass
             try:
-                self.ssh("sudo systemctl poweroff", check=False, timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                self.proc.wait(90)
+                self.proc.wait(90 if answering else 0)
             except subprocess.TimeoutExpired:
                 self.proc.terminate()
                 try:
@@ -275,7 +282,7 @@ class VM:
             return f" ({self.frozen}: stopped)"
         if self.restarts:
             return " (" + "; then ".join(
-                f"froze: {r['why']}; booted again from {r['from']} with {r['again_with']}; its console "
+                f"stopped: {r['why']}; booted again from {r['from']} with {r['again_with']}; its console "
                 f"ended:\n{r['last_console']}\n" for r in self.restarts) + ")"
         return ""
 
