@@ -13,9 +13,11 @@ runs' fixed rate (the app's own CPU per request over those requests, and their p
 Each pair gives traced over untraced; the figure is the median over the pairs, shown
 with the lowest and highest pair, so a reader sees how far one pair can stray.
 
-Attaching is outside the windows: the agent compiles and attaches, and the first
-requests it sees (a connection's first event costs it more) come in a one-second warm-up
-that every window has, traced or not.
+Attaching is outside the windows: the agent compiles and attaches first, and its first
+sight of the process (the process's first connection costs it more than later ones) falls
+in a one-second warm-up that every window has, traced or not. A window the agent traced
+must have a SERVER span for every request it completed and no loss counted, else the run
+fails: an agent that did not trace would pass its window off as spanprobe's.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import statistics
 
 from bench.load import fixed_rate, wrk
+from bench.overhead import lost_events
 from bench.procs import BenchAgent, BenchError, session_cpu_seconds, start_app
 from tests.support.procs import free_port
 
@@ -39,17 +42,32 @@ def _attach(ctx, config: str, port: int):
                                   "--otlp-protocol", "http/protobuf"])
 
 
-def _detach(ctx, tracer) -> None:
+def _detach(ctx, tracer) -> dict | None:
+    """Stop what traced a window; for the agent, its loss counters (overhead.lost_events)."""
     if isinstance(tracer, BenchAgent):      # SIGTERM: it flushes, and is waited for
         tracer.stop()
-    elif tracer is not None:
+        return lost_events(tracer.final())
+    if tracer is not None:
         ctx.procs.stop(tracer)
+    return None
+
+
+def _traced_by_the_agent(ctx, before: int, got: dict, lost: dict) -> None:
+    """A window the agent traced must have its spans at the receiver (SERVER spans at least
+    the requests the window completed) and no loss counted: else it was not traced, or
+    not fully, and its figures would pass for spanprobe's."""
+    done = got["requests_completed"]
+    spans, _ = ctx.receiver.wait_until(before + done, timeout=10.0, quiet=0.3, stall=3.0)
+    got["server_spans"], got["lost_events"] = spans - before, lost
+    if spans - before < done or lost:
+        raise BenchError(f"a window traced by the agent has {spans - before} SERVER spans for "
+                         f"{done} requests completed and lost {lost or 0}: not a traced window")
 
 
 def window(ctx, app_pid: int, port: int, rate: float) -> dict:
     """One window: a second of warm-up, wrk at saturation, then the fixed rate."""
     plan = ctx.plan
-    wrk(ctx.procs, port, 1.0, plan.wrk_connections)
+    warm = wrk(ctx.procs, port, 1.0, plan.wrk_connections)
     sat = wrk(ctx.procs, port, plan.pair_saturation_s, plan.wrk_connections)
     cpu0 = session_cpu_seconds(app_pid)
     fixed = fixed_rate(ctx.procs, port, rate, plan.pair_fixed_s, plan.loadgen_connections)
@@ -57,9 +75,12 @@ def window(ctx, app_pid: int, port: int, rate: float) -> dict:
     if not sat["completed"] or not fixed["completed"]:
         raise BenchError(f"port {port}: a paired window completed no request "
                          f"(wrk {sat['completed']}, fixed rate {fixed['completed']})")
+    errors = sat["error_count"] + fixed["errors"]
+    if errors:
+        raise BenchError(f"port {port}: a paired window had {errors} failed requests")
     return {"rps": sat["rps"], "p99_ms": fixed["latency_ms"]["p99"],
             "app_cpu_us_per_req": cpu / fixed["completed"] * 1e6, "fixed_completed": fixed["completed"],
-            "errors": sat["error_count"] + fixed["errors"]}
+            "requests_completed": warm["completed"] + sat["completed"] + fixed["completed"]}
 
 
 def _change(traced: float | None, untraced: float | None) -> float | None:
@@ -88,18 +109,22 @@ def run_app(ctx, app: str, rate: float) -> dict:
             for i in range(plan.pairs):
                 seen = {}
                 for traced in ((False, True) if i % 2 == 0 else (True, False)):
+                    before = ctx.receiver.spans()
                     tracer = _attach(ctx, config, port) if traced else None
                     try:
                         seen[traced] = window(ctx, app_proc.pid, port, rate)
                     finally:
-                        _detach(ctx, tracer)
+                        lost = _detach(ctx, tracer)
+                    if lost is not None:
+                        _traced_by_the_agent(ctx, before, seen[traced], lost)
                 pair = {"untraced": seen[False], "traced": seen[True], "traced_first": i % 2 == 1}
                 for key, name in FIGURES:
                     pair[name] = _change(seen[True][key], seen[False][key])
                 pairs.append(pair)
+                change = pair["app_cpu_change_pct"]
                 ctx.say(f"{app} paired {config} {i + 1}/{plan.pairs}: app CPU "
                         f"{seen[False]['app_cpu_us_per_req']:.0f} -> {seen[True]['app_cpu_us_per_req']:.0f} "
-                        f"µs/req ({pair['app_cpu_change_pct']:+.1f}%), {seen[False]['rps']:.0f} -> "
+                        f"µs/req ({'–' if change is None else f'{change:+.1f}%'}), {seen[False]['rps']:.0f} -> "
                         f"{seen[True]['rps']:.0f} req/s at saturation")
             result[config] = {"runs": pairs, "summary": summarize(pairs)}
     finally:

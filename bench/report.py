@@ -256,7 +256,7 @@ def markdown(result: dict) -> str:
             f"{st['pair_saturation_s']:g} s at saturation, then {st['pair_fixed_s']:g} s at the fixed rate). "
             "Traced over untraced, median of the pairs [lowest, highest]:",
             "",
-            "| app | traced by | pairs | req/s at saturation | p99 at the fixed rate | app CPU µs / req |",
+            "| app | traced by | pairs | req/s at saturation | p99 at the fixed rate | app CPU µs / req at the fixed rate |",
             "|---|---|---:|---:|---:|---:|",
         ]
         for app, p in result["paired"].items():
