@@ -75,12 +75,10 @@ def window(ctx, app_pid: int, port: int, rate: float) -> dict:
     if not sat["completed"] or not fixed["completed"]:
         raise BenchError(f"port {port}: a paired window completed no request "
                          f"(wrk {sat['completed']}, fixed rate {fixed['completed']})")
-    errors = sat["error_count"] + fixed["errors"]
-    if errors:
-        raise BenchError(f"port {port}: a paired window had {errors} failed requests")
     return {"rps": sat["rps"], "p99_ms": fixed["latency_ms"]["p99"],
             "app_cpu_us_per_req": cpu / fixed["completed"] * 1e6, "fixed_completed": fixed["completed"],
-            "requests_completed": warm["completed"] + sat["completed"] + fixed["completed"]}
+            "requests_completed": warm["completed"] + sat["completed"] + fixed["completed"],
+            "failed_requests": warm["error_count"] + sat["error_count"] + fixed["errors"]}
 
 
 def _change(traced: float | None, untraced: float | None) -> float | None:
@@ -89,7 +87,8 @@ def _change(traced: float | None, untraced: float | None) -> float | None:
 
 def summarize(pairs: list[dict]) -> dict:
     """Median, lowest and highest of each figure's change over the pairs."""
-    out: dict = {"pairs": len(pairs)}
+    out: dict = {"pairs": len(pairs),
+                 "failed_requests": sum(p[side]["failed_requests"] for p in pairs for side in ("untraced", "traced"))}
     for _, name in FIGURES:
         values = [p[name] for p in pairs if p[name] is not None]
         out[name] = statistics.median(values) if values else None

@@ -256,8 +256,9 @@ def markdown(result: dict) -> str:
             f"{st['pair_saturation_s']:g} s at saturation, then {st['pair_fixed_s']:g} s at the fixed rate). "
             "Traced over untraced, median of the pairs [lowest, highest]:",
             "",
-            "| app | traced by | pairs | req/s at saturation | p99 at the fixed rate | app CPU µs / req at the fixed rate |",
-            "|---|---|---:|---:|---:|---:|",
+            "| app | traced by | pairs | req/s at saturation | p99 at the fixed rate | app CPU µs / req at the fixed rate "
+            "| failed requests |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
         for app, p in result["paired"].items():
             for config in ("hooks", "spanprobe"):
@@ -269,7 +270,7 @@ def markdown(result: dict) -> str:
                     r = f.get(f"{name}_range")
                     cells.append(f"{_pct(f.get(name))} [{_pct(r[0])}, {_pct(r[1])}]" if r else "–")
                 lines.append(f"| {APP_LABELS.get(app, app)} | {CONFIG_LABELS[config]} | {f['pairs']} "
-                             f"| {' | '.join(cells)} |")
+                             f"| {' | '.join(cells)} | {_f(f.get('failed_requests'), '{:,}')} |")
         lines += ["", "The app-side targets below are judged on these pairs where they ran: one "
                   "process of the app throughout, so only the tracing differs between the two "
                   "windows of a pair. The floor's pairs show how far the method itself strays: a "

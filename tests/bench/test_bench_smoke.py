@@ -225,6 +225,7 @@ def test_paired_windows_compare_one_process_traced_and_untraced(smoke):
                 assert w["rps"] > 0 and w["fixed_completed"] > 0 and w["app_cpu_us_per_req"] > 0, (app, config, w)
             f = got[config]["summary"]
             assert f["pairs"] == 1 and f["app_cpu_change_pct"] == pair["app_cpu_change_pct"] is not None
+            assert f["failed_requests"] == 0, f
             assert f["throughput_change_pct_range"] == [pair["throughput_change_pct"]] * 2
     assert "Paired windows" in smoke["md"]
     assert {r["source"] for r in smoke["json"]["targets"] if r.get("source")} == {"paired"}

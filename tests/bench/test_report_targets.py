@@ -91,9 +91,11 @@ def test_paired_figures_judge_the_app_side_targets_where_the_step_ran():
 def test_paired_summary_is_the_median_with_the_extremes():
     from bench import paired
 
-    pairs = [{"throughput_change_pct": t, "p99_change_pct": None, "app_cpu_change_pct": c}
+    window = {"failed_requests": 1}
+    pairs = [{"throughput_change_pct": t, "p99_change_pct": None, "app_cpu_change_pct": c,
+              "untraced": window, "traced": window}
              for t, c in ((-1.0, 2.0), (-3.0, 9.0), (-2.0, 4.0), (-8.0, 3.0))]
     s = paired.summarize(pairs)
-    assert s["pairs"] == 4 and s["throughput_change_pct"] == -2.5 and s["throughput_change_pct_range"] == [-8.0, -1.0]
+    assert s["pairs"] == 4 and s["failed_requests"] == 8 and s["throughput_change_pct"] == -2.5 and s["throughput_change_pct_range"] == [-8.0, -1.0]
     assert s["app_cpu_change_pct"] == 3.5 and s["app_cpu_change_pct_range"] == [2.0, 9.0]
     assert s["p99_change_pct"] is None and s["p99_change_pct_range"] is None
