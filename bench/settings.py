@@ -33,7 +33,7 @@ PRESETS = {
                  rates=[2000, 4000, 6000, 8000, 10000, 15000, 20000, 30000, 40000], catch_up_s=30.0,
                  pairs=4, pair_saturation_s=5.0, pair_fixed_s=8.0, name="latest"),
     "smoke": dict(rounds=1, warmup_s=1.0, saturation_s=2.0, fixed_s=2.0, step_s=2.0,
-                  rates=[1000, 2000], catch_up_s=10.0, pairs=1, pair_saturation_s=1.0, pair_fixed_s=2.0,
+                  rates=[1000, 2000], catch_up_s=10.0, pairs=1, pair_saturation_s=2.0, pair_fixed_s=2.0,
                   name="smoke"),
 }
 
