@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 
 from bench.procs import APP_LABELS
-from bench.settings import AGENT_CONFIGS, SPANLESS
+from bench.settings import AGENT_CONFIGS, PAIRED_CONFIGS, SPANLESS
 
 CONFIG_LABELS = {"bare": "bare", "hooks": "floor: empty programs on spanprobe's hooks",
                  "otel": "in-process OpenTelemetry", "spanprobe": "spanprobe",
@@ -261,7 +261,7 @@ def markdown(result: dict) -> str:
             "|---|---|---:|---:|---:|---:|---:|",
         ]
         for app, p in result["paired"].items():
-            for config in ("hooks", "spanprobe"):
+            for config in PAIRED_CONFIGS:
                 if config not in p:
                     continue
                 f = p[config]["summary"]
