@@ -38,22 +38,29 @@ def cpu_seconds(pid: int) -> float:
 
 
 def session_cpu_seconds(sid: int) -> float:
-    """utime + stime of every live process of session `sid`, each its own only: an app is
-    one session (a gunicorn master and its worker, or uvicorn), and its worker is not
-    waited for while it serves, so the master's children's times would miss it. BPF
-    programs that run in the app's syscalls count here too (as its system time)."""
-    ticks = 0
+    """CPU time of every live process of session `sid`, each its own only: an app is one
+    session (a gunicorn master and its worker, or uvicorn), and its worker is not waited
+    for while it serves, so the master's children's times would miss it. BPF programs that
+    run in the app's syscalls count here too. Each thread's time on the CPU in nanoseconds
+    (/proc/PID/task/TID/schedstat), not utime + stime in ticks of 10 ms: a window of a few
+    seconds at a third of a core is a few hundred ticks, too coarse for a change of 1%."""
+    ns = 0
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
-            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+            # fields[0] is state (field 3): session is field 6
+            if int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[3]) != sid:
+                continue
+            tasks = os.listdir(f"/proc/{name}/task")
         except OSError:
             continue        # gone meanwhile
-        # fields[0] is state (field 3): session is field 6, utime and stime fields 14 and 15
-        if int(fields[3]) == sid:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / CLK_TCK
+        for tid in tasks:
+            try:
+                ns += int(Path(f"/proc/{name}/task/{tid}/schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return ns / 1e9
 
 
 def bpf_run_time(pid: int) -> tuple[int, int]:

@@ -251,10 +251,13 @@ def markdown(result: dict) -> str:
     if result.get("paired"):
         st = result["settings"]
         lines += [
-            f"Paired windows (one process per app; {st['pairs']} pairs per configuration, each an "
-            f"untraced and a traced window side by side, order alternated; a window: wrk "
-            f"{st['pair_saturation_s']:g} s at saturation, then {st['pair_fixed_s']:g} s at the fixed rate). "
-            "Traced over untraced, median of the pairs [lowest, highest]:",
+            f"Twins (bench/paired.py: two processes of each app side by side on one CPU, each under its "
+            f"own load at the same time, one of them traced per phase; {st['pairs']} pairs of phases per "
+            f"configuration, A traced then B or B then A by turns; a phase: wrk {st['pair_saturation_s']:g} s "
+            f"at saturation on both at once, then {st['pair_fixed_s']:g} s on both at half the fixed rate "
+            "each). A pair's figure is sqrt((A/B with A traced) / (A/B with B traced)) - 1: what the twins "
+            "differ by, and what the machine does to both at once, cancels. Traced over untraced, median of "
+            "the pairs [lowest, highest]:",
             "",
             "| app | traced by | pairs | req/s at saturation | p99 at the fixed rate | app CPU µs / req at the fixed rate "
             "| failed requests |",
@@ -271,11 +274,13 @@ def markdown(result: dict) -> str:
                     cells.append(f"{_pct(f.get(name))} [{_pct(r[0])}, {_pct(r[1])}]" if r else "–")
                 lines.append(f"| {APP_LABELS.get(app, app)} | {CONFIG_LABELS[config]} | {f['pairs']} "
                              f"| {' | '.join(cells)} | {_f(f.get('failed_requests'), '{:,}')} |")
-        lines += ["", "The app-side targets below are judged on these pairs where they ran: one "
-                  "process of the app throughout, so only the tracing differs between the two "
-                  "windows of a pair. The floor's pairs show how far the method itself strays: a "
-                  "target is judged where every floor pair lies within the target's margin, or where "
-                  "spanprobe's median exceeds the target by more than the floor's furthest pair.", ""]
+        lines += ["", "The app-side targets below are judged on these pairs where they ran. The floor "
+                  "(empty programs, which every process pays alike) shows how far the method itself "
+                  "strays: a target is judged where every floor pair lies within the target's margin, or "
+                  "where spanprobe's median exceeds the target by more than the floor's furthest pair. "
+                  "What the twins leave out by design, since both pay it: the hooks every process pays "
+                  "while the agent runs (the overhead runs' floor row) and the agent's own CPU on the other "
+                  "core (its CPU per span).", ""]
     if result.get("targets"):
         lines += ["| target (issue 18, reported, not asserted) | measured | met |", "|---|---:|---|"]
         for r in result["targets"]:
@@ -285,7 +290,7 @@ def markdown(result: dict) -> str:
             floor = "the floor's pairs: up to" if r.get("source") == "paired" else "the floor row:"
             if not r.get("judged", True):
                 met = f"not judged ({floor} {r['floor_pct']:+.1f}%)"
-            by = " (paired)" if r.get("source") == "paired" else ""
+            by = " (twins)" if r.get("source") == "paired" else ""
             lines.append(f"| {r['target']} | {shown} {r['unit']}{by} | {met} |")
         lines.append("")
     return "\n".join(lines)

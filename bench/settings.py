@@ -23,7 +23,7 @@ OPTIONAL_CONFIGS = ("spanprobe-idle",)
 AGENT_CONFIGS = ("spanprobe", "spanprobe-idle")
 # the configurations that export no span (nothing to count or wait for)
 SPANLESS = ("bare", "hooks")
-# what the paired step (bench/paired.py) compares with untraced windows of one app process
+# what the twins step (bench/paired.py) traces in one of two processes of an app at a time
 PAIRED_CONFIGS = ("hooks", "spanprobe")
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -65,13 +65,13 @@ class Plan:
     name: str
     bench_python: str
     receiver_idle: bool = False
-    pairs: int = 0                  # paired windows per configuration (bench/paired.py); 0: none
+    pairs: int = 0                  # pairs of twin phases per configuration (bench/paired.py); 0: none
     pair_saturation_s: float = 5.0
     pair_fixed_s: float = 8.0
 
     @property
     def paired_configs(self) -> list[str]:
-        """The configurations the paired step compares with untraced windows."""
+        """The configurations the twins step traces one twin with."""
         return [c for c in PAIRED_CONFIGS if c in self.configs] if self.pairs else []
 
     @property
@@ -149,10 +149,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--catch-up-s", type=_positive(float),
                    help="most seconds an agent that fell behind gets to export before it is stopped")
     p.add_argument("--no-throughput", action="store_true", help="skip the agent throughput test")
-    p.add_argument("--pairs", type=_count, help="paired windows per configuration, traced and untraced "
-                   "in one app process (full: 4, smoke: 1; 0 skips the step)")
-    p.add_argument("--pair-saturation-s", type=_positive(float), help="seconds of wrk in a paired window")
-    p.add_argument("--pair-fixed-s", type=_positive(float), help="seconds at the fixed rate in a paired window")
+    p.add_argument("--pairs", type=_count, help="pairs of phases per configuration of the twins step, "
+                   "two processes of each app side by side, one traced (full: 4, smoke: 1; 0 skips the step)")
+    p.add_argument("--pair-saturation-s", type=_positive(float), help="seconds of wrk in a twins phase")
+    p.add_argument("--pair-fixed-s", type=_positive(float), help="seconds at the fixed rate in a twins phase")
     p.add_argument("--wrk-connections", type=_positive(int), default=16)
     p.add_argument("--loadgen-connections", type=_positive(int), default=32)
     p.add_argument("--pause-ms", type=_positive(int), default=10,

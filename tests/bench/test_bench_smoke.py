@@ -210,24 +210,28 @@ def test_the_budget_step_sheds_whole_requests_and_accounts_for_each(smoke):
     assert b["used_cpu_percent"] > 0 and "CPU budget (`--max-cpu-percent`)" in smoke["md"]
 
 
-def test_paired_windows_compare_one_process_traced_and_untraced(smoke):
-    """The paired step ran for every app and both compared configurations, one pair each in
-    a smoke run: every window served requests, each figure is a change, and the app-side
-    targets are judged on the pairs."""
+def test_twins_compare_two_processes_of_each_app_one_traced(smoke):
+    """The twins step ran for every app and both compared configurations, one pair each in
+    a smoke run: every phase served requests on both twins, the agent's phases traced the
+    twin they selected and only it (paired._traced_by_the_agent), each figure is a change,
+    and the app-side targets are judged on the pairs."""
     p = smoke["json"]["paired"]
     assert set(p) == set(APPS)
     for app, got in p.items():
         assert got["fixed_rate"] == smoke["json"]["overhead"]["summary"][app]["bare"]["fixed_rate"]
+        assert got["twin_rate"] == got["fixed_rate"] / 2 and len(set(got["ports"])) == 2
         for config in ("hooks", "spanprobe"):
             (pair,) = got[config]["runs"]
-            for side in ("untraced", "traced"):
-                w = pair[side]
-                assert w["rps"] > 0 and w["fixed_completed"] > 0 and w["app_cpu_us_per_req"] > 0, (app, config, w)
+            for traced in ("a", "b"):
+                for twin in ("a", "b"):
+                    w = pair[f"{traced}_traced"][twin]
+                    assert w["rps"] > 0 and w["fixed_completed"] > 0 and w["app_cpu_us_per_req"] > 0, (app, config, w)
+                    assert ("server_spans" in w) == (config == "spanprobe" and twin == traced), (app, config, w)
             f = got[config]["summary"]
             assert f["pairs"] == 1 and f["app_cpu_change_pct"] == pair["app_cpu_change_pct"] is not None
             assert f["failed_requests"] == 0, f
             assert f["throughput_change_pct_range"] == [pair["throughput_change_pct"]] * 2
-    assert "Paired windows" in smoke["md"]
+    assert "Twins (bench/paired.py" in smoke["md"]
     assert {r["source"] for r in smoke["json"]["targets"] if r.get("source")} == {"paired"}
 
 
@@ -239,7 +243,7 @@ def test_targets_are_reported_not_asserted(smoke):
 
 
 def test_markdown_shows_every_run(smoke):
-    runs_table = smoke["md"].split("Paired windows")[0]
+    runs_table = smoke["md"].split("Twins (bench/paired.py")[0]
     rows = [line for line in runs_table.splitlines() if line.startswith("| Flask") or line.startswith("| FastAPI")]
     assert len(rows) == len(APPS) * len(CONFIGS)
     steps = smoke["json"]["throughput"]["steps"]
@@ -247,7 +251,7 @@ def test_markdown_shows_every_run(smoke):
 
 
 def test_no_process_left_behind(smoke):
-    ports = {r["port"] for r in smoke["json"]["overhead"]["runs"]} | {p["port"] for p in smoke["json"]["paired"].values()}
+    ports = {r["port"] for r in smoke["json"]["overhead"]["runs"]} | {port for p in smoke["json"]["paired"].values() for port in p["ports"]}
     for port in ports:
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"something still listens on {port}"

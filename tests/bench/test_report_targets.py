@@ -85,17 +85,33 @@ def test_paired_figures_judge_the_app_side_targets_where_the_step_ran():
     md = report.markdown({"machine": {"cpus": 2, "kernel": "k", "loadavg_start": 0, "loadavg_end": 0, "commit": "c"},
                           "mode": "full", "started": "now", "pinning": "", "targets": rows,
                           "settings": {"rounds": 3, "saturation_s": 1, "wrk_connections": 1, "fixed_s": 1}})
-    assert "| flask: throughput overhead ≤ 5% | 4.0 % (paired) | not judged (the floor's pairs: up to +12.5%) |" in md
+    assert "| flask: throughput overhead ≤ 5% | 4.0 % (twins) | not judged (the floor's pairs: up to +12.5%) |" in md
 
 
 def test_paired_summary_is_the_median_with_the_extremes():
     from bench import paired
 
-    window = {"failed_requests": 1}
+    phase = {t: {"failed_requests": 1} for t in paired.TWINS}
     pairs = [{"throughput_change_pct": t, "p99_change_pct": None, "app_cpu_change_pct": c,
-              "untraced": window, "traced": window}
+              "a_traced": phase, "b_traced": phase}
              for t, c in ((-1.0, 2.0), (-3.0, 9.0), (-2.0, 4.0), (-8.0, 3.0))]
     s = paired.summarize(pairs)
-    assert s["pairs"] == 4 and s["failed_requests"] == 8 and s["throughput_change_pct"] == -2.5 and s["throughput_change_pct_range"] == [-8.0, -1.0]
+    assert s["pairs"] == 4 and s["failed_requests"] == 16 and s["throughput_change_pct"] == -2.5 and s["throughput_change_pct_range"] == [-8.0, -1.0]
     assert s["app_cpu_change_pct"] == 3.5 and s["app_cpu_change_pct_range"] == [2.0, 9.0]
     assert s["p99_change_pct"] is None and s["p99_change_pct_range"] is None
+
+
+def test_a_twin_pair_cancels_what_the_twins_differ_by_and_what_the_machine_does_to_both():
+    """Twin B needs 7% more CPU than A whatever happens; the machine is 20% slower in the
+    second phase for both; tracing adds 4% to whichever twin it traces: the pair says +4%."""
+    from bench import paired
+
+    def cpu(base, traced, machine):
+        return {"app_cpu_us_per_req": base * machine * (1.04 if traced else 1.0)}
+    a_traced = {"a": cpu(100.0, True, 1.0), "b": cpu(107.0, False, 1.0)}
+    b_traced = {"a": cpu(100.0, False, 1.2), "b": cpu(107.0, True, 1.2)}
+    assert abs(paired.twin_change(a_traced, b_traced, "app_cpu_us_per_req") - 4.0) < 1e-9
+    # nothing traced differently: no change; a figure missing in one phase: none
+    assert abs(paired.twin_change(a_traced, a_traced, "app_cpu_us_per_req")) < 1e-9
+    no_p99 = {"a": {"p99_ms": None}, "b": {"p99_ms": 1.0}}
+    assert paired.twin_change(no_p99, {"a": {"p99_ms": 2.0}, "b": {"p99_ms": 1.0}}, "p99_ms") is None
