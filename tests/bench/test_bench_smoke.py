@@ -237,7 +237,7 @@ def test_twins_compare_two_processes_of_each_app_one_traced(smoke):
 
 def test_targets_are_reported_not_asserted(smoke):
     targets = smoke["json"]["targets"]
-    assert len(targets) == 3 * len(APPS) + 2 + (1 if smoke["json"]["throughput"]["budget"] else 0)
+    assert len(targets) == 4 * len(APPS) + 2 + (1 if smoke["json"]["throughput"]["budget"] else 0)
     for row in targets:
         assert isinstance(row["met"], bool) and row["target"] in smoke["md"]
 

@@ -115,3 +115,13 @@ def test_a_twin_pair_cancels_what_the_twins_differ_by_and_what_the_machine_does_
     assert abs(paired.twin_change(a_traced, a_traced, "app_cpu_us_per_req")) < 1e-9
     no_p99 = {"a": {"p99_ms": None}, "b": {"p99_ms": 1.0}}
     assert paired.twin_change(no_p99, {"a": {"p99_ms": 2.0}, "b": {"p99_ms": 1.0}}, "p99_ms") is None
+
+
+def test_the_agent_cpu_target_is_judged_for_each_app_as_well_as_under_the_ladder():
+    """15 µs a span "for both apps": each app's rows judge it too, not the ladder alone."""
+    runs = {"flask": {"bare": {}, "spanprobe": {"agent_cpu_us_per_span": 45.1}},
+            "fastapi": {"bare": {}, "spanprobe": {"agent_cpu_us_per_span": 14.2}}}
+    rows = {r["target"]: r for r in report.targets(runs, {"cpu_us_per_span": 14.8, "max_sustained_spans_per_s": 1})}
+    assert not rows["flask: agent CPU ≤ 15 µs/span incl. export, in the app's runs"]["met"]
+    assert rows["fastapi: agent CPU ≤ 15 µs/span incl. export, in the app's runs"]["met"]
+    assert rows["agent CPU ≤ 15 µs/span incl. export, under load"]["met"]
