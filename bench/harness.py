@@ -11,6 +11,7 @@ exit 0 = the benchmark ran; 2 = bad input or missing prerequisite; 1 = a run fai
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import shutil
@@ -51,6 +52,21 @@ def _sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def recorded(ctx) -> dict:
+    """The agent's user-space capacity on records a real kernel sent for each app
+    (bench/recorded.py), in a process of its own: it loads the BPF programs, and LLVM."""
+    plan = ctx.plan
+    out = ctx.procs.run("recorded", [sys.executable, str(REPO / "bench" / "span_cost.py"), "--recorded", "--json",
+                                     "--seconds", str(plan.recorded_s), "--rounds", str(plan.rounds),
+                                     "--app-python", plan.bench_python],
+                        timeout=300 + 4 * plan.recorded_s * plan.rounds, cpu=plan.load_cpu)
+    got = json.loads(out.strip().splitlines()[-1])
+    for app, r in got["apps"].items():
+        ctx.say(f"recorded {app}: {r['records']:,} records, {r['spans']:,} spans, {r['us_per_span']:.1f} µs "
+                f"a span replayed ({r['spans_per_s']:,.0f} spans/s on one core)")
+    return got
+
+
 def run(plan) -> dict:
     os.sched_setaffinity(0, {plan.load_cpu})
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -61,7 +77,7 @@ def run(plan) -> dict:
         "settings": {k: getattr(plan, k) for k in (
             "apps", "configs", "rounds", "warmup_s", "saturation_s", "fixed_s", "step_s", "rates",
             "wrk_connections", "loadgen_connections", "pause_ms", "app_cpu", "load_cpu", "receiver_idle",
-            "pairs", "pair_saturation_s", "pair_fixed_s")},
+            "pairs", "pair_saturation_s", "pair_fixed_s", "recorded_s")},
         "tools": {"fixed_rate": "bench.loadgen (asyncio open loop, latency from due time)",
                   "saturation": "wrk -t1 with bench/lua/count.lua",
                   "throughput_load": "wrk -t1 with bench/lua/paced.lua"},
@@ -82,10 +98,12 @@ def run(plan) -> dict:
         receiver.stop()
         if plan.throughput:
             result["throughput"] = throughput.run(ctx)
+        if plan.recorded_s:
+            result["recorded"] = recorded(ctx)
         result["duration_s"] = round(time.monotonic() - ctx.t0, 1)
     result["machine"]["loadavg_end"] = _loadavg()
     result["targets"] = report.targets(result["overhead"]["summary"], result.get("throughput"),
-                                       result.get("paired"))
+                                       result.get("paired"), result.get("recorded"))
     return result
 
 

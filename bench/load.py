@@ -18,7 +18,8 @@ LUA = Path(__file__).resolve().parent / "lua"
 PATH = "/users/1"
 
 
-def _wrk_json(out: str) -> dict:
+def wrk_result(out: str) -> dict:
+    """wrk's output (with count.lua or paced.lua): its result line as a dict."""
     for line in out.splitlines():
         if line.startswith("BENCH_JSON "):
             d = json.loads(line[len("BENCH_JSON "):])
@@ -29,15 +30,19 @@ def _wrk_json(out: str) -> dict:
     raise BenchError(f"wrk printed no result line: {out.strip()[-300:]}")
 
 
-def wrk(procs: Procs, port: int, seconds: float, connections: int,
-        cpu: int | None = None, pause_ms: int | None = None) -> dict:
-    """One wrk run (one thread) against the app's trivial route; its result line as a dict."""
+def wrk_command(port: int, seconds: float, connections: int, pause_ms: int | None = None) -> list[str]:
+    """wrk (one thread) against the app's trivial route, counting what it sent."""
     script = LUA / ("paced.lua" if pause_ms is not None else "count.lua")
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
            "-s", str(script), f"http://127.0.0.1:{port}{PATH}"]
-    if pause_ms is not None:
-        cmd += ["--", str(pause_ms)]
-    return _wrk_json(procs.run("wrk", cmd, timeout=seconds + 30, cpu=cpu))
+    return cmd + (["--", str(pause_ms)] if pause_ms is not None else [])
+
+
+def wrk(procs: Procs, port: int, seconds: float, connections: int,
+        cpu: int | None = None, pause_ms: int | None = None) -> dict:
+    """One wrk run against the app's trivial route; its result line as a dict."""
+    return wrk_result(procs.run("wrk", wrk_command(port, seconds, connections, pause_ms),
+                                timeout=seconds + 30, cpu=cpu))
 
 
 def fixed_rate(procs: Procs, port: int, rate: float, seconds: float, connections: int = 32,

@@ -31,10 +31,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PRESETS = {
     "full": dict(rounds=3, warmup_s=2.0, saturation_s=10.0, fixed_s=10.0, step_s=6.0,
                  rates=[2000, 4000, 6000, 8000, 10000, 15000, 20000, 30000, 40000], catch_up_s=30.0,
-                 pairs=4, pair_saturation_s=5.0, pair_fixed_s=8.0, name="latest"),
+                 pairs=4, pair_saturation_s=5.0, pair_fixed_s=8.0, recorded_s=8, name="latest"),
     "smoke": dict(rounds=1, warmup_s=1.0, saturation_s=2.0, fixed_s=2.0, step_s=2.0,
                   rates=[1000, 2000], catch_up_s=10.0, pairs=1, pair_saturation_s=2.0, pair_fixed_s=2.0,
-                  name="smoke"),
+                  recorded_s=2, name="smoke"),
 }
 
 # what the bench venv must provide (requirements/bench.txt)
@@ -68,6 +68,7 @@ class Plan:
     pairs: int = 0                  # pairs of twin phases per configuration (bench/paired.py); 0: none
     pair_saturation_s: float = 5.0
     pair_fixed_s: float = 8.0
+    recorded_s: int = 0             # seconds of wrk per app to record records (bench/recorded.py); 0: none
 
     @property
     def paired_configs(self) -> list[str]:
@@ -153,6 +154,8 @@ def parser() -> argparse.ArgumentParser:
                    "two processes of each app side by side, one traced (full: 4, smoke: 1; 0 skips the step)")
     p.add_argument("--pair-saturation-s", type=_positive(float), help="seconds of wrk in a twins phase")
     p.add_argument("--pair-fixed-s", type=_positive(float), help="seconds at the fixed rate in a twins phase")
+    p.add_argument("--recorded-s", type=_count, help="seconds of wrk per app whose records the agent's "
+                   "user-space path is then timed on (bench/recorded.py; full: 8, smoke: 2; 0 skips the step)")
     p.add_argument("--wrk-connections", type=_positive(int), default=16)
     p.add_argument("--loadgen-connections", type=_positive(int), default=32)
     p.add_argument("--pause-ms", type=_positive(int), default=10,
@@ -183,7 +186,7 @@ def plan_from(argv: list[str] | None) -> Plan:
                 pause_ms=a.pause_ms, app_cpu=a.app_cpu, load_cpu=a.load_cpu, receiver_idle=a.receiver_idle, out=a.out,
                 name=a.name or pre["name"], bench_python=a.bench_python or "",
                 pairs=pick(a.pairs, "pairs"), pair_saturation_s=pick(a.pair_saturation_s, "pair_saturation_s"),
-                pair_fixed_s=pick(a.pair_fixed_s, "pair_fixed_s"))
+                pair_fixed_s=pick(a.pair_fixed_s, "pair_fixed_s"), recorded_s=pick(a.recorded_s, "recorded_s"))
     check(plan)
     return plan
 

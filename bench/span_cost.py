@@ -12,6 +12,10 @@ records a span), whose total includes the same encoding. CPU time
 `--both` runs it twice, with the agent's hot modules compiled by mypyc and from their
 sources (SPANPROBE_COMPILED=0, spanprobe/native.py), and prints the two side by side.
 
+`--recorded` (root) takes the records from a real kernel instead: the benchmark's two apps
+under wrk, traced by the agent itself, then replayed through its whole user-space path
+(bench/recorded.py).
+
 `--instructions` counts instead of timing: each path runs under valgrind's callgrind at two
 sizes, and the difference of the instructions executed, divided by the difference of the
 spans, is the path's instructions per span (start-up and imports cancel out). It repeats to
@@ -182,6 +186,11 @@ def main() -> None:
     p.add_argument("--both", action="store_true", help="compiled and source, side by side")
     p.add_argument("--instructions", action="store_true",
                    help="instructions per span under valgrind (deterministic), compiled and source")
+    p.add_argument("--recorded", action="store_true",
+                   help="on records the kernel sent for the benchmark's apps (root; bench/recorded.py)")
+    p.add_argument("--seconds", type=float, default=8.0, help="--recorded: seconds of wrk per app")
+    p.add_argument("--app-python", help="--recorded: the benchmark venv's python, which runs the apps "
+                   "(default: $SPANPROBE_BENCH_PYTHON)")
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)   # --both's children
     p.add_argument("--path", choices=sorted(COUNTED), help=argparse.SUPPRESS)   # --instructions' children
     a = p.parse_args()
@@ -189,6 +198,9 @@ def main() -> None:
         return COUNTED[a.path](a.spans)
     if a.instructions:
         return instructions()
+    if a.recorded:
+        import recorded         # bench/recorded.py, beside this file
+        return recorded.main(a.seconds, a.rounds, a.app_python, a.json)
     if a.both:
         return both(a)
     settle_heap()        # as the agent does once ready

@@ -235,15 +235,30 @@ def test_twins_compare_two_processes_of_each_app_one_traced(smoke):
     assert {r["source"] for r in smoke["json"]["targets"] if r.get("source")} == {"paired"}
 
 
+def test_recorded_records_are_replayed_through_the_agent_for_each_app(smoke):
+    """bench/recorded.py ran in the smoke run: each app's records came from the kernel under
+    the live agent (a whole recording, else it fails), and the replays built as many spans
+    as the live agent: keep-alive FastAPI sends three records a span, Flask's connection per
+    request five (open, request, response head and body, close)."""
+    r = smoke["json"]["recorded"]
+    assert set(r["apps"]) == set(APPS) and r["rounds"] == 1
+    for app, got in r["apps"].items():
+        assert got["spans"] > 100 and got["records"] >= 3 * got["spans"], (app, got)
+        assert got["us_per_span"] > 0 and got["spans_per_s"] == 1e6 / got["us_per_span"], (app, got)
+    assert r["apps"]["flask"]["records_per_span"] > r["apps"]["fastapi"]["records_per_span"]
+    assert "User-space capacity on records a real kernel sent" in smoke["md"]
+
+
 def test_targets_are_reported_not_asserted(smoke):
     targets = smoke["json"]["targets"]
-    assert len(targets) == 4 * len(APPS) + 2 + (1 if smoke["json"]["throughput"]["budget"] else 0)
+    # per app: three app-side, the agent's CPU in its runs, its recorded capacity; the ladder's CPU
+    assert len(targets) == 5 * len(APPS) + 1 + (1 if smoke["json"]["throughput"]["budget"] else 0)
     for row in targets:
         assert isinstance(row["met"], bool) and row["target"] in smoke["md"]
 
 
 def test_markdown_shows_every_run(smoke):
-    runs_table = smoke["md"].split("Twins (bench/paired.py")[0]
+    runs_table = smoke["md"].split("Server spans / requests:")[0]     # the note under the runs' table
     rows = [line for line in runs_table.splitlines() if line.startswith("| Flask") or line.startswith("| FastAPI")]
     assert len(rows) == len(APPS) * len(CONFIGS)
     steps = smoke["json"]["throughput"]["steps"]

@@ -125,3 +125,16 @@ def test_the_agent_cpu_target_is_judged_for_each_app_as_well_as_under_the_ladder
     assert not rows["flask: agent CPU ≤ 15 µs/span incl. export, in the app's runs"]["met"]
     assert rows["fastapi: agent CPU ≤ 15 µs/span incl. export, in the app's runs"]["met"]
     assert rows["agent CPU ≤ 15 µs/span incl. export, under load"]["met"]
+
+
+def test_user_space_capacity_is_judged_on_recorded_records_for_each_app():
+    """With the recorded step, the 66,000 spans/s target is each app's replayed capacity, not
+    the ladder's top (which its load side ends first)."""
+    recorded = {"apps": {"fastapi": {"spans_per_s": 86_847.0}, "flask": {"spans_per_s": 44_507.0}}}
+    rows = {r["target"]: r for r in report.targets({}, {"cpu_us_per_span": 14.8, "max_sustained_spans_per_s": 12_500},
+                                                   None, recorded)}
+    assert rows["fastapi: ≥ 66,000 spans/s of user-space capacity on one core (recorded records, replayed)"]["met"]
+    assert not rows["flask: ≥ 66,000 spans/s of user-space capacity on one core (recorded records, replayed)"]["met"]
+    assert not any(t.startswith("≥ 66,000 spans/s on one core") for t in rows)
+    ladder = report.targets({}, {"cpu_us_per_span": 14.8, "max_sustained_spans_per_s": 12_500})
+    assert [r["value"] for r in ladder if r["target"].startswith("≥ 66,000")] == [12_500]
