@@ -28,9 +28,11 @@ host pays while the agent runs (its hooks returning at once for a process it doe
 trace, its own CPU on the other core through shared caches) hits both twins alike. The
 overhead runs' floor row and the agent's CPU per span report those.
 
-A phase the agent traced must have a SERVER span for every request the traced twin
-completed, none for the other twin's, and no loss counted, else the run fails: an agent that
-did not trace (or traced both) would pass its phase off as spanprobe's.
+The twins have service names of their own (OTEL_SERVICE_NAME, which the agent reads like the
+SDK would), so the receiver counts each one's SERVER spans: a phase the agent traced must have
+one for every request the traced twin completed, none for the other twin, and no loss
+counted, else the run fails: an agent that traced neither twin, both, or the other one would
+pass its phase off as spanprobe's.
 """
 
 from __future__ import annotations
@@ -67,17 +69,22 @@ def _detach(ctx, tracer) -> dict | None:
     return None
 
 
-def _traced_by_the_agent(ctx, before: int, traced: dict, lost: dict) -> None:
-    """A phase the agent traced must have at the receiver a SERVER span for every request
-    the traced twin completed, no more than it was sent (the other twin's requests are not
-    traced), and no loss counted: else its figures would pass for spanprobe's."""
-    done, sent = traced["requests_completed"], traced["requests_sent"]
-    spans, _ = ctx.receiver.wait_until(before + done, timeout=10.0, quiet=0.3, stall=3.0)
-    traced["server_spans"], traced["lost_events"] = spans - before, lost
-    if not done <= spans - before <= sent or lost:
-        raise BenchError(f"a phase traced by the agent has {spans - before} SERVER spans for "
-                         f"{done} requests its twin completed ({sent} sent) and lost {lost or 0}: "
-                         "not one twin traced")
+def _traced_by_the_agent(ctx, twins: dict, traced: str, before: dict[str, int], seen: dict, lost: dict) -> None:
+    """A phase the agent traced must have at the receiver, under the traced twin's service
+    name, a SERVER span for every request that twin completed and no more than it was sent,
+    none under the other twin's, and no loss counted: else its figures would pass for
+    spanprobe's (an agent that traced neither twin, both, or the other one)."""
+    me = seen[traced]
+    done, sent = me["requests_completed"], me["requests_sent"]
+    ctx.receiver.wait_until(sum(before.values()) + done, timeout=10.0, quiet=0.3, stall=3.0)
+    now = ctx.receiver.spans_by_service()
+    got = {t: now.get(twins[t]["service"], 0) - before.get(twins[t]["service"], 0) for t in TWINS}
+    other = next(t for t in TWINS if t != traced)
+    me["server_spans"], me["lost_events"] = got[traced], lost
+    if not done <= got[traced] <= sent or got[other] or lost:
+        raise BenchError(f"a phase that traced twin {traced} has {got[traced]} SERVER spans for the "
+                         f"{done} requests it completed ({sent} sent), {got[other]} for twin {other}, "
+                         f"and lost {lost or 0}: not that twin traced, or not whole")
 
 
 def _both(work):
@@ -134,14 +141,14 @@ def summarize(pairs: list[dict]) -> dict:
 def _pair(ctx, config: str, twins: dict, rate: float, b_first: bool) -> dict:
     seen = {}
     for traced in (("b", "a") if b_first else ("a", "b")):
-        before = ctx.receiver.spans()
+        before = ctx.receiver.spans_by_service()
         tracer = _attach(ctx, config, twins[traced]["port"])
         try:
             seen[traced] = phase(ctx, twins, rate)
         finally:
             lost = _detach(ctx, tracer)
         if lost is not None:
-            _traced_by_the_agent(ctx, before, seen[traced][traced], lost)
+            _traced_by_the_agent(ctx, twins, traced, before, seen[traced], lost)
     pair = {"a_traced": seen["a"], "b_traced": seen["b"], "b_first": b_first}
     for key, name in FIGURES:
         pair[name] = twin_change(seen["a"], seen["b"], key)
@@ -159,9 +166,10 @@ def run_app(ctx, app: str, rate: float) -> dict:
     result: dict = {"fixed_rate": rate, "twin_rate": rate / 2}
     try:
         for t in TWINS:
-            port = free_port()
-            proc = start_app(ctx.procs, app, port, plan.bench_python, plan.app_cpu, None, f"{app}-twin-{t}")
-            twins[t] = {"port": port, "pid": proc.pid, "proc": proc}
+            port, service = free_port(), f"bench-{app}-twin-{t}"
+            proc = start_app(ctx.procs, app, port, plan.bench_python, plan.app_cpu, None, f"{app}-twin-{t}",
+                             service=service)
+            twins[t] = {"port": port, "pid": proc.pid, "proc": proc, "service": service}
         result["ports"] = [twins[t]["port"] for t in TWINS]
         for config in plan.paired_configs:
             pairs = []

@@ -43,8 +43,10 @@ def session_cpu_seconds(sid: int) -> float:
     for while it serves, so the master's children's times would miss it. BPF programs that
     run in the app's syscalls count here too. Each thread's time on the CPU in nanoseconds
     (/proc/PID/task/TID/schedstat), not utime + stime in ticks of 10 ms: a window of a few
-    seconds at a third of a core is a few hundred ticks, too coarse for a change of 1%."""
-    ns = 0
+    seconds at a third of a core is a few hundred ticks, too coarse for a change of 1%.
+    A thread that ends between two readings takes its time with it (utime + stime would
+    keep it): the apps measured serve from threads that live as long as they do."""
+    ns = found = read = 0
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -55,11 +57,16 @@ def session_cpu_seconds(sid: int) -> float:
             tasks = os.listdir(f"/proc/{name}/task")
         except OSError:
             continue        # gone meanwhile
+        found += 1
         for tid in tasks:
             try:
                 ns += int(Path(f"/proc/{name}/task/{tid}/schedstat").read_text().split()[0])
+                read += 1
             except (OSError, ValueError, IndexError):
                 continue
+    if found and not read:
+        raise BenchError("no /proc/PID/task/TID/schedstat to read the app's CPU time from: "
+                         "this kernel is built without CONFIG_SCHED_INFO")
     return ns / 1e9
 
 
@@ -165,7 +172,8 @@ class Procs:
             self.stop(p)
             raise BenchError(f"{name} did not finish within {timeout:.0f}s") from None
         finally:
-            self.children.remove(p)
+            if p in self.children:      # stop() took it out already after a timeout
+                self.children.remove(p)
         if p.returncode != 0:
             raise BenchError(f"{name} exited {p.returncode}: {(err or out).strip()[-300:]}")
         return out
@@ -285,10 +293,10 @@ def app_command(app: str, port: int, python: str, otel: bool) -> list[str]:
     return cmd
 
 
-def app_env(app: str, otel_endpoint: str | None) -> dict[str, str]:
+def app_env(app: str, otel_endpoint: str | None, service: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTHONPATH"))}
     env["PYTHONPATH"] = str(REPO)
-    env["OTEL_SERVICE_NAME"] = f"bench-{app}"
+    env["OTEL_SERVICE_NAME"] = service or f"bench-{app}"
     if otel_endpoint:
         env.update({
             "OTEL_TRACES_EXPORTER": "otlp_proto_http",
@@ -302,9 +310,11 @@ def app_env(app: str, otel_endpoint: str | None) -> dict[str, str]:
 
 
 def start_app(procs: Procs, app: str, port: int, python: str, cpu: int,
-              otel_endpoint: str | None, tag: str) -> subprocess.Popen:
+              otel_endpoint: str | None, tag: str, service: str | None = None) -> subprocess.Popen:
+    """The app on `port`; `service` is its OTEL_SERVICE_NAME (default bench-APP), which the
+    agent reads from its environment like the SDK would."""
     p = procs.start(f"app-{tag}", app_command(app, port, python, otel_endpoint is not None),
-                    cpu=cpu, env=app_env(app, otel_endpoint))
+                    cpu=cpu, env=app_env(app, otel_endpoint, service))
     try:
         wait_port(port, p, timeout=60.0)
     except (RuntimeError, TimeoutError) as exc:

@@ -28,17 +28,28 @@ class CountingReceiver(Receiver):
         super().__init__()
         self.count = 0
         self.server = 0
+        # SERVER spans by their resource's service.name: the twins (bench/paired.py) are
+        # one app under two names, and a phase must have traced the one it selected
+        self.by_service: dict[str, int] = {}
 
     def ingest(self, req) -> None:
         n = server = 0
+        by_service: dict[str, int] = {}
         for rs in req.resource_spans:
+            here = 0
             for ss in rs.scope_spans:
                 n += len(ss.spans)
-                server += sum(1 for s in ss.spans if s.kind == SERVER)
+                here += sum(1 for s in ss.spans if s.kind == SERVER)
+            server += here
+            if here:
+                name = next((kv.value.string_value for kv in rs.resource.attributes if kv.key == "service.name"), "")
+                by_service[name] = by_service.get(name, 0) + here
         with self.lock:
             self.requests += 1
             self.count += n
             self.server += server
+            for name, k in by_service.items():
+                self.by_service[name] = self.by_service.get(name, 0) + k
 
 
 def serve() -> None:
@@ -48,7 +59,8 @@ def serve() -> None:
     for line in sys.stdin:
         if line.strip() == "count":
             with r.lock:
-                out = {"spans": r.count, "server_spans": r.server, "exports": r.requests}
+                out = {"spans": r.count, "server_spans": r.server, "exports": r.requests,
+                       "server_by_service": dict(r.by_service)}
             out["cpu_s"] = time.process_time()
             print(json.dumps(out), flush=True)
     r.stop()
@@ -79,6 +91,10 @@ class ReceiverProcess:
     def spans(self) -> int:
         """SERVER spans received so far."""
         return self.counts()["server_spans"]
+
+    def spans_by_service(self) -> dict[str, int]:
+        """SERVER spans received so far, by their resource's service.name."""
+        return self.counts()["server_by_service"]
 
     def wait_until(self, at_least: int, timeout: float, quiet: float = 0.3,
                    stall: float | None = None) -> tuple[int, float]:

@@ -7,23 +7,25 @@ records are what the kernel side really sent: each app of the benchmark (FastAPI
 uvicorn, keep-alive; Flask under gunicorn's sync worker, a connection per request) runs
 from the benchmark's venv, the agent itself traces it under wrk (pipeline.Agent with its
 real BPF session, whose `poll` is recorded), and every record the loop took is kept in
-memory, nothing on disk (they are captured traffic). Then the same records go through
-the agent's whole user-space path again, a fresh pipeline.Agent each round on a kernel
-session that only replays them (tests/support/fake_session.py): router, assembler, span
-builder, export queue and OTLP encoding (no HTTP send, which the benchmark's own runs
-include). The app is still running then, so /proc says what it said during the recording.
-CPU time of the process (every thread), median of the rounds, per span; spans/s on one
-core is its inverse: issue 18's "user-space capacity".
+memory, nothing on disk (they are captured traffic). Then the same records go through the
+agent again, a fresh pipeline.Agent each round on a kernel session that only hands them
+over (tests/support/fake_session.py): from the records the ring buffer gives it to OTLP
+bytes, that is router, assembler, span builder, export queue and OTLP encoding. Not in it:
+reading the ring buffer, the HTTP send (the benchmark's runs and ladder include both), the
+loop's once-a-second collection and expiry. The app is still running, so /proc says what it
+said during the recording. CPU time of the process (every thread), median of the rounds,
+per span; spans/s on one core is its inverse: issue 18's "user-space capacity".
 
-The recording must be whole: no loss counted by the kernel side, and the live agent's
-spans equal to what wrk completed (or sent, for requests in flight when it stopped); the
-replay must build as many spans as the live agent did. Root only (bcc).
+The recording must be whole: none of the agent's loss counters moved, and its spans equal
+what wrk completed (or sent, for requests in flight when it stopped); the replay must build
+as many spans as the live agent did. Root only (bcc).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -38,6 +40,7 @@ sys.path.insert(1, str(REPO))
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult  # noqa: E402
 
 from bench.load import wrk_command, wrk_result  # noqa: E402
+from bench.overhead import lost_events  # noqa: E402
 from spanprobe.config import resolve  # noqa: E402
 from spanprobe.memory import settle_heap  # noqa: E402
 from spanprobe.otlp_wire import SpanEncoder  # noqa: E402
@@ -101,12 +104,12 @@ def record(port: int, seconds: float) -> tuple[list[bytes], int]:
         while time.monotonic() < end:
             agent.poll(50)
             agent.process_batch()
-        lost = holder["rec"].counters().get("events_lost", 0)
     finally:
         agent.shutdown()
+    lost = lost_events(agent.counters())
     if lost or not load["completed"] <= exporter.spans <= load["sent"]:
         raise SystemExit(f"span_cost --recorded: the recording is not whole ({exporter.spans} spans for "
-                         f"{load['completed']}..{load['sent']} requests, {lost} events lost)")
+                         f"{load['completed']}..{load['sent']} requests, lost {lost})")
     return holder["rec"].records, exporter.spans
 
 
@@ -148,8 +151,12 @@ def run(python: str, seconds: float, rounds: int) -> dict[str, dict]:
                                          f"the live agent {spans}")
                     times.append(cpu / spans * 1e6)
             finally:
-                os.killpg(proc.pid, 15)
-                proc.wait(timeout=15)
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
         us = statistics.median(times)
         out[app] = {"records": len(records), "spans": spans, "records_per_span": len(records) / spans,
                     "us_per_span": us, "us_per_span_rounds": times, "spans_per_s": 1e6 / us}
@@ -164,11 +171,14 @@ def main(seconds: float, rounds: int, python: str | None, as_json: bool = False)
     if not python:
         raise SystemExit("span_cost --recorded: give --app-python (the benchmark venv's python; "
                          "bash scripts/dev.sh bench sets it up) or set SPANPROBE_BENCH_PYTHON")
+    # the harness stops a step that overran with SIGTERM: leave through the `finally`s, which
+    # stop the app this started in a session of its own
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     got = run(python, seconds, rounds)
     if as_json:
         print(json.dumps({"seconds": seconds, "rounds": rounds, "apps": got}))
         return
-    print(f"recorded records, the agent's whole user-space path (export encoded, not sent), "
+    print(f"recorded records through the agent, router to OTLP bytes (no ring read, no HTTP send), "
           f"median of {rounds} replays")
     print(f"{'app':<10}{'records':>10}{'spans':>9}{'rec/span':>10}{'µs/span':>9}{'spans/s':>10}")
     for app, r in got.items():

@@ -244,15 +244,16 @@ def test_recorded_records_are_replayed_through_the_agent_for_each_app(smoke):
     assert set(r["apps"]) == set(APPS) and r["rounds"] == 1
     for app, got in r["apps"].items():
         assert got["spans"] > 100 and got["records"] >= 3 * got["spans"], (app, got)
-        assert got["us_per_span"] > 0 and got["spans_per_s"] == 1e6 / got["us_per_span"], (app, got)
+        assert got["us_per_span"] > 0 and len(got["us_per_span_rounds"]) == r["rounds"], (app, got)
     assert r["apps"]["flask"]["records_per_span"] > r["apps"]["fastapi"]["records_per_span"]
     assert "User-space capacity on records a real kernel sent" in smoke["md"]
 
 
 def test_targets_are_reported_not_asserted(smoke):
     targets = smoke["json"]["targets"]
-    # per app: three app-side, the agent's CPU in its runs, its recorded capacity; the ladder's CPU
-    assert len(targets) == 5 * len(APPS) + 1 + (1 if smoke["json"]["throughput"]["budget"] else 0)
+    # per app: three app-side, the agent's CPU in its runs, its recorded capacity; the ladder's
+    # CPU and top
+    assert len(targets) == 5 * len(APPS) + 2 + (1 if smoke["json"]["throughput"]["budget"] else 0)
     for row in targets:
         assert isinstance(row["met"], bool) and row["target"] in smoke["md"]
 
