@@ -298,22 +298,10 @@ def _count_wiring(n: int, per_request: bool) -> None:
     fed the same records in batches of 500 as the loop takes them from the ring buffer."""
     import tempfile
 
-    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-
-    sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+    from recorded import Encoded        # bench/recorded.py, beside this file
     from spanprobe.config import resolve
-    from spanprobe.otlp_wire import SpanEncoder
     from spanprobe.pipeline import Agent
     from tests.support.fake_session import FakeSession, fake_proc, tcp_row
-
-    class Encoded(SpanExporter):
-        def __init__(self):
-            self.encoder, self.spans = SpanEncoder(), 0
-
-        def export(self, spans):
-            self.encoder.encode(spans)
-            self.spans += len(spans)
-            return SpanExportResult.SUCCESS
 
     listening = (("0.0.0.0", 8000), 1001)
     with tempfile.TemporaryDirectory(prefix="span-cost-proc-") as tmp:
