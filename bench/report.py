@@ -320,6 +320,11 @@ def markdown(result: dict) -> str:
                 met = f"not judged ({floor} {r['floor_pct']:+.1f}%)"
             by = " (twins)" if r.get("source") == "paired" else ""
             lines.append(f"| {r['target']} | {shown} {r['unit']}{by} | {met} |")
+        if any(r.get("source") == "paired" for r in result["targets"]):
+            lines += ["", "(twins): what tracing adds to the traced process over an untraced twin beside "
+                      "it; what every process on the host pays while the agent runs (its programs' first "
+                      "checks on each hooked syscall, its TCP state program) is in both twins and not in "
+                      "the figure."]
         lines.append("")
     return "\n".join(lines)
 
