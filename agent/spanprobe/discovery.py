@@ -225,6 +225,9 @@ def scan(root: SysRoot, selection: Selection, self_pid: int) -> tuple[list[int],
     selected: list[int] = []
     existing: list[ExistingConnection] = []
     listen_cache: dict[str, tuple[set[int], dict[int, object]]] = {}
+    # listening sockets by namespace: read once for every process of it (the whole table,
+    # with tens of thousands of TIME_WAIT rows on a busy host, once more for the selected)
+    listeners: dict[str, list] = {}
     for pid in root.pids():
         if pid == self_pid:
             continue
@@ -232,21 +235,18 @@ def scan(root: SysRoot, selection: Selection, self_pid: int) -> tuple[list[int],
         if info is None:
             continue
         inodes = root.socket_inodes(pid)
+        netns = _netns(root, pid) if inodes else str(pid)
         by_port = False
         if selection.ports and inodes:
-            sockets = root.tcp_sockets(pid)
-            by_port = any(s.state == TCP_LISTEN and s.local_port in selection.ports
-                          and s.inode in inodes.values() for s in sockets)
+            if netns not in listeners:
+                listeners[netns] = root.tcp_sockets(pid, listening_only=True)
+            mine = set(inodes.values())
+            by_port = any(s.local_port in selection.ports and s.inode in mine for s in listeners[netns])
         if not (selection.matches(info) or (by_port and not selection.excluded(info))):
             continue
         selected.append(pid)
         if not inodes:
             continue
-        try:
-            # "net:[4026531840]": processes in one namespace share one socket table
-            netns = os.readlink(root.path("proc", str(pid), "ns", "net"))
-        except OSError:         # gone, or not ours to read
-            netns = str(pid)
         if netns not in listen_cache:
             socks = root.tcp_sockets(pid)
             listen_cache[netns] = ({s.local_port for s in socks if s.state == TCP_LISTEN},
@@ -260,6 +260,14 @@ def scan(root: SysRoot, selection: Selection, self_pid: int) -> tuple[list[int],
             existing.append(ExistingConnection(pid, fd, role, (s.local_addr, s.local_port),
                                                (s.remote_addr, s.remote_port)))
     return selected, existing
+
+
+def _netns(root: SysRoot, pid: int) -> str:
+    """"net:[4026531840]": processes in one namespace share one socket table."""
+    try:
+        return os.readlink(root.path("proc", str(pid), "ns", "net"))
+    except OSError:         # gone, or not ours to read
+        return str(pid)
 
 
 def listen_address(root: SysRoot, pid: int, fd: int) -> tuple[str, int] | None:

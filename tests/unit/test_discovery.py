@@ -190,6 +190,22 @@ def test_scan_selects_by_port(root):
     assert sorted(existing, key=lambda c: c.fd) == [APP_SERVER, APP_CLIENT]
 
 
+def test_scan_reads_a_namespace_s_whole_socket_table_once_and_its_listeners_once(root, monkeypatch):
+    """Every process with sockets is checked for a selected listening port, but a busy
+    host's table has tens of thousands of TIME_WAIT rows: the listening rows are read once
+    per network namespace for that check, the whole table once for the selected."""
+    calls = []
+    real = type(root).tcp_sockets
+
+    def counted(self, pid="self", listening_only=False):
+        calls.append(listening_only)
+        return real(self, pid, listening_only)
+    monkeypatch.setattr(type(root), "tcp_sockets", counted)
+    selected, _ = scan(root, Selection(ports={8000}), SELF)
+    assert selected == [APP]
+    assert sorted(calls) == [False, True], calls
+
+
 def test_scan_selects_by_pid(root):
     selected, existing = scan(root, Selection(pids={WORKER}), SELF)
     assert selected == [WORKER]
