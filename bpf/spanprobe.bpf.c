@@ -981,16 +981,6 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     int opened = args->oldstate == SP_TCP_SYN_RECV && args->newstate == SP_TCP_ESTABLISHED;
     if (opened || (args->newstate == SP_TCP_CLOSE && args->oldstate != SP_TCP_SYN_SENT
                    && args->oldstate != SP_TCP_SYN_RECV)) {
-#if SP_PORTS_ONLY
-        /* Tracing by port only: an accepted connection of interest has a selected port
-         * as its local end, and every other socket of the host (a client's ephemeral
-         * port, another service's) is done with after one small lookup instead of the
-         * table's insert and delete: what each short connection of an untraced service
-         * pays while the agent runs. */
-        __u16 local = args->sport;
-        if (!ports.lookup(&local))
-            return 0;
-#endif
         struct sp_peer_key k = {.family = args->family, .port = args->dport};
         struct sp_accepted v = {.port = args->sport};
         if (args->family == SP_AF_INET6) {

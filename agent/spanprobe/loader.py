@@ -274,13 +274,6 @@ class BpfSession:
         release_bpf(b)
 
 
-def ports_only(settings, trace_all: bool) -> bool:
-    """Processes are selected by listening port alone (no pids, no names): the TCP state
-    program then keeps local ends only for connections accepted on a selected port."""
-    return not trace_all and bool(settings["select.ports"]) and not settings["select.pids"] \
-        and not settings["select.exe"]
-
-
 def cflags(plan: Plan, settings, feats: KernelFeatures, self_pid: int, trace_all: bool) -> list[str]:
     flags = [f"-I{bpf_dir()}",
              f"-DSP_MODE={MODE_IDS[plan.strategy]}",
@@ -292,7 +285,6 @@ def cflags(plan: Plan, settings, feats: KernelFeatures, self_pid: int, trace_all
              f"-DSP_WAKEUP_EVERY={WAKEUP_EVERY}",
              f"-DSP_SLOW_WRITE_NS={SLOW_WRITE_NS}",
              f"-DSP_WITH_PORTS={1 if any(p.name == 'sock:inet_sock_set_state' for p in plan.tracepoints) else 0}",
-             f"-DSP_PORTS_ONLY={1 if ports_only(settings, trace_all) else 0}",
              f"-DSP_SYSCALL_PREFIX={feats.syscall_prefix or '__x64_sys_'}"]
     flags.append(f"-DSP_WITH_PYTHON={1 if plan.uprobes else 0}")
     flags += [f"-DSP_HOOK_{p.name}=1" for p in plan.syscalls]
