@@ -158,7 +158,7 @@ def run(python: str, seconds: float, rounds: int) -> dict[str, dict]:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
         us = statistics.median(times)
-        out[app] = {"records": len(records), "spans": spans, "records_per_span": len(records) / spans,
+        out[app] = {"port": port, "records": len(records), "spans": spans, "records_per_span": len(records) / spans,
                     "us_per_span": us, "us_per_span_rounds": times, "spans_per_s": 1e6 / us}
     return out
 

@@ -267,7 +267,9 @@ def test_markdown_shows_every_run(smoke):
 
 
 def test_no_process_left_behind(smoke):
-    ports = {r["port"] for r in smoke["json"]["overhead"]["runs"]} | {port for p in smoke["json"]["paired"].values() for port in p["ports"]}
+    ports = ({r["port"] for r in smoke["json"]["overhead"]["runs"]}
+             | {port for p in smoke["json"]["paired"].values() for port in p["ports"]}
+             | {a["port"] for a in smoke["json"]["recorded"]["apps"].values()})
     for port in ports:
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"something still listens on {port}"
