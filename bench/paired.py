@@ -98,10 +98,10 @@ def phase(ctx, twins: dict, rate: float) -> dict:
     plan = ctx.plan
     warm = _both(lambda t: wrk(ctx.procs, twins[t]["port"], 1.0, plan.wrk_connections))
     sat = _both(lambda t: wrk(ctx.procs, twins[t]["port"], plan.pair_saturation_s, plan.wrk_connections))
-    cpu0 = {t: session_cpu_seconds(twins[t]["pid"]) for t in TWINS}
+    cpu0 = {t: session_cpu_seconds(twins[t]["proc"].pid) for t in TWINS}
     fixed = _both(lambda t: fixed_rate(ctx.procs, twins[t]["port"], rate, plan.pair_fixed_s,
                                        plan.loadgen_connections))
-    cpu = {t: session_cpu_seconds(twins[t]["pid"]) - cpu0[t] for t in TWINS}
+    cpu = {t: session_cpu_seconds(twins[t]["proc"].pid) - cpu0[t] for t in TWINS}
     out = {}
     for t in TWINS:
         if not sat[t]["completed"] or not fixed[t]["completed"]:
@@ -169,7 +169,7 @@ def run_app(ctx, app: str, rate: float) -> dict:
             port, service = free_port(), f"bench-{app}-twin-{t}"
             proc = start_app(ctx.procs, app, port, plan.bench_python, plan.app_cpu, None, f"{app}-twin-{t}",
                              service=service)
-            twins[t] = {"port": port, "pid": proc.pid, "proc": proc, "service": service}
+            twins[t] = {"port": port, "proc": proc, "service": service}
         result["ports"] = [twins[t]["port"] for t in TWINS]
         for config in plan.paired_configs:
             pairs = []

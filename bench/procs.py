@@ -309,7 +309,7 @@ def app_env(app: str, otel_endpoint: str | None, service: str | None = None) -> 
     return env
 
 
-def start_app(procs: Procs, app: str, port: int, python: str, cpu: int,
+def start_app(procs: Procs, app: str, port: int, python: str, cpu: int | None,
               otel_endpoint: str | None, tag: str, service: str | None = None) -> subprocess.Popen:
     """The app on `port`; `service` is its OTEL_SERVICE_NAME (default bench-APP), which the
     agent reads from its environment like the SDK would."""

@@ -41,15 +41,15 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult  # noq
 
 from bench.load import wrk_command, wrk_result  # noqa: E402
 from bench.overhead import lost_events  # noqa: E402
+from bench.procs import APP_KINDS, BenchError, Procs, start_app  # noqa: E402
 from spanprobe.config import resolve  # noqa: E402
 from spanprobe.memory import settle_heap  # noqa: E402
 from spanprobe.otlp_wire import SpanEncoder  # noqa: E402
 from spanprobe.pipeline import Agent, _open_bpf_session  # noqa: E402
 from spanprobe.procfs import SysRoot  # noqa: E402
 from tests.support.fake_session import FakeSession  # noqa: E402
-from tests.support.procs import SERVERS, free_port, wait_port  # noqa: E402
+from tests.support.procs import free_port  # noqa: E402
 
-APPS = {"fastapi": "fastapi-uvicorn", "flask": "flask-gunicorn-sync"}
 BATCH = 500          # records a replayed poll delivers (the live loop takes ~that many a poll)
 
 
@@ -132,16 +132,11 @@ def replay(records: list[bytes], port: int) -> tuple[float, int]:
 def run(python: str, seconds: float, rounds: int) -> dict[str, dict]:
     """{app: records, spans, records a span, µs a span (median), spans/s on one core}."""
     out = {}
-    for app, kind in APPS.items():
-        port = free_port()
-        cmd = [python] + [a.format(port=port) for a in SERVERS[kind]]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTHONPATH"))}
-        env["PYTHONPATH"] = str(REPO)
-        with tempfile.TemporaryFile() as log:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+    with tempfile.TemporaryDirectory(prefix="span-cost-recorded-") as logs, Procs(Path(logs)) as procs:
+        for app in APP_KINDS:
+            port = free_port()
+            proc = start_app(procs, app, port, python, None, None, f"{app}-recorded")
             try:
-                wait_port(port, proc, timeout=60.0)
                 records, spans = record(port, seconds)
                 times = []
                 for _ in range(rounds):
@@ -151,15 +146,11 @@ def run(python: str, seconds: float, rounds: int) -> dict[str, dict]:
                                          f"the live agent {spans}")
                     times.append(cpu / spans * 1e6)
             finally:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-        us = statistics.median(times)
-        out[app] = {"port": port, "records": len(records), "spans": spans, "records_per_span": len(records) / spans,
-                    "us_per_span": us, "us_per_span_rounds": times, "spans_per_s": 1e6 / us}
+                procs.stop(proc)
+            us = statistics.median(times)
+            out[app] = {"port": port, "records": len(records), "spans": spans,
+                        "records_per_span": len(records) / spans, "us_per_span": us,
+                        "us_per_span_rounds": times, "spans_per_s": 1e6 / us}
     return out
 
 
@@ -174,7 +165,10 @@ def main(seconds: float, rounds: int, python: str | None, as_json: bool = False)
     # the harness stops a step that overran with SIGTERM: leave through the `finally`s, which
     # stop the app this started in a session of its own
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    got = run(python, seconds, rounds)
+    try:
+        got = run(python, seconds, rounds)
+    except BenchError as exc:
+        raise SystemExit(f"span_cost --recorded: {exc}") from None
     if as_json:
         print(json.dumps({"seconds": seconds, "rounds": rounds, "apps": got}))
         return

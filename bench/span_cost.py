@@ -13,8 +13,8 @@ records a span), whose total includes the same encoding. CPU time
 sources (SPANPROBE_COMPILED=0, spanprobe/native.py), and prints the two side by side.
 
 `--recorded` (root) takes the records from a real kernel instead: the benchmark's two apps
-under wrk, traced by the agent itself, then replayed through its whole user-space path
-(bench/recorded.py).
+under wrk, traced by the agent itself, then replayed through it from the records the ring
+buffer gives it to OTLP bytes (bench/recorded.py).
 
 `--instructions` counts instead of timing: each path runs under valgrind's callgrind at two
 sizes, and the difference of the instructions executed, divided by the difference of the
@@ -32,7 +32,6 @@ import os
 import re
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import time
