@@ -150,6 +150,14 @@ BPF_TABLE("lru_hash", __u64, struct sp_sk_owner, connecting, 4096);
  * has; same-host linking needs it. Not LRU: an entry evicted while open would let a
  * later connection of the same peer answer for it. */
 BPF_HASH(accepted, struct sp_peer_key, struct sp_accepted, 16384);
+/* The ports traced processes listen on, a byte each (port p: byte p & 7 of slot p >> 3):
+ * only connections accepted on them enter `accepted`, so a socket of any other process
+ * costs the TCP state program one array load instead of a hash insert and delete. Set by
+ * the agent (through mmap(2): the selected ports, the listeners of the processes it
+ * selects, a listener it had to read from /proc) and here (a traced process's bind);
+ * never cleared: an entry kept for a connection on a port taken out would outlive it.
+ * With SP_TRACE_ALL every port is one. */
+BPF_F_TABLE("array", __u32, __u64, listen_ports, 8192, BPF_F_MMAPABLE);
 
 /* Traced client connections by their two ends as the client sees them, so that a traced
  * server end on this host follows the client in shedding (see shed()). */
@@ -523,18 +531,54 @@ static __always_inline void read_sockaddr(__u64 uaddr, struct sp_conn_event *ev,
         ev->local_port = port;
 }
 
-/* bind(2) of a selected port (network byte order in the sockaddr) selects the process. */
-static __always_inline void select_on_bind(__u32 tgid, __u64 uaddr)
+/* The port a bind(2) asks for (network byte order in the sockaddr); 0 for another family
+ * or an unreadable address. */
+static __always_inline __u16 bind_port(__u64 uaddr)
 {
     __u16 family = 0, port = 0;
     bpf_probe_read_user(&family, sizeof(family), (void *)uaddr);
     if (family != SP_AF_INET && family != SP_AF_INET6)
-        return;
+        return 0;
     bpf_probe_read_user(&port, sizeof(port), (void *)(uaddr + 2));
-    port = (port >> 8) | (port << 8);
-    if (ports.lookup(&port)) {
-        struct sp_target t = {};
-        traced.update(&tgid, &t);
+    return (port >> 8) | (port << 8);
+}
+
+/* Is `port` one of `listen_ports`? */
+static __always_inline int listen_port(__u16 port)
+{
+#if SP_WITH_PORTS
+    if (SP_TRACE_ALL)
+        return 1;
+    __u32 slot = port >> 3;
+    __u8 *b = (__u8 *)listen_ports.lookup(&slot);
+    return b && b[port & 7];
+#else
+    return 0;
+#endif
+}
+
+/* bind(2): a selected port selects the process; a traced process's port is one whose
+ * accepted connections need their local end (a single byte store: no lost update). */
+static __always_inline void on_bind(__u32 tgid, __u64 uaddr)
+{
+    struct sp_target *t = traced.lookup(&tgid);
+    if (t && t->excluded)
+        return;
+    __u16 port = bind_port(uaddr);
+    if (!port)
+        return;
+#if SP_WITH_PORTS
+    if (t) {
+        __u32 slot = port >> 3;
+        __u8 *b = (__u8 *)listen_ports.lookup(&slot);
+        if (b)
+            b[port & 7] = 1;
+        return;
+    }
+#endif
+    if (!t && ports.lookup(&port)) {
+        struct sp_target n = {};
+        traced.update(&tgid, &n);
     }
 }
 
@@ -572,8 +616,8 @@ static __always_inline int sp_on_enter(void *ctx, __u32 op, __u64 a0, __u64 a1, 
     if (op == OP_BIND) {
         /* Port selection for services that start listening after the agent. Judged before
          * `selected`: the process that binds a selected port is not selected yet. */
-        if (tgid != SP_SELF_TGID && !traced.lookup(&tgid))
-            select_on_bind(tgid, a1);
+        if (tgid != SP_SELF_TGID)
+            on_bind(tgid, a1);
         return 0;
     }
     if (!selected(tgid, &capture))
@@ -981,6 +1025,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     int opened = args->oldstate == SP_TCP_SYN_RECV && args->newstate == SP_TCP_ESTABLISHED;
     if (opened || (args->newstate == SP_TCP_CLOSE && args->oldstate != SP_TCP_SYN_SENT
                    && args->oldstate != SP_TCP_SYN_RECV)) {
+        if (!listen_port(args->sport))
+            return 0;       /* not a traced listener's: a client's, or another process's */
         struct sp_peer_key k = {.family = args->family, .port = args->dport};
         struct sp_accepted v = {.port = args->sport};
         if (args->family == SP_AF_INET6) {

@@ -262,6 +262,22 @@ def scan(root: SysRoot, selection: Selection, self_pid: int) -> tuple[list[int],
     return selected, existing
 
 
+def listening_ports(root: SysRoot, pids: list[int]) -> set[int]:
+    """The TCP ports these processes listen on now (the listening rows of each network
+    namespace, read once for all its processes)."""
+    ports: set[int] = set()
+    listeners: dict[str, dict[int, int]] = {}       # netns -> listening socket inode -> port
+    for pid in pids:
+        inodes = root.socket_inodes(pid)
+        if not inodes:
+            continue
+        netns = _netns(root, pid)
+        if netns not in listeners:
+            listeners[netns] = {s.inode: s.local_port for s in root.tcp_sockets(pid, listening_only=True)}
+        ports.update(listeners[netns][i] for i in inodes.values() if i in listeners[netns])
+    return ports
+
+
 def _netns(root: SysRoot, pid: int) -> str:
     """"net:[4026531840]": processes in one namespace share one socket table."""
     try:

@@ -51,6 +51,29 @@ class MappedCounters:
         self._mem.close()
 
 
+class MappedPortSet:
+    """The kernel side's `listen_ports` in shared memory: 8,192 u64 slots, a byte a port
+    (port p is byte p & 7 of slot p >> 3, so byte p of the mapping). A port is added with
+    one byte store, which neither a program's store to a neighbouring byte (a traced
+    process's bind) nor a second writer can undo, as a read-modify-write of the slot could."""
+
+    PORTS = 65536
+
+    def __init__(self, fd: int):
+        self._mem = mmap.mmap(fd, self.PORTS, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def add(self, port: int) -> None:
+        if not 0 < port < self.PORTS:
+            raise ValueError(f"port {port} out of range")
+        self._mem[port] = 1
+
+    def __contains__(self, port: int) -> bool:
+        return 0 < port < self.PORTS and self._mem[port] == 1
+
+    def close(self) -> None:
+        self._mem.close()
+
+
 @functools.cache
 def _libc_syscall():
     """libc's syscall(2), looked up once (the counters are read every second)."""

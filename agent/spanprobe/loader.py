@@ -21,7 +21,7 @@ from . import caps
 from . import events as ev
 from .errors import KernelUnsupported, PermissionProblem, ProbeAttachError
 from .kernel import KernelFeatures, detect, ensure_tracefs
-from .kstats import MappedCounters, enable_run_time_stats, program_misses, programs_run_ns
+from .kstats import MappedCounters, MappedPortSet, enable_run_time_stats, program_misses, programs_run_ns
 from .memory import release_after_compile
 from .probes import MODE_IDS, SYSCALLS, TRACEPOINTS, Plan, candidates, make_plan
 from .procfs import SysRoot
@@ -67,6 +67,7 @@ class BpfSession:
     python_warned: set[str] = field(default_factory=set)          # binaries whose uprobes failed once
     losses: MappedCounters | None = None                          # the counters map, mmapped at the first read
     control: MappedCounters | None = None                         # the control map, mmapped at the first write
+    listen_ports: MappedPortSet | None = None                     # `listen_ports`, mmapped at the first port
     run_stats_fd: int | None = None                               # held while programs' run time is counted
     write_guard: WriteGuard = field(default_factory=WriteGuard)   # map writes unpreempted (writeguard.py)
     ring: MappedRing | None = None                                # the ring buffer, read in place (ringbuf.py)
@@ -93,6 +94,16 @@ class BpfSession:
         t = self.table("ports")
         with self.write_guard():
             t[t.Key(port)] = t.Leaf(1)
+
+    def note_listen_port(self, port: int) -> None:
+        """Connections accepted on `port` (a traced process listens there) get their local
+        end from the kernel side: written through mmap(2), no bpf(2) call (kstats.py says
+        why that matters). Without the TCP state tracepoint there is no such map."""
+        if not self.plan.with_ports:
+            return
+        if self.listen_ports is None:
+            self.listen_ports = MappedPortSet(self.table("listen_ports").map_fd)
+        self.listen_ports.add(port)
 
     def set_python(self, pid: int, layout, runtime: int) -> bool:
         """Asyncio linking for one process: the context uprobes attached to it alone.
@@ -265,6 +276,8 @@ class BpfSession:
             self.ring = None
         if self.control is not None:
             self.control.close()
+        if self.listen_ports is not None:
+            self.listen_ports.close()
         if self.run_stats_fd is not None:
             os.close(self.run_stats_fd)
         tps = list(b.tracepoint_fds)
@@ -284,7 +297,7 @@ def cflags(plan: Plan, settings, feats: KernelFeatures, self_pid: int, trace_all
              f"-DSP_RINGBUF_PAGES={settings['ring_buffer_pages']}",
              f"-DSP_WAKEUP_EVERY={WAKEUP_EVERY}",
              f"-DSP_SLOW_WRITE_NS={SLOW_WRITE_NS}",
-             f"-DSP_WITH_PORTS={1 if any(p.name == 'sock:inet_sock_set_state' for p in plan.tracepoints) else 0}",
+             f"-DSP_WITH_PORTS={1 if plan.with_ports else 0}",
              f"-DSP_SYSCALL_PREFIX={feats.syscall_prefix or '__x64_sys_'}"]
     flags.append(f"-DSP_WITH_PYTHON={1 if plan.uprobes else 0}")
     flags += [f"-DSP_HOOK_{p.name}=1" for p in plan.syscalls]

@@ -32,7 +32,7 @@ from .budget import CpuBudget, Reading
 from .attributes import Extractor, compile_rules
 from .clock import MonotonicToWall
 from .config import Settings, otel_resource_attributes
-from .discovery import ProcessRegistry, Selection, scan
+from .discovery import ProcessRegistry, Selection, listening_ports, scan
 from .export import ExportQueue, export_ports, make_exporters
 from .faults import Faults
 from .losses import LossReport
@@ -44,7 +44,7 @@ from .pyruntime import Calibrations
 from .router import HostSockets, Router, RuleScopes
 from .routes import RouteMatcher
 from .sampling import HeadSampler
-from .session import (CaptureRequest, KernelSession, ProcessGone, PythonCheckRequest,
+from .session import (CaptureRequest, KernelSession, ListenPortRequest, ProcessGone, PythonCheckRequest,
                       PythonLinkRequest, Request, SelectRequest, SessionOpener)
 from .spans import SpanBuilder, build_spans
 from .streams import Exchange
@@ -152,6 +152,12 @@ class Agent:
         adoption = adopt_established(self.root, self.selection, self_pid, s, self.assembler, set(selected))
         selected = adoption.selected
         self.router.traced.update(selected)
+        # the ports whose accepted connections need their local end from the kernel side:
+        # the selected ones and where the selected processes listen now (those that bind
+        # later are seen binding; Assembler._accepted_local catches the rest)
+        for port in sorted(self.selection.ports | listening_ports(self.root, selected)):
+            self.router.listen_ports.add(port)
+            s.note_listen_port(port)
         for pid in selected:           # after adoption: a pid with client connections links now
             self.router.python_candidate(pid)
         self.apply(self.router.take_requests())
@@ -299,6 +305,8 @@ class Agent:
             self._python_check(r.pid)
         elif isinstance(r, PythonLinkRequest):
             self._python_link(r.pid)
+        elif isinstance(r, ListenPortRequest):
+            s.note_listen_port(r.port)
         elif isinstance(r, ProcessGone):
             self.python_pending.pop(r.pid, None)
             s.unset_python(r.pid)

@@ -62,6 +62,12 @@ class Plan:
     uprobes: list[Probe] = field(default_factory=list)     # attached per binary, later
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (probe, reason)
 
+    @property
+    def with_ports(self) -> bool:
+        """The TCP state tracepoint is attached: client ports, and the local ends of
+        accepted connections (SP_WITH_PORTS, its maps `accepted` and `listen_ports`)."""
+        return any(p.name == "sock:inet_sock_set_state" for p in self.tracepoints)
+
 
 def strategy_available(feats: KernelFeatures, strategy: str) -> tuple[bool, str]:
     if strategy == "tracepoint":

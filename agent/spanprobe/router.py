@@ -19,8 +19,8 @@ from .attributes import Extractor
 from .discovery import ProcessRegistry, Selection, listen_address
 from .faults import Faults
 from .procfs import SysRoot
-from .session import (CaptureRequest, ProcessGone, PythonCheckRequest, PythonLinkRequest, Request,
-                      SelectRequest)
+from .session import (CaptureRequest, ListenPortRequest, ProcessGone, PythonCheckRequest, PythonLinkRequest,
+                      Request, SelectRequest)
 from .spans import SpanBuilder
 from .streams import Assembler, Connection, Exchange
 
@@ -151,9 +151,9 @@ class HostSockets:
             return any(mine == peer[1] for mine, _ in self.own_ends)
         return (peer[1], local[1]) in self.own_ends
 
-    def listen_address(self, pid: int, fd: int) -> tuple[str, int] | None:
+    def listen_address(self, pid: int, fd: int, fresh: bool = False) -> tuple[str, int] | None:
         key = (pid, fd)
-        if key not in self.listen_cache:
+        if fresh or key not in self.listen_cache:
             self.listen_cache[key] = listen_address(self.root, pid, fd)
         return self.listen_cache[key]
 
@@ -177,7 +177,8 @@ class Router:
         self.faults = faults
         self._finished: list[Exchange] = []
         self.assembler = Assembler(self._finished.append, sockets.listen_address, sockets.own_connection,
-                                   scopes.body_needs, sample=sample)
+                                   scopes.body_needs, sample=sample, listen_port=self._listen_port)
+        self.listen_ports: set[int] = set()        # told to the kernel side (ListenPortRequest)
         self.python_checked: set[int] = set()      # PythonCheckRequest recorded
         self.python_called_out: set[int] = set()   # PythonLinkRequest recorded
         # pids the kernel traces besides what Selection matches (selected at start, by a
@@ -244,6 +245,11 @@ class Router:
             return
         self.faults.record("assemble", exc)
         self.assembler.drop_connection(h.tgid, h.fd)
+
+    def _listen_port(self, port: int) -> None:
+        if port and port not in self.listen_ports:
+            self.listen_ports.add(port)
+            self.requests.append(ListenPortRequest(port))
 
     # ---- per-process ----
     def python_candidate(self, pid: int) -> None:

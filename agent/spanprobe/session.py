@@ -24,6 +24,9 @@ class KernelSession(Protocol):
     def select_pid(self, pid: int, excluded: bool = False, capture: int = 0) -> None: ...
     def select_comm(self, comm: str) -> None: ...
     def select_port(self, port: int) -> None: ...
+    def note_listen_port(self, port: int) -> None:
+        """A traced process listens on `port`: the kernel side keeps the local end of the
+        connections accepted there (and, past what it was told, of none)."""
     def set_python(self, pid: int, layout, runtime: int) -> bool: ...
     def unset_python(self, pid: int) -> None: ...
     def adopt_connection(self, pid: int, fd: int, conn_id: int, role: int) -> bool:
@@ -89,4 +92,12 @@ class ProcessGone:
     pid: int
 
 
-Request = Union[SelectRequest, CaptureRequest, PythonCheckRequest, PythonLinkRequest, ProcessGone]
+@dataclass(frozen=True, slots=True)
+class ListenPortRequest:
+    """A traced process accepted a connection on a port the kernel side was not told of
+    (read from /proc for this one): tell it, so the next ones have their local end."""
+    port: int
+
+
+Request = Union[SelectRequest, CaptureRequest, PythonCheckRequest, PythonLinkRequest, ProcessGone,
+                ListenPortRequest]

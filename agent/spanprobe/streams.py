@@ -215,11 +215,12 @@ class Assembler:
     """Turns decoded events into finished Exchanges, handed to `emit`."""
 
     def __init__(self, emit: Callable[[Exchange], None],
-                 resolve_listen: Callable[[int, int], tuple[str, int] | None] | None = None,
+                 resolve_listen: Callable[[int, int, bool], tuple[str, int] | None] | None = None,
                  own_connection: Callable[[tuple[str, int], tuple[str, int] | None, int], bool] | None = None,
                  body_needs: Callable[["Connection"], tuple[int, int]] | None = None,
                  *, limits: AssemblerLimits = AssemblerLimits(),
-                 sample: Callable[[int, int | None, int, bool], int] | None = None):
+                 sample: Callable[[int, int | None, int, bool], int] | None = None,
+                 listen_port: Callable[[int], None] | None = None):
         self.emit = emit
         self.limits = limits
         # head sampling (sampling.HeadSampler): (trace id, parent, its flags, remote) -> the
@@ -227,7 +228,12 @@ class Assembler:
         self.sample = sample
         # bytes of request and response bodies to keep for a connection (json_body rules)
         self.body_needs = body_needs or (lambda conn: (0, 0))
-        self.resolve_listen = resolve_listen or (lambda pid, fd: None)
+        # a listening socket's address, (pid, fd, read again) -> (address, port): cached by
+        # its owner unless asked to read again
+        self.resolve_listen = resolve_listen or (lambda pid, fd, fresh: None)
+        # a traced process listens on this port: the kernel side is to give the local end
+        # of the connections accepted there (see _accepted_local)
+        self.listen_port = listen_port or (lambda port: None)
         # True for (peer, local end, accept's kernel time) of a connection the agent itself
         # opened (its OTLP export to a traced collector): tracing that would feed spans back
         # into the export forever
@@ -245,6 +251,8 @@ class Assembler:
         self.counts = {"exchanges": 0, "aborted": 0, "unpaired_responses": 0,
                        "parse_errors": 0, "lost_bytes": 0, "unknown_connection_data": 0,
                        "agent_own_connections": 0, "task_links": 0, "task_owner_mismatch": 0,
+                       # a local end from the kernel side on another port than its listener's
+                       "local_ends_refused": 0,
                        # what the caps of AssemblerLimits evicted or refused
                        "connections_evicted": 0, "connections_dropped": 0,
                        "exchanges_dropped": 0, "inflight_refused": 0,
@@ -272,8 +280,8 @@ class Assembler:
             self._close(old, h.ts_ns)
         conn = Connection(h.tgid, h.fd, h.conn_id, e.role, h.ts_ns, e.peer, e.local,
                           e.listen_fd, e.family)
-        if conn.role == ev.ROLE_SERVER and conn.local is None and e.listen_fd >= 0:
-            conn.local = self.resolve_listen(h.tgid, e.listen_fd)
+        if conn.role == ev.ROLE_SERVER and e.listen_fd >= 0:
+            conn.local = self._accepted_local(h.tgid, e.listen_fd, conn.local)
         if conn.role == ev.ROLE_SERVER and conn.peer is not None and self.own_connection(conn.peer, conn.local, h.ts_ns):
             conn.ignored = True
             self.counts["agent_own_connections"] += 1
@@ -283,6 +291,30 @@ class Assembler:
         if ports is not None:
             self.ports(ports)
         return conn
+
+    def _accepted_local(self, tgid: int, listen_fd: int,
+                        given: tuple[str, int] | None) -> tuple[str, int] | None:
+        """The local end of a connection `listen_fd` accepted. The kernel side gives it
+        (`given`) for connections on the ports it was told traced processes listen on,
+        found by the peer's address and port; on another port it gives none, and the
+        listening socket's own address is taken (read from /proc once, then cached: a
+        wildcard for a wildcard listener) and its port told to the kernel side for the
+        next connections. A given end on another port than the listener's is that of
+        another connection of the same peer (one client port in use towards a port the
+        kernel side knows and one it does not): the listener's address, read again in
+        case its fd was reused since, is taken instead."""
+        listener = self.resolve_listen(tgid, listen_fd, False)
+        if given is None:
+            if listener is not None:
+                self.listen_port(listener[1])
+            return listener
+        if listener is not None and listener[1] != given[1]:
+            listener = self.resolve_listen(tgid, listen_fd, True)
+            if listener is not None and listener[1] != given[1]:
+                self.counts["local_ends_refused"] += 1
+                self.listen_port(listener[1])
+                return listener
+        return given
 
     def adopt(self, tgid: int, fd: int, conn_id: int, role: int, local, peer, ts: int) -> Connection:
         """A connection that existed before tracing started: joined mid-stream, so traced

@@ -29,6 +29,7 @@ class FakeSession:
         self.traced: dict[int, dict[str, int | bool]] = {}       # pid -> excluded, capture
         self.comms: set[str] = set()
         self.ports: set[int] = set()
+        self.listen_ports: set[int] = set()
         self.python: dict[int, tuple] = {}                        # pid -> (layout, runtime)
         self.adopted: dict[tuple[int, int], tuple[int, int]] = {}  # (pid, fd) -> (conn_id, role)
         self.kernel_counters = {**{name: 0 for name in ev.COUNTERS.values()}, "prog_misses": 0,
@@ -62,6 +63,9 @@ class FakeSession:
 
     def select_port(self, port: int) -> None:
         self.ports.add(port)
+
+    def note_listen_port(self, port: int) -> None:
+        self.listen_ports.add(port)
 
     def set_python(self, pid: int, layout, runtime: int) -> bool:
         self.python[pid] = (layout, runtime)

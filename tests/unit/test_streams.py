@@ -630,7 +630,7 @@ def test_ipv6_loopback_links():
 
 
 def test_a_wildcard_listener_address_is_replaced_by_the_reported_one():
-    sim = Sim(resolve_listen=lambda pid, fd: ("0.0.0.0", 8000))
+    sim = Sim(resolve_listen=lambda pid, fd, fresh: ("0.0.0.0", 8000))
     cx = _client_sends(sim)
     conn = sim.open(11, ev.ROLE_SERVER, tgid=SRV_TGID, fd=4, conn_id=40, peer=CLI_LOCAL, listen_fd=3)
     assert conn.local == ("0.0.0.0", 8000)
@@ -862,19 +862,61 @@ def test_data_for_an_unknown_connection_is_counted():
     assert sim.drain() == []
 
 
+class Listener:
+    """A traced process's listening socket as HostSockets reads it: its address by
+    (pid, fd), what each reading was asked, and the ports told to the kernel side."""
+
+    def __init__(self, address):
+        self.address, self.calls, self.told = address, [], []
+
+    def resolve(self, pid, fd, fresh):
+        self.calls.append((pid, fd, fresh))
+        return self.address
+
+    def sim(self) -> Sim:
+        sim = Sim(self.resolve)
+        sim.asm.listen_port = self.told.append
+        return sim
+
+
 def test_server_local_address_resolved_from_the_listening_socket():
-    calls = []
-
-    def resolve(pid, fd):
-        calls.append((pid, fd))
-        return ("0.0.0.0", 8000)
-
-    sim = Sim(resolve)
+    """No end from the kernel side (a port it was not told of): the listener's, and its
+    port is told so the next connections have theirs."""
+    lis = Listener(("0.0.0.0", 8000))
+    sim = lis.sim()
     conn = sim.open(1, ev.ROLE_SERVER, peer=PEER, local=None, listen_fd=3)
-    assert calls == [(SRV_TGID, 3)]
+    assert lis.calls == [(SRV_TGID, 3, False)]
     assert conn.local == ("0.0.0.0", 8000)
-    sim.open(2, ev.ROLE_SERVER, fd=6, peer=PEER, local=LOCAL, listen_fd=3)
-    assert calls == [(SRV_TGID, 3)]             # known already: not asked
+    assert lis.told == [8000]
+    conn = sim.open(2, ev.ROLE_SERVER, fd=6, peer=PEER, local=LOCAL, listen_fd=3)
+    assert conn.local == LOCAL                  # the kernel's, exact: on the listener's port
+    assert lis.calls[1:] == [(SRV_TGID, 3, False)] and lis.told == [8000]
+    assert sim.asm.counts["local_ends_refused"] == 0
+
+
+def test_a_local_end_on_another_port_than_the_listeners_is_refused():
+    """The kernel side finds a local end by the peer alone: a client port in use towards
+    a port it knows (8000) and one it does not (9000) gives the second connection the
+    first one's end. The listener, read again, says which port it is: its own is taken."""
+    lis = Listener(("0.0.0.0", 9000))
+    sim = lis.sim()
+    conn = sim.open(1, ev.ROLE_SERVER, peer=PEER, local=LOCAL, listen_fd=4)
+    assert conn.local == ("0.0.0.0", 9000)
+    assert lis.calls == [(SRV_TGID, 4, False), (SRV_TGID, 4, True)]
+    assert lis.told == [9000]
+    assert sim.asm.counts["local_ends_refused"] == 1
+
+
+def test_a_listener_read_again_that_agrees_keeps_the_kernels_end():
+    """The cached reading was of a listener whose fd has been reused since: read again,
+    the listener is on the kernel's port, and the kernel's exact end stays."""
+    lis = Listener(("0.0.0.0", 9000))
+    sim = lis.sim()
+    readings = iter([("0.0.0.0", 9000), ("0.0.0.0", 8000)])
+    sim.asm.resolve_listen = lambda pid, fd, fresh: next(readings)
+    conn = sim.open(1, ev.ROLE_SERVER, peer=PEER, local=LOCAL, listen_fd=4)
+    assert conn.local == LOCAL
+    assert sim.asm.counts["local_ends_refused"] == 0 and lis.told == []
 
 
 def test_the_agents_own_connections_are_not_traced():
