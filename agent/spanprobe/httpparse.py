@@ -39,7 +39,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Final
+from typing import Any, Callable, Final
 
 HEAD_LIMIT: Final = 64 * 1024          # bytes of a head (or trailer section) kept, blank line excluded
 CHUNK_LINE_LIMIT: Final = 1024         # bytes of a chunk-size line, extensions included
@@ -283,11 +283,15 @@ class MessageParser:
     """One direction of one connection: requests, or responses."""
 
     def __init__(self, is_request: bool,
-                 on_head: Callable[[Message], None] | None = None,
-                 on_done: Callable[[Message], None] | None = None):
+                 on_head: Callable[[Any, Message], None] | None = None,
+                 on_done: Callable[[Any, Message], None] | None = None,
+                 owner: Any = None):
         self.is_request = is_request
-        self.on_head = on_head or (lambda m: None)
-        self.on_done = on_done or (lambda m: None)
+        # called with (owner, message): one callable serves every connection's parser,
+        # where a callable bound to each connection was two objects made per parser
+        self.on_head = on_head or (lambda owner, m: None)
+        self.on_done = on_done or (lambda owner, m: None)
+        self.owner = owner
         self.state = IDLE
         self.msg: Message | None = None
         self.buf = bytearray()          # head, chunk-size line or trailer being read
@@ -316,7 +320,7 @@ class MessageParser:
     def _framing(self) -> None:
         msg = self.msg
         assert msg is not None
-        self.on_head(msg)
+        self.on_head(self.owner, msg)
         if msg.is_request:
             if msg.chunked:
                 self.state = CHUNK_SIZE
@@ -351,7 +355,7 @@ class MessageParser:
         if msg is not None:
             msg.end_ts = ts
             msg.complete = complete
-            self.on_done(msg)
+            self.on_done(self.owner, msg)
 
     def _head_done(self, raw: bytes, partial: bool) -> bool:
         msg = self.msg
@@ -565,14 +569,14 @@ class MessageParser:
         assert msg is not None
         if msg.is_request and msg.method in _BODYLESS_REQUESTS and not msg.chunked \
                 and not msg.declared_length:
-            self.on_head(msg)
+            self.on_head(self.owner, msg)
             self._finish(ts)
         else:
             if not msg.is_request and self.pending_methods:
                 self.pending_methods.popleft()
             if msg.body is not None:
                 msg.body_incomplete = True   # where the head ends, so the body starts, is lost
-            self.on_head(msg)
+            self.on_head(self.owner, msg)
             self.state = CHUNK_LOST if msg.chunked else OPEN
 
     def _gap(self, gap: int, ts: int) -> None:

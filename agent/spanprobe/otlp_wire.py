@@ -40,6 +40,7 @@ _RESOURCE_CACHE_LIMIT: Final = 4096         # one entry per traced process
 
 _SMALL_VARINTS: Final = [bytes([n]) for n in range(128)]
 _INT64_LIMIT: Final = 1 << 63
+_KEY_CACHE_LIMIT: Final = 4096      # attribute keys kept encoded (a few dozen in practice)
 _NAME_CACHE_LIMIT: Final = 4096     # span names kept encoded ("GET /users/{id}" repeats)
 _BASE_CACHE_LIMIT: Final = 4096     # connections' shared span attributes kept encoded
 # the last two fields of most spans, made once: status unset, and the flags field (16,
@@ -114,6 +115,7 @@ class SpanEncoder:
         self._scopes: dict[int, tuple[object, bytes]] = {}
         self._kv: dict[bytes, dict[str, dict[str | int, bytes]]] = {}   # tag -> key -> value -> field
         self._kv_size = 0
+        self._keys: dict[str, bytes] = {}      # key -> its KeyValue's key field and value tag
         self._names: dict[str, bytes] = {}
         self._bases: dict[int, tuple[dict[str, Any], bytes]] = {}
 
@@ -146,7 +148,7 @@ class SpanEncoder:
                     values = by_key[key] = {}
                 enc = values.get(value)
                 if enc is None:
-                    enc = _field(tag, key_value(key, value))
+                    enc = self._pair(tag, key, value, cls is int)
                     if len(values) < _KV_VALUES_PER_KEY:
                         if self._kv_size >= _KV_CACHE_LIMIT:
                             self._kv.clear()      # many keys and values: start again
@@ -159,6 +161,26 @@ class SpanEncoder:
             else:
                 out.append(_field(tag, key_value(key, value)))
         return b"".join(out)
+
+    def _pair(self, tag: bytes, key: str, value: Any, is_int: bool) -> bytes:
+        """The field of one str or int attribute (`is_int`: which) not in the cache,
+        its key's part made once: a value that changes per connection (a client port)
+        misses the cache span after span, its key does not."""
+        head = self._keys.get(key)
+        if head is None:
+            if len(self._keys) >= _KEY_CACHE_LIMIT:
+                self._keys.clear()
+            head = self._keys[key] = _string(b"\x0a", key) + b"\x12"
+        if is_int:
+            n: int = value
+            if not 0 <= n < 1 << 32:        # negative (ten bytes) or large: the general path
+                return _field(tag, key_value(key, value))
+            av = b"\x18" + varint(n)
+        else:
+            text: str = value
+            av = _string(b"\x0a", text)
+        kv = head + varint(len(av)) + av
+        return tag + varint(len(kv)) + kv
 
     # ---- resource and scope, once per object ----
     def _resource(self, resource) -> bytes:

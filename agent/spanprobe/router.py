@@ -261,7 +261,8 @@ class Router:
         self.assembler.open(e)
         pid = e.h.tgid
         self.traced.add(pid)      # the kernel reports connections of traced processes only
-        self.registry.get(pid)    # read /proc while the process is there
+        if pid not in self.registry.procs:
+            self.registry.get(pid)    # read /proc while the process is there
         if e.role == ev.ROLE_SERVER:
             if pid not in self.python_checked:
                 self.python_candidate(pid)

@@ -22,7 +22,6 @@ import random
 import re
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Callable, Final
 
 from . import events as ev
@@ -231,6 +230,11 @@ class Assembler:
         # a listening socket's address, (pid, fd, read again) -> (address, port): cached by
         # its owner unless asked to read again
         self.resolve_listen = resolve_listen or (lambda pid, fd, fresh: None)
+        # the parsers' callbacks, (connection, message), bound once for every connection
+        self._on_request_head = self._request_head
+        self._on_request_done = self._request_done
+        self._on_response_head = self._response_head
+        self._on_response_done = self._response_done
         # a traced process listens on this port: the kernel side is to give the local end
         # of the connections accepted there (see _accepted_local)
         self.listen_port = listen_port or (lambda port: None)
@@ -350,10 +354,7 @@ class Assembler:
         """Remove an untracked connection from every index, dropping what is in flight."""
         self._unindex_client(conn)
         self._unbuffer(conn)
-        for parser in (conn.ingress, conn.egress):
-            assert parser is not None
-            self.counts["parse_errors"] += parser.parse_errors
-            self.counts["lost_bytes"] += parser.lost_bytes
+        self._count_parsers(conn)
         self.counts["exchanges_dropped"] += len(conn.inflight)
         for x in conn.inflight:
             self._unserve(x)
@@ -389,10 +390,8 @@ class Assembler:
 
     def _wire(self, conn: Connection) -> None:
         server = conn.role == ev.ROLE_SERVER
-        conn.requests = MessageParser(True, partial(self._request_head, conn),
-                                      partial(self._request_done, conn))
-        conn.responses = MessageParser(False, partial(self._response_head, conn),
-                                       partial(self._response_done, conn))
+        conn.requests = MessageParser(True, self._on_request_head, self._on_request_done, conn)
+        conn.responses = MessageParser(False, self._on_response_head, self._on_response_done, conn)
         conn.ingress = conn.requests if server else conn.responses
         conn.egress = conn.responses if server else conn.requests
         conn.requests.keep_body, conn.responses.keep_body = self.body_needs(conn)
@@ -429,13 +428,24 @@ class Assembler:
         if conn is not None and conn.conn_id == e.h.conn_id:
             self._close(conn, e.h.ts_ns)
 
+    def _count_parsers(self, conn: Connection) -> None:
+        """What the connection's parsers counted, into the totals (a connection per
+        request closes one per span: the counts are added only when there is any)."""
+        ingress, egress = conn.ingress, conn.egress
+        assert ingress is not None and egress is not None
+        errors = ingress.parse_errors + egress.parse_errors
+        if errors:
+            self.counts["parse_errors"] += errors
+        lost = ingress.lost_bytes + egress.lost_bytes
+        if lost:
+            self.counts["lost_bytes"] += lost
+
     def _close(self, conn: Connection, ts: int) -> None:
-        self.conns.pop(conn.key, None)
+        key = conn.key
+        if key in self.conns:
+            del self.conns[key]     # not OrderedDict.pop: a method call, where this is none
         self._unbuffer(conn)
-        for parser in (conn.ingress, conn.egress):
-            assert parser is not None
-            self.counts["parse_errors"] += parser.parse_errors
-            self.counts["lost_bytes"] += parser.lost_bytes
+        self._count_parsers(conn)
         assert conn.responses is not None and conn.requests is not None
         conn.responses.close(ts)
         conn.requests.close(ts)    # a request that never finished arriving: not served

@@ -86,7 +86,7 @@ def http(data: bytes) -> tuple:
     flags, seed, stream = data[0], int.from_bytes(data[1:5], "little"), data[5:]
     rng = random.Random(seed)
     done = []
-    p = MessageParser(bool(flags & 1), done.append, done.append)
+    p = MessageParser(bool(flags & 1), lambda owner, m: done.append(m), lambda owner, m: done.append(m))
     if flags & 2:
         p.keep_body = KEEP_BODY
     if not p.is_request:

@@ -29,7 +29,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 class Rec:
     def __init__(self, is_request: bool, pending: tuple[str, ...] = ("GET",) * 4):
         self.done: list[Message] = []
-        self.p = MessageParser(is_request, None, self.done.append)
+        self.p = MessageParser(is_request, None, lambda owner, m: self.done.append(m))
         if not is_request:
             self.p.pending_methods.extend(pending)
         self.ts = 0

@@ -27,7 +27,7 @@ class Rec:
         self.heads: list[Message] = []
         self.done: list[Message] = []
         self.events: list[tuple[str, Message]] = []
-        self.p = MessageParser(is_request, self._head, self._done)
+        self.p = MessageParser(is_request, lambda owner, m: self._head(m), lambda owner, m: self._done(m))
         self.p.pending_methods.extend(pending)
 
     def _head(self, m: Message) -> None:

@@ -17,7 +17,7 @@ TID = 7
 class Rec:
     def __init__(self, is_request: bool, keep: int, pending: tuple[str, ...] = ()):
         self.done: list[Message] = []
-        self.p = MessageParser(is_request, None, self.done.append)
+        self.p = MessageParser(is_request, None, lambda owner, m: self.done.append(m))
         self.p.keep_body = keep
         self.p.pending_methods.extend(pending)
         self.ts = 0
