@@ -154,10 +154,12 @@ class Agent:
         self.router.traced.update(selected)
         # the ports whose accepted connections need their local end from the kernel side:
         # the selected ones and where the selected processes listen now (those that bind
-        # later are seen binding; Assembler._accepted_local catches the rest)
-        for port in sorted(self.selection.ports | listening_ports(self.root, selected)):
-            self.router.listen_ports.add(port)
-            s.note_listen_port(port)
+        # later are seen binding; Assembler._accepted_local catches the rest). Tracing
+        # everything, the kernel side keeps every port's.
+        if not self.selection.trace_all:
+            for port in sorted(self.selection.ports | listening_ports(self.root, selected)):
+                self.router.listen_ports.add(port)
+                s.note_listen_port(port)
         for pid in selected:           # after adoption: a pid with client connections links now
             self.router.python_candidate(pid)
         self.apply(self.router.take_requests())

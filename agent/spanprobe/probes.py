@@ -16,7 +16,7 @@ class Probe:
     required: bool
     why: str
     entry_only: bool = False  # syscall whose result we do not need
-    only_with: str | None = None   # a setting that must be truthy for the probe to be wanted
+    only_with: tuple[str, ...] = ()  # settings of which one must be truthy for the probe to be wanted
 
 
 PROBES: tuple[Probe, ...] = (
@@ -34,8 +34,9 @@ PROBES: tuple[Probe, ...] = (
     Probe("close", "syscall", True, "end of a connection", entry_only=True),
     Probe("getpeername", "syscall", False, "peer address where accept() was given no buffer (libuv)"),
     Probe("getsockname", "syscall", False, "local address where accept() was given no buffer"),
-    Probe("bind", "syscall", False, "services that start listening on a selected port later",
-          entry_only=True, only_with="select.ports"),
+    Probe("bind", "syscall", False, "services that start listening later: on a selected port (selects "
+          "them), or traced (local ends of their connections)",
+          entry_only=True, only_with=("select.ports", "select.pids", "select.exe")),
     Probe("sched:sched_process_exec", "tracepoint", True, "processes started after the agent"),
     Probe("sched:sched_process_fork", "tracepoint", True, "children of traced processes"),
     Probe("sched:sched_process_exit", "tracepoint", True, "processes that exit"),
@@ -106,7 +107,7 @@ def make_plan(feats: KernelFeatures, strategy: str, settings, buffer: str = "aut
     transport = buffer if buffer != "auto" else ("ringbuf" if feats.ringbuf else "perf")
     plan = Plan(strategy, transport)
     for p in PROBES:
-        if p.only_with and not settings[p.only_with]:
+        if p.only_with and not any(settings[name] for name in p.only_with):
             continue
         if p.kind == "uretprobe":
             if feats.uprobes:

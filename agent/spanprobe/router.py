@@ -278,6 +278,7 @@ class Router:
         pid = e.h.tgid
         self.builder.forget(pid)
         self.scopes.forget(pid)
+        self.sockets.forget(pid)    # a new program: its fds are other sockets
         self.python_checked.discard(pid)
         self.python_called_out.discard(pid)
         sel = self.selection

@@ -9,6 +9,7 @@ alone must not be taken for another port's connection of the same client port.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -33,17 +34,18 @@ def client_span(receiver, path: str) -> dict:
     return cli
 
 
-@pytest.fixture(scope="module")
-def traced(tmp_path_factory, receiver):
-    tmp = tmp_path_factory.mktemp("listen-ports")
+@contextlib.contextmanager
+def listeners_traced(tmp, receiver, by_pid: bool = False):
+    """The app listening on two ports, then the agent (selecting it by its first port, or
+    by its pid: no port selected), then the app's later listeners opened."""
     port, before, later = free_port(), free_port(), free_port()
     app = subprocess.Popen([sys.executable, "-m", "tests.apps.listeners_app", str(port), str(before), str(later)],
                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_port(port, app, timeout=30)
         wait_port(before, app, timeout=30)
-        agent = Agent(["--port", str(port), "--exe", "curl", "--otlp-endpoint",
-                       f"http://127.0.0.1:{receiver.grpc_port}"], tmp)
+        select = ["--pid", str(app.pid)] if by_pid else ["--port", str(port)]
+        agent = Agent([*select, "--exe", "curl", "--otlp-endpoint", f"http://127.0.0.1:{receiver.grpc_port}"], tmp)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/listen", timeout=10) as r:
             ports = json.load(r)
         assert ports["later"] == later
@@ -52,6 +54,12 @@ def traced(tmp_path_factory, receiver):
     finally:
         app.terminate()
         app.wait(10)
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory, receiver):
+    with listeners_traced(tmp_path_factory.mktemp("listen-ports"), receiver) as ports:
+        yield ports
 
 
 @pytest.mark.parametrize("which", ["port", "before", "later"])
@@ -65,6 +73,12 @@ def test_a_listener_known_to_the_kernel_side_gives_the_exact_local_end(traced, r
     assert (down["attributes"]["network.local.address"], down["attributes"]["network.local.port"]) \
         == ("127.0.0.1", traced[which])
     assert (down["trace_id"], down["parent_span_id"]) == (cli["trace_id"], cli["span_id"])
+
+
+def test_a_process_selected_by_pid_has_its_later_listeners_seen_binding(tmp_path, receiver):
+    """No port selected: bind is hooked all the same, for the traced process's ports."""
+    with listeners_traced(tmp_path, receiver, by_pid=True) as traced_by_pid:
+        test_a_listener_known_to_the_kernel_side_gives_the_exact_local_end(traced_by_pid, receiver, "later")
 
 
 def test_a_port_the_kernel_picked_is_learnt_at_its_first_connection(traced, receiver):

@@ -259,8 +259,8 @@ def test_unknown_strategy():
 
 # ---- probes: plans ----
 
-NO_PORTS = {"select.ports": []}
-PORTS = {"select.ports": [8000]}
+NO_PORTS = {"select.ports": [], "select.pids": [], "select.exe": []}     # everything traced
+PORTS = {**NO_PORTS, "select.ports": [8000]}
 
 
 def names(probes) -> list[str]:
@@ -284,8 +284,14 @@ def test_uprobes_missing_are_skipped():
     assert plan.skipped == [(n, "no uprobes in this kernel") for n in uprobes]
 
 
-def test_bind_only_when_ports_are_selected():
-    assert "bind" in names(make_plan(features(), "fentry", PORTS).syscalls)
+@pytest.mark.parametrize("selection", [PORTS, {**NO_PORTS, "select.pids": [42]}, {**NO_PORTS, "select.exe": ["nginx"]}])
+def test_bind_when_anything_is_selected(selection):
+    """A selected port bound later selects its process; a traced process's bind tells
+    the kernel side a port whose connections need their local end: either way."""
+    assert "bind" in names(make_plan(features(), "fentry", selection).syscalls)
+
+
+def test_no_bind_when_everything_is_traced():
     plan = make_plan(features(), "fentry", NO_PORTS)
     assert "bind" not in names(plan.syscalls)
     assert "bind" not in [n for n, _ in plan.skipped]

@@ -429,3 +429,42 @@ def test_debug_logs_each_record_header_in_order_and_never_its_bytes(root, caplog
     assert "role=1" in lines[0] and "peer=('127.0.0.1', 40000)" in lines[0]
     assert "s3cr3t" not in caplog.text and "GET /users" not in "".join(lines)
     agent.shutdown()
+
+
+# ---- the ports whose accepted connections get their local end from the kernel side ----
+
+def test_start_tells_the_kernel_side_the_selected_ports_and_where_the_selected_listen(root):
+    """Selected by pid, APP's listener (8000, from /proc) is one; a selected port nobody
+    listens on yet (9000) too; OTHER's sockets are none of the agent's business."""
+    agent, session, _ = make_agent(root, {"select.ports": [9000], "select.pids": [APP]})
+    agent.start()
+    assert session.listen_ports == {8000, 9000}
+    agent.shutdown()
+
+
+def test_tracing_everything_tells_no_port(root):
+    """The kernel side keeps every port's local ends then (SP_TRACE_ALL)."""
+    agent, session, _ = make_agent(root, {"select.ports": []})
+    agent.start()
+    assert session.listen_ports == set()
+    agent.shutdown()
+
+
+def test_a_listener_the_kernel_side_did_not_know_is_told_at_its_first_connection(root, tmp_path):
+    """APP listens on 8001 after the agent started, unseen (bound to port 0, say): its first
+    connection comes with no local end, the listener's address is read from /proc and its
+    port told, once."""
+    agent, session, exporter = make_agent(root)
+    agent.start()
+    (tmp_path / "proc" / str(APP) / "net" / "tcp").open("a").write(
+        tcp_row(2, ("0.0.0.0", 8001), ("0.0.0.0", 0), 0x0A, 1003))
+    os.symlink("socket:[1003]", tmp_path / "proc" / str(APP) / "fd" / "6")
+    for i, fd in enumerate((7, 8)):
+        session.inject(conn(ev.EV_CONN_OPEN, 100 + i * 100, APP, fd, 10 + i, ev.ROLE_SERVER, CLIENT, None, listen_fd=6),
+                       data(110 + i * 100, APP, fd, 10 + i, ev.DIR_INGRESS, REQ),
+                       data(120 + i * 100, APP, fd, 10 + i, ev.DIR_EGRESS, RESP))
+        step(agent)
+    assert session.listen_ports == {8000, 8001}
+    assert [r for r in agent.router.take_requests()] == []       # applied, and told once
+    agent.shutdown()
+    assert [s.attributes["network.local.port"] for s in exporter.spans] == [8001, 8001]
