@@ -41,6 +41,7 @@ def listeners_traced(tmp, receiver, by_pid: bool = False):
     port, before, later = free_port(), free_port(), free_port()
     app = subprocess.Popen([sys.executable, "-m", "tests.apps.listeners_app", str(port), str(before), str(later)],
                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    agent = None
     try:
         wait_port(port, app, timeout=30)
         wait_port(before, app, timeout=30)
@@ -52,6 +53,8 @@ def listeners_traced(tmp, receiver, by_pid: bool = False):
         yield {"port": port, "before": before, **ports, "agent": agent}
         assert agent.stop() == 0, agent.stderr[-2000:]
     finally:
+        if agent is not None:
+            agent.stop()        # a test that failed inside the block: no agent left behind
         app.terminate()
         app.wait(10)
 
