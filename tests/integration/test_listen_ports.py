@@ -45,8 +45,10 @@ def listeners_traced(tmp, receiver, by_pid: bool = False):
     try:
         wait_port(port, app, timeout=30)
         wait_port(before, app, timeout=30)
-        select = ["--pid", str(app.pid)] if by_pid else ["--port", str(port)]
-        agent = Agent([*select, "--exe", "curl", "--otlp-endpoint", f"http://127.0.0.1:{receiver.grpc_port}"], tmp)
+        # by pid: the app alone (the module's agent traces curl: two agents tracing it
+        # would make two client spans of one call)
+        select = ["--pid", str(app.pid)] if by_pid else ["--port", str(port), "--exe", "curl"]
+        agent = Agent([*select, "--otlp-endpoint", f"http://127.0.0.1:{receiver.grpc_port}"], tmp)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/listen", timeout=10) as r:
             ports = json.load(r)
         assert ports["later"] == later
@@ -79,9 +81,14 @@ def test_a_listener_known_to_the_kernel_side_gives_the_exact_local_end(traced, r
 
 
 def test_a_process_selected_by_pid_has_its_later_listeners_seen_binding(tmp_path, receiver):
-    """No port selected: bind is hooked all the same, for the traced process's ports."""
-    with listeners_traced(tmp_path, receiver, by_pid=True) as traced_by_pid:
-        test_a_listener_known_to_the_kernel_side_gives_the_exact_local_end(traced_by_pid, receiver, "later")
+    """No port selected: bind is hooked all the same, for the traced process's ports, so
+    the later listener's connections have their exact local end."""
+    with listeners_traced(tmp_path, receiver, by_pid=True) as by_pid:
+        path = f"/by-pid-{uid()}"
+        curl(by_pid["later"], path)
+        (down,) = server_spans(receiver, path)
+        assert (down["attributes"]["network.local.address"], down["attributes"]["network.local.port"]) \
+            == ("127.0.0.1", by_pid["later"])
 
 
 def test_a_port_the_kernel_picked_is_learnt_at_its_first_connection(traced, receiver):
