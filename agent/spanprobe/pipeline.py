@@ -157,9 +157,14 @@ class Agent:
         # later are seen binding; Assembler._accepted_local catches the rest). Tracing
         # everything, the kernel side keeps every port's.
         if not self.selection.trace_all:
-            for port in sorted(self.selection.ports | listening_ports(self.root, selected)):
-                self.router.listen_ports.add(port)
-                s.note_listen_port(port)
+            try:
+                for port in sorted(self.selection.ports | listening_ports(self.root, selected)):
+                    s.note_listen_port(port)
+                    self.router.listen_ports.add(port)
+            except OSError as exc:      # the map not mapped: wildcard listeners' ends from /proc
+                self.faults.record("apply", exc)
+                log.warning("the kernel side was not told the traced ports (%s): connections to a "
+                            "wildcard listener get its address (0.0.0.0), not their own", exc)
         for pid in selected:           # after adoption: a pid with client connections links now
             self.router.python_candidate(pid)
         self.apply(self.router.take_requests())

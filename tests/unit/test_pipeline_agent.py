@@ -468,3 +468,17 @@ def test_a_listener_the_kernel_side_did_not_know_is_told_at_its_first_connection
     assert [r for r in agent.router.take_requests()] == []       # applied, and told once
     agent.shutdown()
     assert [s.attributes["network.local.port"] for s in exporter.spans] == [8001, 8001]
+
+
+def test_a_port_map_that_cannot_be_written_costs_the_local_ends_not_the_start(root, caplog):
+    """mmap of `listen_ports` refused: the agent starts all the same, says what it costs,
+    and counts it; each later port it would tell is counted too, never fatal."""
+    class Refusing(FakeSession):
+        def note_listen_port(self, port):
+            raise PermissionError(1, "Operation not permitted")
+    caplog.set_level(logging.WARNING, "spanprobe")
+    agent, session, _ = make_agent(root, session=Refusing())
+    agent.start()
+    assert "the kernel side was not told the traced ports" in caplog.text
+    assert agent.faults.counts["apply"] == 1
+    agent.shutdown()
