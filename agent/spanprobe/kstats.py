@@ -67,9 +67,6 @@ class MappedPortSet:
             raise ValueError(f"port {port} out of range")
         self._mem[port] = 1
 
-    def __contains__(self, port: int) -> bool:
-        return 0 < port < self.PORTS and self._mem[port] == 1
-
     def close(self) -> None:
         self._mem.close()
 
