@@ -111,5 +111,15 @@ def test_user_space_capacity_is_judged_on_recorded_records_for_each_app():
     assert [r["value"] for r in live] == [12_500] and not live[0]["met"]
     ladder = report.targets({}, {"cpu_us_per_span": 14.8, "max_sustained_spans_per_s": 12_500,
                                  "limited_by": "load side"})
-    assert [r["target"] for r in ladder if r["target"].startswith("≥ 66,000")] == [
-        "≥ 66,000 spans/s on one core, zero loss, live (a lower bound: the load side ended the ladder)"]
+    (top,) = [r for r in ladder if r["target"].startswith("≥ 66,000")]
+    assert top["target"] == "≥ 66,000 spans/s on one core, zero loss, live (a lower bound: the load side ended the ladder)"
+    # below the target, a ladder the load side ended is not judged (it says nothing of the agent's
+    # ceiling); the agent itself ending it below the target is a miss
+    assert (top["met"], top["judged"], top["why"]) == (False, False, "the load side ended the ladder first")
+    table = report.markdown({"machine": {"cpus": 2, "kernel": "k", "loadavg_start": 0, "loadavg_end": 0, "commit": "c"},
+                             "mode": "full", "started": "now", "pinning": "", "targets": ladder,
+                             "settings": {"rounds": 3, "saturation_s": 1, "wrk_connections": 1, "fixed_s": 1}})
+    assert "| not judged (the load side ended the ladder first) |" in table
+    (own,) = [r for r in report.targets({}, {"cpu_us_per_span": 14.8, "max_sustained_spans_per_s": 12_500,
+                                             "limited_by": "agent"}) if r["target"].startswith("≥ 66,000")]
+    assert (own["met"], own.get("judged", True)) == (False, True)
