@@ -793,11 +793,12 @@ static __always_inline void follow_client(struct sp_conn_state *cs, struct sp_co
 }
 
 static __always_inline void open_conn(void *ctx, __u64 pid_tgid, struct sp_active *a,
-                                      __s32 fd, __u8 role, __u64 conn_id, __u64 ts)
+                                      __s32 fd, __u8 role, __u64 conn_id, __u64 ts, __u8 flags)
 {
     struct sp_conn_event ev = {};
     fill_header(&ev.h, SP_EV_CONN_OPEN, ts, pid_tgid, fd, conn_id);
     ev.role = role;
+    ev.flags = flags;
     ev.listen_fd = role == SP_ROLE_SERVER ? a->fd : -1;
     if (a->ptr) {
         read_sockaddr(a->ptr, &ev, 1);
@@ -822,12 +823,38 @@ static __always_inline void open_conn(void *ctx, __u64 pid_tgid, struct sp_activ
 #define SP_ALL_OPS 0xffffffffu
 #define SP_EXIT_IS(o) ((ops & SP_OPS(o)) && a.op == (o))
 
-static __always_inline int sp_on_exit(void *ctx, __s64 ret, __u32 ops)
+/* An accept() that returned a connection whose entry was not seen: the thread entered
+ * it before the agent attached (a server blocked in accept() while the agent started:
+ * adoption's /proc reading came before the connection existed), or before its process
+ * was selected (a service that binds a selected port and blocks in accept() at once),
+ * or the `active` map was full. Left alone, the connection would go untraced for its
+ * whole life (a keep-alive one: every request on it). Its listening socket and peer are
+ * unknown here: the agent reads both ends from /proc (SP_OPEN_EXIT_ONLY). */
+static __always_inline void accept_unseen(void *ctx, __u64 pid_tgid, __s32 fd)
+{
+    __u32 capture = 0;
+    if (!selected(pid_tgid >> 32, &capture))
+        return;
+    struct sp_active a = {};
+    a.fd = -1;
+    __u64 ts = bpf_ktime_get_ns();
+    open_conn(ctx, pid_tgid, &a, fd, SP_ROLE_SERVER, ts, ts, SP_OPEN_EXIT_ONLY);
+    note_server(pid_tgid, fd);
+}
+
+/* `unseen_accept`: this exit is accept()'s. Tracepoints tell the syscall's number and
+ * fire at every syscall's exit; fexit programs are bound to one syscall, but like
+ * kretprobes (which cannot tell, and pass 0) fire only for calls that entered after
+ * they were attached: for them, only a process selected while in accept(). */
+static __always_inline int sp_on_exit(void *ctx, __s64 ret, __u32 ops, int unseen_accept)
 {
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     struct sp_active *ap = active.lookup(&pid_tgid);
-    if (!ap)
+    if (!ap) {
+        if (unseen_accept && ret >= 0)
+            accept_unseen(ctx, pid_tgid, (__s32)ret);
         return 0;
+    }
     struct sp_active a = *ap;
     active.delete(&pid_tgid);
     if (ops != SP_ALL_OPS && !(ops & SP_OPS(a.op)))
@@ -836,14 +863,14 @@ static __always_inline int sp_on_exit(void *ctx, __s64 ret, __u32 ops)
 
     if (SP_EXIT_IS(OP_ACCEPT)) {
         if (ret >= 0) {
-            open_conn(ctx, pid_tgid, &a, (__s32)ret, SP_ROLE_SERVER, ts, ts);
+            open_conn(ctx, pid_tgid, &a, (__s32)ret, SP_ROLE_SERVER, ts, ts, 0);
             note_server(pid_tgid, (__s32)ret);
         }
         return 0;
     }
     if (SP_EXIT_IS(OP_CONNECT)) {
         if (ret == 0 || ret == -SP_EINPROGRESS)
-            open_conn(ctx, pid_tgid, &a, a.fd, SP_ROLE_CLIENT, a.conn_id, ts);
+            open_conn(ctx, pid_tgid, &a, a.fd, SP_ROLE_CLIENT, a.conn_id, ts, 0);
         return 0;
     }
     if (SP_EXIT_IS(OP_GETPEERNAME) || SP_EXIT_IS(OP_GETSOCKNAME)) {
@@ -1148,7 +1175,10 @@ int sp_enter(struct sp_tp_enter *tp)
 {
     return sp_on_enter(tp, op_of_nr(tp->nr), tp->args[0], tp->args[1], tp->args[2]);
 }
-int sp_exit(struct sp_tp_exit *tp) { return sp_on_exit(tp, tp->ret, SP_ALL_OPS); }
+int sp_exit(struct sp_tp_exit *tp)
+{
+    return sp_on_exit(tp, tp->ret, SP_ALL_OPS, tp->nr == __NR_accept || tp->nr == __NR_accept4);
+}
 /* close(2) has one argument: the kernel refuses a program that reads past the end of a
  * tracepoint's record (sp_enter reads three), so close has its own, reading one. */
 int sp_enter_close(struct sp_tp_enter *tp) { return sp_on_enter(tp, OP_CLOSE, tp->args[0], 0, 0); }
@@ -1166,7 +1196,7 @@ int sp_enter(struct pt_regs *ctx)
     bpf_probe_read_kernel(&a2, sizeof(a2), &regs->dx);
     return sp_on_enter(ctx, op_of_nr((__s64)nr), a0, a1, a2);
 }
-int sp_exit(struct pt_regs *ctx) { return sp_on_exit(ctx, (__s64)PT_REGS_RC(ctx), SP_ALL_OPS); }
+int sp_exit(struct pt_regs *ctx) { return sp_on_exit(ctx, (__s64)PT_REGS_RC(ctx), SP_ALL_OPS, 0); }
 
 #elif SP_MODE == SP_MODE_FENTRY
 /* bcc attaches fentry/fexit programs at load, by their names. The names are bcc's own
@@ -1190,7 +1220,8 @@ static __always_inline int sp_fe_enter(unsigned long long *ctx, __u32 op)
 #define SP_FN(name) SP_XCAT(SP_SYSCALL_PREFIX, name, )
 #define SP_SYSCALL(name, op, exit_ops)                                           \
     SP_KFUNC(SP_FN(name)) { return sp_fe_enter(ctx, op); }                        \
-    SP_KRETFUNC(SP_FN(name)) { return sp_on_exit(ctx, (__s64)ctx[1], exit_ops); }
+    SP_KRETFUNC(SP_FN(name)) { return sp_on_exit(ctx, (__s64)ctx[1], exit_ops,            \
+                                                 (exit_ops) == SP_OPS(OP_ACCEPT)); }
 #define SP_SYSCALL_ENTRY(name, op)                                               \
     SP_KFUNC(SP_FN(name)) { return sp_fe_enter(ctx, op); }
 

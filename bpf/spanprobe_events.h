@@ -52,7 +52,9 @@ enum sp_data_flags {
 };
 
 enum sp_open_flags {
-    SP_OPEN_ADOPTED = 1,   /* socket existed before tracing: seen first speaking HTTP */
+    SP_OPEN_EXIT_ONLY = 1, /* accept() returned with its entry unseen (entered before the
+                              agent attached or the process was selected): the listening
+                              socket and the peer are unknown, the agent reads the ends */
 };
 
 /* Counters the kernel side keeps: one slot each of an array the agent reads through

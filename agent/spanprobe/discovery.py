@@ -289,11 +289,24 @@ def _netns(root: SysRoot, pid: int) -> str:
 def listen_address(root: SysRoot, pid: int, fd: int) -> tuple[str, int] | None:
     """Local address of a listening socket, from its inode (cached by the caller): looked
     for among the listening sockets first, read without the rest of the table."""
-    inode = root.socket_inodes(pid).get(fd)
+    inode = root.socket_inode(pid, fd)
     if inode is None:
         return None
     for listening_only in (True, False):
         for s in root.tcp_sockets(pid, listening_only):
             if s.inode == inode:
                 return s.local_addr, s.local_port
+    return None
+
+
+def socket_ends(root: SysRoot, pid: int, fd: int) -> tuple[tuple[str, int], tuple[str, int]] | None:
+    """(local end, peer) of a connected TCP socket, from its inode: for a connection whose
+    accept() the kernel side saw return only, which gives neither end. None once it is
+    closed (a closed socket's row has no inode) or for a socket that is not TCP."""
+    inode = root.socket_inode(pid, fd)
+    if inode is None:
+        return None
+    for s in root.tcp_sockets(pid):
+        if s.inode == inode and s.state != TCP_LISTEN:
+            return (s.local_addr, s.local_port), (s.remote_addr, s.remote_port)
     return None

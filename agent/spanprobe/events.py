@@ -34,7 +34,7 @@ DATA_VECTOR: Final = 2
 DATA_FAULT: Final = 4
 DATA_RESUMED: Final = 8     # the connection was shed before this record (budget.py)
 
-OPEN_ADOPTED: Final = 1
+OPEN_EXIT_ONLY: Final = 1   # accept() seen returning only: the agent reads both ends
 
 # Kernel counters (enum sp_counter), by slot.
 COUNTERS = {

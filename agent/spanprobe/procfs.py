@@ -137,6 +137,15 @@ class SysRoot:
                 continue
         return links
 
+    def socket_inode(self, pid: int, fd: int) -> int | None:
+        """The socket inode behind one fd (one readlink, where socket_inodes reads every
+        fd of the process); None for a closed fd or one that is not a socket."""
+        try:
+            target = os.readlink(self.path("proc", str(pid), "fd", str(fd)))
+        except OSError:
+            return None
+        return int(target[8:-1]) if target.startswith("socket:[") else None
+
     def socket_inodes(self, pid: int) -> dict[int, int]:
         """fd -> socket inode for every socket the process holds."""
         out = {}

@@ -16,7 +16,7 @@ from typing import Callable, Final
 
 from . import events as ev
 from .attributes import Extractor
-from .discovery import ProcessRegistry, Selection, listen_address
+from .discovery import ProcessRegistry, Selection, listen_address, socket_ends
 from .faults import Faults
 from .procfs import SysRoot
 from .session import (CaptureRequest, ListenPortRequest, ProcessGone, PythonCheckRequest, PythonLinkRequest,
@@ -157,6 +157,10 @@ class HostSockets:
             self.listen_cache[key] = listen_address(self.root, pid, fd)
         return self.listen_cache[key]
 
+    def socket_ends(self, pid: int, fd: int) -> tuple[tuple[str, int], tuple[str, int]] | None:
+        """Both ends of one connected socket, read each time (a connection's fd is reused)."""
+        return socket_ends(self.root, pid, fd)
+
     def forget(self, pid: int) -> None:
         for key in [k for k in self.listen_cache if k[0] == pid]:
             del self.listen_cache[key]
@@ -177,7 +181,8 @@ class Router:
         self.faults = faults
         self._finished: list[Exchange] = []
         self.assembler = Assembler(self._finished.append, sockets.listen_address, sockets.own_connection,
-                                   scopes.body_needs, sample=sample, listen_port=self._listen_port)
+                                   scopes.body_needs, sample=sample, listen_port=self._listen_port,
+                                   resolve_ends=sockets.socket_ends)
         self.listen_ports: set[int] = set()        # told to the kernel side (ListenPortRequest)
         self.python_checked: set[int] = set()      # PythonCheckRequest recorded
         self.python_called_out: set[int] = set()   # PythonLinkRequest recorded

@@ -219,7 +219,8 @@ class Assembler:
                  body_needs: Callable[["Connection"], tuple[int, int]] | None = None,
                  *, limits: AssemblerLimits = AssemblerLimits(),
                  sample: Callable[[int, int | None, int, bool], int] | None = None,
-                 listen_port: Callable[[int], None] | None = None):
+                 listen_port: Callable[[int], None] | None = None,
+                 resolve_ends: Callable[[int, int], tuple[tuple[str, int], tuple[str, int]] | None] | None = None):
         self.emit = emit
         self.limits = limits
         # head sampling (sampling.HeadSampler): (trace id, parent, its flags, remote) -> the
@@ -230,6 +231,9 @@ class Assembler:
         # a listening socket's address, (pid, fd, read again) -> (address, port): cached by
         # its owner unless asked to read again
         self.resolve_listen = resolve_listen or (lambda pid, fd, fresh: None)
+        # both ends of a connected socket, (pid, fd) -> (local, peer), read from /proc: for
+        # an accept() the kernel side saw return only (_unseen_accept)
+        self.resolve_ends = resolve_ends or (lambda pid, fd: None)
         # the parsers' callbacks, (connection, message), bound once for every connection
         self._on_request_head = self._request_head
         self._on_request_done = self._request_done
@@ -257,6 +261,10 @@ class Assembler:
                        "agent_own_connections": 0, "task_links": 0, "task_owner_mismatch": 0,
                        # a local end from the kernel side on another port than its listener's
                        "local_ends_refused": 0,
+                       # accept() seen returning only (the thread entered it before the agent
+                       # attached or selected its process): its ends read from /proc, and
+                       # those closed before they could be
+                       "accepts_unseen": 0, "accepts_unseen_without_ends": 0,
                        # what the caps of AssemblerLimits evicted or refused
                        "connections_evicted": 0, "connections_dropped": 0,
                        "exchanges_dropped": 0, "inflight_refused": 0,
@@ -284,8 +292,11 @@ class Assembler:
             self._close(old, h.ts_ns)
         conn = Connection(h.tgid, h.fd, h.conn_id, e.role, h.ts_ns, e.peer, e.local,
                           e.listen_fd, e.family)
-        if conn.role == ev.ROLE_SERVER and e.listen_fd >= 0:
-            conn.local = self._accepted_local(h.tgid, e.listen_fd, conn.local)
+        if conn.role == ev.ROLE_SERVER:
+            if e.listen_fd >= 0:
+                conn.local = self._accepted_local(h.tgid, e.listen_fd, conn.local)
+            elif e.flags & ev.OPEN_EXIT_ONLY:
+                self._unseen_accept(conn)
         if conn.role == ev.ROLE_SERVER and conn.peer is not None and self.own_connection(conn.peer, conn.local, h.ts_ns):
             conn.ignored = True
             self.counts["agent_own_connections"] += 1
@@ -319,6 +330,21 @@ class Assembler:
                 self.listen_port(listener[1])
                 return listener
         return given
+
+    def _unseen_accept(self, conn: Connection) -> None:
+        """A connection accept() returned while the kernel side had not seen it enter: the
+        thread was blocked in accept() when the agent attached, or when its process was
+        selected (a service that binds a selected port and waits in accept() at once).
+        Neither its listening socket nor its peer is known, so both ends are read from
+        /proc (a connection closed by then is traced without them: counted), and its port
+        is told to the kernel side like any listener's."""
+        self.counts["accepts_unseen"] += 1
+        ends = self.resolve_ends(conn.tgid, conn.fd)
+        if ends is None:
+            self.counts["accepts_unseen_without_ends"] += 1
+            return
+        conn.local, conn.peer = ends
+        self.listen_port(conn.local[1])
 
     def adopt(self, tgid: int, fd: int, conn_id: int, role: int, local, peer, ts: int) -> Connection:
         """A connection that existed before tracing started: joined mid-stream, so traced

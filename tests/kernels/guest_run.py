@@ -1,7 +1,7 @@
 """Inside a kernel-matrix guest: `spanprobe check --json`, then one cell per attach
-strategy: a receiver (OTLP/HTTP on 127.0.0.1), two demo services, the agent with
---attach-mode MODE, real traffic, SIGTERM, and checks on what arrived and what was left
-attached. Writes one JSON document (rewritten after every step, so a guest that dies
+strategy: a receiver (OTLP/HTTP on 127.0.0.1), two demo services and a server waiting in
+a blocking accept() while the agent starts, the agent with --attach-mode MODE, real
+traffic, SIGTERM, and checks on what arrived and what was left attached. Writes one JSON document (rewritten after every step, so a guest that dies
 half-way still leaves what it had).
 
 Run by guest_init.sh with the guest's python3, PYTHONPATH=/repo/agent:/repo:<site dir>.
@@ -170,16 +170,20 @@ class Cell:
         self.rcv = Receiver()
         try:
             endpoint = self.rcv.start_http()
-            self.down, self.front = free_port(), free_port()
+            self.down, self.front, self.blocking = free_port(), free_port(), free_port()
             self.spawn("downstream", ["-m", "spanprobe.demo_app", "serve", "--port", str(self.down)])
             self.spawn("front", ["-m", "spanprobe.demo_app", "serve", "--port", str(self.front),
                                  "--downstream", f"http://127.0.0.1:{self.down}"])
-            if not (wait_port(self.down, 120 * SLOW) and wait_port(self.front, 120 * SLOW)):
+            # in accept() before the agent attaches (tests/integration/test_unseen_accept.py)
+            self.spawn("blocking", ["-m", "tests.apps.blocking_accept_app", str(self.blocking)])
+            if not (wait_port(self.down, 120 * SLOW) and wait_port(self.front, 120 * SLOW)
+                    and wait_port(self.blocking, 120 * SLOW)):
                 self.res["status"] = "fail"
                 self.res["reason"] = "demo services did not start"
                 return
             self.agent = self.spawn("agent", ["-m", "spanprobe", "run", "--port", str(self.front),
-                                              "--port", str(self.down), "--attach-mode", self.mode,
+                                              "--port", str(self.down), "--port", str(self.blocking),
+                                              "--attach-mode", self.mode,
                                               "--otlp-protocol", "http/protobuf", "--otlp-endpoint", endpoint,
                                               "--log-level", "debug"])   # bcc/verifier output on failure
         except Exception as exc:   # noqa: BLE001
@@ -217,6 +221,7 @@ class Cell:
                 mark = len(self.log("agent"))
                 sent = self.traffic(self.front)
                 self.res["requests"] = sent["count"]
+                self.res["unseen_accept"] = self.keep_alive(self.blocking)
                 got = self.collect(self.rcv, sent)
                 since = None
                 skipped = self.misses_since(mark)
@@ -338,10 +343,34 @@ class Cell:
                 c.close()
         return {"count": len(plan), "statuses": statuses, "trace_id": trace_id, "parent_id": parent_id}
 
+    def keep_alive(self, port: int) -> dict:
+        """Two requests on one connection to the server that was in accept() when the agent
+        attached: the kernel side never saw that accept() enter."""
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30 * SLOW)
+        try:
+            c.connect()
+            client_port = c.sock.getsockname()[1]
+            statuses = []
+            for i in range(2):
+                c.request("GET", f"/unseen/{i}")
+                r = c.getresponse()
+                r.read()
+                statuses.append(r.status)
+            if self.mode == "tracepoint":    # open until its spans are in: the agent reads
+                try:                          # its ends from /proc when it takes the open
+                    self.rcv.wait_for(lambda s: s["attributes"].get("server.port") == port, count=2,
+                                      timeout=60 * SLOW)
+                except AssertionError:
+                    pass                      # judged in verify()
+        finally:
+            c.close()
+        return {"client_port": client_port, "statuses": statuses}
+
     def collect(self, rcv, sent) -> list[dict]:
         # 6 front SERVER spans + 2 CLIENT + 2 downstream SERVER
         try:
-            return rcv.wait_for(lambda s: True, count=10, timeout=60 * SLOW)
+            # (+ 2 of the server that was in accept(), with tracepoints: see keep_alive)
+            return rcv.wait_for(lambda s: True, count=10 + 2 * (self.mode == "tracepoint"), timeout=60 * SLOW)
         except AssertionError as exc:
             self.res["collect_note"] = str(exc)[:500]
             return list(rcv.spans)
@@ -389,6 +418,20 @@ class Cell:
                      if d["parent_span_id"] == k["span_id"] and d["trace_id"] == srv["trace_id"]]
             links.append((len(kids), len(grand)))
         self.check("client_child_of_server", len(links) == 2 and all(k == 1 for k, _ in links), links)
+        # A connection whose accept() entered before the agent attached: traced from the
+        # syscall's exit tracepoint, both ends read from /proc. A kretprobe or an fexit
+        # program fires only for calls that entered after it was attached: not traced there.
+        ua = self.res.get("unseen_accept") or {}
+        unseen = [s for s in spans if s["kind"] == "SERVER" and s["attributes"].get("server.port") == self.blocking]
+        seen = {"spans": len(unseen), "accepts_unseen": final.get("accepts_unseen"),
+                "client_ports": sorted({s["attributes"].get("client.port") for s in unseen}, key=str),
+                "statuses": ua.get("statuses")}
+        if self.mode == "tracepoint":
+            ok = (len(unseen) == 2 and seen["client_ports"] == [ua.get("client_port")]
+                  and final.get("accepts_unseen") == 1)
+        else:
+            ok = not unseen
+        self.check("unseen_accept", ok and ua.get("statuses") == [200, 200], seen)
         self.check("downstream_child_of_client", len(links) == 2 and all(g == 1 for _, g in links), links)
         bad = [(s["name"], s["start"], s["end"]) for s in spans
                if not (s["end"] > s["start"] and s["end"] - s["start"] < 5_000_000_000)]

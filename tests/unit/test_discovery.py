@@ -11,7 +11,7 @@ import pytest
 
 from spanprobe import events as ev
 from spanprobe.discovery import (
-    ExistingConnection, ProcessInfo, ProcessRegistry, Selection, listen_address, scan,
+    ExistingConnection, ProcessInfo, ProcessRegistry, Selection, listen_address, scan, socket_ends,
 )
 from spanprobe.privacy import Redactor
 from spanprobe.procfs import SysRoot
@@ -243,6 +243,17 @@ def test_listen_address(root):
     assert listen_address(root, APP, 5) == ("10.0.0.5", 45678)   # any socket by inode
     assert listen_address(root, APP, 0) is None                   # not a socket
     assert listen_address(root, APP, 7) is None                   # not TCP
+
+
+def test_socket_ends(root):
+    """Both ends of one connected socket, by its fd (an accept() seen returning only)."""
+    assert socket_ends(root, APP, 4) == (("127.0.0.1", 8000), ("127.0.0.1", 40000))
+    assert socket_ends(root, APP, 5) == (("10.0.0.5", 45678), ("10.0.0.8", 5432))
+    assert socket_ends(root, APP, 3) is None        # the listener: no peer
+    assert socket_ends(root, APP, 0) is None        # not a socket
+    assert socket_ends(root, APP, 7) is None        # not TCP
+    assert socket_ends(root, APP, 42) is None       # no such fd (closed since)
+    assert socket_ends(root, 4242, 4) is None       # no such process
 
 
 # ---- ProcessRegistry ----

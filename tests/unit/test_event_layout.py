@@ -56,7 +56,7 @@ CONSTANTS = {
     "SP_CTL_SHED_PERMILLE": ev.CONTROL_SHED_PERMILLE,
     "SP_CTL_BUDGET": ev.CONTROL_BUDGET,
     "SP_CTL_MAX": ev.CONTROL_SLOTS,
-    "SP_OPEN_ADOPTED": ev.OPEN_ADOPTED,
+    "SP_OPEN_EXIT_ONLY": ev.OPEN_EXIT_ONLY,
     "SP_CNT_MAX": ev.COUNTER_SLOTS,
 }
 COUNTER_ENUM = {
@@ -253,10 +253,10 @@ def conn_record(kind, family, peer: bytes, pport: int, local: bytes, lport: int,
 
 def test_decode_conn_ipv4():
     raw = conn_record(ev.EV_CONN_OPEN, ev.AF_INET, socket.inet_aton("10.1.2.3"), 51234,
-                      socket.inet_aton("127.0.0.1"), 8000, flags=ev.OPEN_ADOPTED)
+                      socket.inet_aton("127.0.0.1"), 8000, flags=ev.OPEN_EXIT_ONLY)
     e = ev.decode(raw)
     assert isinstance(e, ev.ConnEvent)
-    assert (e.listen_fd, e.family, e.role, e.flags) == (3, ev.AF_INET, ev.ROLE_SERVER, ev.OPEN_ADOPTED)
+    assert (e.listen_fd, e.family, e.role, e.flags) == (3, ev.AF_INET, ev.ROLE_SERVER, ev.OPEN_EXIT_ONLY)
     assert e.peer == ("10.1.2.3", 51234)
     assert e.local == ("127.0.0.1", 8000)
 

@@ -54,9 +54,9 @@ class Sim:
         return ev.Header(ts, kind, tgid, tgid if tid is None else tid, fd, conn_id)
 
     def open(self, ts, role, *, tgid=SRV_TGID, fd=5, conn_id=1, peer=None, local=None,
-             listen_fd=-1, tid=None):
+             listen_fd=-1, tid=None, flags=0):
         e = ev.ConnEvent(self.h(ev.EV_CONN_OPEN, ts, tgid, fd, conn_id, tid), listen_fd,
-                         ev.AF_INET, role, 0, peer, local)
+                         ev.AF_INET, role, flags, peer, local)
         return self.asm.open(e)
 
     def ports(self, ts, *, local, peer, tgid=CLI_TGID, fd=5, conn_id=1):
@@ -917,6 +917,39 @@ def test_a_listener_read_again_that_agrees_keeps_the_kernels_end():
     conn = sim.open(1, ev.ROLE_SERVER, peer=PEER, local=LOCAL, listen_fd=4)
     assert conn.local == LOCAL
     assert sim.asm.counts["local_ends_refused"] == 0 and lis.told == []
+
+
+def test_an_accept_seen_returning_only_takes_both_ends_from_proc():
+    """accept() entered before the agent attached: the kernel side opens the connection
+    from its exit, with neither end nor listener. Both ends are read for that fd, the
+    listener's port is told, and the agent's own-connection check sees the peer."""
+    lis = Listener(("0.0.0.0", 8000))
+    sim = lis.sim()
+    asked, own = [], []
+    sim.asm.resolve_ends = lambda pid, fd: asked.append((pid, fd)) or (LOCAL, PEER)
+    sim.asm.own_connection = lambda peer, local, accepted_ns: own.append((peer, local)) or False
+    conn = sim.open(1, ev.ROLE_SERVER, fd=7, flags=ev.OPEN_EXIT_ONLY)
+    assert (conn.local, conn.peer) == (LOCAL, PEER)
+    assert asked == [(SRV_TGID, 7)] and lis.calls == [] and lis.told == [LOCAL[1]]
+    assert own == [(PEER, LOCAL)]
+    assert (sim.asm.counts["accepts_unseen"], sim.asm.counts["accepts_unseen_without_ends"]) == (1, 0)
+    sim.read(2, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", fd=7)
+    sim.write(3, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", fd=7)
+    (x,) = sim.drain()
+    assert x.conn.peer == PEER
+
+
+def test_an_accept_seen_returning_only_whose_socket_is_gone_is_traced_without_ends():
+    sim = Sim()
+    sim.asm.resolve_ends = lambda pid, fd: None     # closed before /proc was read
+    conn = sim.open(1, ev.ROLE_SERVER, flags=ev.OPEN_EXIT_ONLY)
+    assert (conn.local, conn.peer) == (None, None)
+    assert (sim.asm.counts["accepts_unseen"], sim.asm.counts["accepts_unseen_without_ends"]) == (1, 1)
+    # an ordinary open without ends (accept(fd, NULL, NULL) on a port the kernel side was
+    # not told of) is no such case: nothing is read for it
+    sim.asm.resolve_ends = lambda pid, fd: pytest.fail("read for an accept the kernel side saw")
+    sim.open(2, ev.ROLE_SERVER, fd=6)
+    assert sim.asm.counts["accepts_unseen"] == 1
 
 
 def test_the_agents_own_connections_are_not_traced():
