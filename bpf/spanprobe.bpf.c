@@ -8,7 +8,7 @@
  *   SP_SELF_TGID        the agent's own pid, never traced
  *   SP_CAPTURE_BYTES    default bytes copied per syscall buffer (<= SP_MAX_CAPTURE)
  *   SP_RINGBUF_PAGES    ring buffer size in pages
- *   SP_WAKEUP_EVERY     wake the agent once per this many events per CPU (batching)
+ *   SP_WAKEUP_BYTES     wake the agent once a CPU has output this many bytes (batching)
  *   SP_SLOW_WRITE_NS    a write that took longer reports its own end time
  *   SP_WITH_PORTS       1 = sock:inet_sock_set_state gives client ports
  *   SP_SYSCALL_PREFIX   e.g. __x64_sys_ (kprobe and fentry modes)
@@ -143,7 +143,9 @@ BPF_HASH(traced, __u32, struct sp_target, 16384);
 BPF_HASH(exe_names, struct sp_comm, __u8, 256);
 BPF_HASH(ports, __u16, __u8, 256);
 BPF_TABLE("lru_hash", struct sp_conn_key, struct sp_conn_state, conns, 65536);
-BPF_HASH(active, __u64, struct sp_active, 16384);
+/* Each thread of a traced process keeps its slot from its first hooked syscall until it
+ * exits (sched_process_exit deletes it); an exit marks it consumed (op 0). */
+BPF_HASH(active, __u64, struct sp_active, 32768);
 BPF_TABLE("lru_hash", __u64, struct sp_sk_owner, connecting, 4096);
 #if SP_WITH_PORTS
 /* A socket of a wildcard listener (0.0.0.0, ::) does not say which local address it
@@ -184,7 +186,7 @@ BPF_TABLE("lru_hash", __u64, struct sp_conn_key, ctx_owner, 65536);
 BPF_F_TABLE("array", __u32, __u64, counters, SP_CNT_MAX, BPF_F_MMAPABLE);
 /* What the agent sets while running (enum sp_control), written through mmap(2) too. */
 BPF_F_TABLE("array", __u32, __u64, control, SP_CTL_MAX, BPF_F_MMAPABLE);
-/* Events output on this CPU, for batched wake-ups: kernel-only, never read. */
+/* Bytes output on this CPU since it last woke the agent: kernel-only, never read. */
 BPF_PERCPU_ARRAY(wakeup_tick, __u64, 1);
 
 #if SP_USE_RINGBUF
@@ -204,15 +206,21 @@ static __always_inline void count(__u32 which)
 static __always_inline int output(void *ctx, void *data, __u64 size)
 {
 #if SP_USE_RINGBUF
-    /* Batched wake-ups: the agent drains the buffer on a timer, so a wake-up per
-     * event only costs the traced app (~20% throughput measured; 3-5% batched).
-     * Wake it every SP_WAKEUP_EVERY events per CPU so a burst cannot fill the
+    /* Batched wake-ups: the agent drains the buffer on a timer, and a wake-up is an
+     * interrupt this CPU sends itself (a trap in a virtual machine), paid by the traced
+     * app. A CPU wakes the agent once it has written SP_WAKEUP_BYTES since its last
+     * wake-up (the loader's share of the buffer per CPU), so a burst cannot fill the
      * buffer between two timer ticks. (bcc 0.26 has no ringbuf_query.) */
     __u32 slot = 0;
     __u64 *tick = wakeup_tick.lookup(&slot);
     __u64 flags = BPF_RB_NO_WAKEUP;
-    if (tick && ++(*tick) % SP_WAKEUP_EVERY == 0)
-        flags = BPF_RB_FORCE_WAKEUP;
+    if (tick) {
+        *tick += size;
+        if (*tick >= SP_WAKEUP_BYTES) {
+            *tick = 0;
+            flags = BPF_RB_FORCE_WAKEUP;
+        }
+    }
     if (events.ringbuf_output(data, size, flags) != 0) {
         count(SP_CNT_EVENTS_LOST);
         return -1;
@@ -606,6 +614,24 @@ static __always_inline __u32 op_of_nr(__s64 nr)
     return 0;
 }
 
+/* The calling thread's call in flight, written into its slot in place: a syscall then
+ * costs a hash lookup where an update at its entry and a delete at its exit took the
+ * bucket's lock and the map's free list twice. Only this thread writes its slot (and the
+ * TCP state program, reading it, runs in this thread's connect()). 0 when recorded. */
+static __always_inline int active_put(__u64 pid_tgid, struct sp_active *a)
+{
+    struct sp_active *slot = active.lookup(&pid_tgid);
+    if (slot) {
+        *slot = *a;
+        return 0;
+    }
+    if (active.update(&pid_tgid, a) != 0) {
+        count(SP_CNT_ACTIVE_FULL);
+        return -1;
+    }
+    return 0;
+}
+
 static __always_inline int sp_on_enter(void *ctx, __u32 op, __u64 a0, __u64 a1, __u64 a2)
 {
     if (op == 0)
@@ -635,8 +661,7 @@ static __always_inline int sp_on_enter(void *ctx, __u32 op, __u64 a0, __u64 a1, 
         a.len = a2;
         if (op == OP_CONNECT)
             a.conn_id = ts;
-        if (active.update(&pid_tgid, &a) != 0)
-            count(SP_CNT_ACTIVE_FULL);
+        active_put(pid_tgid, &a);
         return 0;
     }
 
@@ -651,8 +676,7 @@ static __always_inline int sp_on_enter(void *ctx, __u32 op, __u64 a0, __u64 a1, 
         a.ptr = a1;
         a.conn_id = cs->conn_id;
         a.role = cs->role;
-        if (active.update(&pid_tgid, &a) != 0)
-            count(SP_CNT_ACTIVE_FULL);
+        active_put(pid_tgid, &a);
         return 0;
     }
     if (op == OP_CLOSE) {
@@ -706,8 +730,7 @@ static __always_inline int sp_on_enter(void *ctx, __u32 op, __u64 a0, __u64 a1, 
             return 0;
         emit_iovecs(ctx, cs, pid_tgid, &a, SP_DIR_EGRESS, a1, a2, 0x7fffffffffffffffLL, ts, owner);
     }
-    if (active.update(&pid_tgid, &a) != 0) {
-        count(SP_CNT_ACTIVE_FULL);
+    if (active_put(pid_tgid, &a) != 0) {
         if (op == OP_READ || op == OP_READV)
             conn_lost(cs);      /* its exit will not find what to report */
     }
@@ -850,13 +873,13 @@ static __always_inline int sp_on_exit(void *ctx, __s64 ret, __u32 ops, int unsee
 {
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     struct sp_active *ap = active.lookup(&pid_tgid);
-    if (!ap) {
+    if (!ap || !ap->op) {
         if (unseen_accept && ret >= 0)
             accept_unseen(ctx, pid_tgid, (__s32)ret);
         return 0;
     }
     struct sp_active a = *ap;
-    active.delete(&pid_tgid);
+    ap->op = 0;     /* consumed; the slot stays the thread's (active_put) */
     if (ops != SP_ALL_OPS && !(ops & SP_OPS(a.op)))
         return 0;   /* left by an entry whose exit was never seen (attached in between) */
     __u64 ts = bpf_ktime_get_ns();

@@ -31,7 +31,16 @@ from .writeguard import WriteGuard
 log = logging.getLogger("spanprobe.loader")
 
 SLOW_WRITE_NS = 100_000
-WAKEUP_EVERY = 64
+# A CPU wakes the ring buffer's reader once it has written this share of the buffer,
+# split among the CPUs, since its last wake-up: all of them just short of it fill a
+# quarter, and the agent's poll_interval_ms timer drains the rest.
+WAKEUP_SHARE = 4
+MIN_WAKEUP_BYTES = 4096
+
+
+def wakeup_bytes(ring_pages: int, cpus: int) -> int:
+    """Bytes a CPU outputs before it wakes the agent (bpf/spanprobe.bpf.c output())."""
+    return max(MIN_WAKEUP_BYTES, ring_pages * 4096 // (WAKEUP_SHARE * max(1, cpus)))
 BPF_NOEXIST = 1                 # bpf_update_elem flag: only if the key is absent
 KRETPROBE_MAXACTIVE = 4096      # the kernel's upper limit (KRETPROBE_MAXACTIVE_MAX)
 QUIET = ["-Wno-duplicate-decl-specifier", "-Wno-address-of-packed-member",
@@ -295,7 +304,7 @@ def cflags(plan: Plan, settings, feats: KernelFeatures, self_pid: int, trace_all
              f"-DSP_SELF_TGID={self_pid}",
              f"-DSP_CAPTURE_BYTES={settings['capture_bytes']}",
              f"-DSP_RINGBUF_PAGES={settings['ring_buffer_pages']}",
-             f"-DSP_WAKEUP_EVERY={WAKEUP_EVERY}",
+             f"-DSP_WAKEUP_BYTES={wakeup_bytes(settings['ring_buffer_pages'], os.cpu_count() or 1)}",
              f"-DSP_SLOW_WRITE_NS={SLOW_WRITE_NS}",
              f"-DSP_WITH_PORTS={1 if plan.with_ports else 0}",
              f"-DSP_SYSCALL_PREFIX={feats.syscall_prefix or '__x64_sys_'}"]

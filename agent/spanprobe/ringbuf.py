@@ -127,8 +127,8 @@ class MappedRing:
             raise
 
     def poll(self, timeout_ms: int, sink: list[bytes]) -> int:
-        """Wait up to `timeout_ms` for the kernel's wake-up (it wakes the reader every
-        SP_WAKEUP_EVERY records, bpf/spanprobe.bpf.c), then read whatever is there."""
+        """Wait up to `timeout_ms` for the kernel's wake-up (a CPU wakes the reader once it
+        has written SP_WAKEUP_BYTES, bpf/spanprobe.bpf.c), then read whatever is there."""
         if timeout_ms > 0 and self.reader.consumer[0] >= self.reader.producer[0]:
             self._poll.poll(timeout_ms / 1000)
         return self.reader.read(sink)
