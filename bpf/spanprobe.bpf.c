@@ -846,25 +846,6 @@ static __always_inline void open_conn(void *ctx, __u64 pid_tgid, struct sp_activ
 #define SP_ALL_OPS 0xffffffffu
 #define SP_EXIT_IS(o) ((ops & SP_OPS(o)) && a.op == (o))
 
-/* An accept() that returned a connection whose entry was not seen: the thread entered
- * it before the agent attached (a server blocked in accept() while the agent started:
- * adoption's /proc reading came before the connection existed), or before its process
- * was selected (a service that binds a selected port and blocks in accept() at once),
- * or the `active` map was full. Left alone, the connection would go untraced for its
- * whole life (a keep-alive one: every request on it). Its listening socket and peer are
- * unknown here: the agent reads both ends from /proc (SP_OPEN_EXIT_ONLY). */
-static __always_inline void accept_unseen(void *ctx, __u64 pid_tgid, __s32 fd)
-{
-    __u32 capture = 0;
-    if (!selected(pid_tgid >> 32, &capture))
-        return;
-    struct sp_active a = {};
-    a.fd = -1;
-    __u64 ts = bpf_ktime_get_ns();
-    open_conn(ctx, pid_tgid, &a, fd, SP_ROLE_SERVER, ts, ts, SP_OPEN_EXIT_ONLY);
-    note_server(pid_tgid, fd);
-}
-
 /* `unseen_accept`: this exit is accept()'s. Tracepoints tell the syscall's number and
  * fire at every syscall's exit; fexit programs are bound to one syscall, but like
  * kretprobes (which cannot tell, and pass 0) fire only for calls that entered after
@@ -873,20 +854,35 @@ static __always_inline int sp_on_exit(void *ctx, __s64 ret, __u32 ops, int unsee
 {
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     struct sp_active *ap = active.lookup(&pid_tgid);
-    if (!ap || !ap->op) {
-        if (unseen_accept && ret >= 0)
-            accept_unseen(ctx, pid_tgid, (__s32)ret);
-        return 0;
+    struct sp_active a = {};
+    __u8 open_flags = 0;
+    if (ap && ap->op) {
+        a = *ap;
+        ap->op = 0;     /* consumed; the slot stays the thread's (active_put) */
+        if (ops != SP_ALL_OPS && !(ops & SP_OPS(a.op)))
+            return 0;   /* left by an entry whose exit was never seen (attached in between) */
+    } else {
+        /* An accept() that returned a connection whose entry was not seen: the thread
+         * entered it before the agent attached (a server blocked in accept() while the
+         * agent started: adoption's /proc reading came before the connection existed),
+         * or before its process was selected (a service that binds a selected port and
+         * blocks in accept() at once), or the `active` map was full. Left alone, the
+         * connection would go untraced for its whole life (a keep-alive one: every
+         * request on it). Its listening socket and peer are unknown here: the agent
+         * reads both ends from /proc (SP_OPEN_EXIT_ONLY). The same path as a seen
+         * accept's below, so the program carries it once. */
+        __u32 capture = 0;
+        if (!unseen_accept || ret < 0 || !selected(pid_tgid >> 32, &capture))
+            return 0;
+        a.fd = -1;
+        a.op = OP_ACCEPT;
+        open_flags = SP_OPEN_EXIT_ONLY;
     }
-    struct sp_active a = *ap;
-    ap->op = 0;     /* consumed; the slot stays the thread's (active_put) */
-    if (ops != SP_ALL_OPS && !(ops & SP_OPS(a.op)))
-        return 0;   /* left by an entry whose exit was never seen (attached in between) */
     __u64 ts = bpf_ktime_get_ns();
 
     if (SP_EXIT_IS(OP_ACCEPT)) {
         if (ret >= 0) {
-            open_conn(ctx, pid_tgid, &a, (__s32)ret, SP_ROLE_SERVER, ts, ts, 0);
+            open_conn(ctx, pid_tgid, &a, (__s32)ret, SP_ROLE_SERVER, ts, ts, open_flags);
             note_server(pid_tgid, (__s32)ret);
         }
         return 0;
