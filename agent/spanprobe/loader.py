@@ -182,6 +182,18 @@ class BpfSession:
             return False
         raise OSError(err, f"conns map: {os.strerror(err)}")
 
+    def conn_is(self, pid: int, fd: int, conn_id: int) -> bool:
+        """A bpf(2) lookup, so under the write guard: a lookup preempted holds the CPU's
+        bpf_prog_active as a write does (writeguard.py). Made for rare events only."""
+        import ctypes as ct
+
+        from bcc.libbcc import lib
+        t = self.table("conns")
+        key, leaf = t.Key(tgid=pid, fd=fd), t.Leaf()
+        with self.write_guard():
+            found = lib.bpf_lookup_elem(t.map_fd, ct.byref(key), ct.byref(leaf)) == 0
+        return found and leaf.conn_id == conn_id
+
     def now_ns(self) -> int:
         return time.monotonic_ns()      # bpf_ktime_get_ns is CLOCK_MONOTONIC
 

@@ -136,6 +136,7 @@ class Agent:
         self.session, self.passed_over = self.open_session(self.settings, self.root, self_pid,
                                                            self.selection.trace_all)
         s = self.session
+        self.router.sockets.conn_is = s.conn_is
         for comm in self.selection.kernel_comms():
             s.select_comm(comm)
         for port in self.selection.ports:

@@ -115,6 +115,9 @@ class HostSockets:
         self.own_ends: set[tuple[int, int]] = set()
         self.own_ends_ns = 0
         self.listen_cache: dict[tuple[int, int], tuple[str, int] | None] = {}
+        # (pid, fd, conn_id) -> is that fd still that connection for the kernel side: set
+        # to the session's once it is open; until then no ends are taken from /proc
+        self.conn_is: Callable[[int, int, int], bool] = lambda pid, fd, conn_id: False
 
     def own_connection(self, peer: tuple[str, int], local: tuple[str, int] | None, accepted_ns: int) -> bool:
         """Is this accepted connection one the agent itself opened (its OTLP export to a
@@ -157,9 +160,16 @@ class HostSockets:
             self.listen_cache[key] = listen_address(self.root, pid, fd)
         return self.listen_cache[key]
 
-    def socket_ends(self, pid: int, fd: int) -> tuple[tuple[str, int], tuple[str, int]] | None:
-        """Both ends of one connected socket, read each time (a connection's fd is reused)."""
-        return socket_ends(self.root, pid, fd)
+    def socket_ends(self, pid: int, fd: int, conn_id: int) -> tuple[tuple[str, int], tuple[str, int]] | None:
+        """Both ends of connection `conn_id`, `fd` of `pid`, from /proc. The agent reads
+        its records a batch after the kernel wrote them, and by then the fd may have been
+        closed and reused by the next connection, whose ends /proc would give: so they are
+        taken only if the kernel side, asked after the reading, still has that fd as this
+        connection (a close removes it before any reuse)."""
+        ends = socket_ends(self.root, pid, fd)
+        if ends is None or not self.conn_is(pid, fd, conn_id):
+            return None
+        return ends
 
     def forget(self, pid: int) -> None:
         for key in [k for k in self.listen_cache if k[0] == pid]:

@@ -31,6 +31,9 @@ class KernelSession(Protocol):
     def unset_python(self, pid: int) -> None: ...
     def adopt_connection(self, pid: int, fd: int, conn_id: int, role: int) -> bool:
         """False when the kernel side has that (pid, fd) already; raises when it can't."""
+    def conn_is(self, pid: int, fd: int, conn_id: int) -> bool:
+        """Is `fd` of `pid` still the connection `conn_id` for the kernel side (not closed,
+        and not since reused by another)?"""
     def counters(self) -> dict[str, int]: ...
     def set_shed(self, permille: int) -> None:
         """Thousandths of connections to leave out from their next request (budget.py);

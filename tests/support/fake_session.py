@@ -32,6 +32,7 @@ class FakeSession:
         self.listen_ports: set[int] = set()
         self.python: dict[int, tuple] = {}                        # pid -> (layout, runtime)
         self.adopted: dict[tuple[int, int], tuple[int, int]] = {}  # (pid, fd) -> (conn_id, role)
+        self.conns: dict[tuple[int, int], int] = {}     # (pid, fd) -> conn_id the kernel side has now
         self.kernel_counters = {**{name: 0 for name in ev.COUNTERS.values()}, "prog_misses": 0,
                                 "ring_records_unreadable": 0}
         self.pending: list[bytes] = []       # injected, delivered at the next poll
@@ -73,6 +74,9 @@ class FakeSession:
 
     def unset_python(self, pid: int) -> None:
         self.python.pop(pid, None)
+
+    def conn_is(self, pid: int, fd: int, conn_id: int) -> bool:
+        return self.conns.get((pid, fd)) == conn_id
 
     def adopt_connection(self, pid: int, fd: int, conn_id: int, role: int) -> bool:
         if (pid, fd) in self.adopted:

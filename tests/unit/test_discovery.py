@@ -256,6 +256,23 @@ def test_socket_ends(root):
     assert socket_ends(root, 4242, 4) is None       # no such process
 
 
+def test_host_sockets_take_ends_only_while_the_fd_is_still_that_connection(root):
+    """The agent reads an unseen accept's ends a batch after the kernel wrote its record:
+    by then the fd may be another connection's. The kernel side is asked, after the
+    reading, whether the fd is still that connection (a close removes it before any
+    reuse); until a session is there to ask, no ends are taken."""
+    from spanprobe.router import HostSockets
+    sockets = HostSockets(root, SELF)
+    assert sockets.socket_ends(APP, 4, 77) is None             # no session yet
+    order = []
+    read = root.tcp_sockets
+    root.tcp_sockets = lambda *a, **k: order.append("read") or read(*a, **k)
+    sockets.conn_is = lambda pid, fd, conn_id: order.append(("asked", pid, fd, conn_id)) or conn_id == 77
+    assert sockets.socket_ends(APP, 4, 77) == (("127.0.0.1", 8000), ("127.0.0.1", 40000))
+    assert order == ["read", ("asked", APP, 4, 77)]
+    assert sockets.socket_ends(APP, 4, 78) is None              # another connection's fd now
+
+
 # ---- ProcessRegistry ----
 
 @pytest.fixture
