@@ -27,5 +27,11 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+class Server(ThreadingHTTPServer):
+    # socketserver's listen backlog is 5: a client past it waits for its SYN to be sent
+    # again (a second later), so ten connections opened at once did not all open at once
+    request_queue_size = 64
+
+
 if __name__ == "__main__":
-    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+    Server(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()

@@ -182,4 +182,7 @@ def test_connections_opened_while_the_agent_starts_are_traced(tmp, receiver):
                                             "adoptions_refused", "unknown_connection_data",
                                             "kernel_events_lost"))
     assert missing <= counted, f"{missing} of {len(paths)} requests neither traced nor counted: {final}"
-    assert final["connections_adopted"] >= 10
+    # each one adopted at READY, or, where the app's thread was already waiting in accept()
+    # when the probes attached, opened from that accept()'s exit (the kernel side has it,
+    # so adoption leaves it alone)
+    assert final["connections_adopted"] + final["accepts_unseen"] >= 10, final
