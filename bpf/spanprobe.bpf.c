@@ -143,8 +143,9 @@ BPF_HASH(traced, __u32, struct sp_target, 16384);
 BPF_HASH(exe_names, struct sp_comm, __u8, 256);
 BPF_HASH(ports, __u16, __u8, 256);
 BPF_TABLE("lru_hash", struct sp_conn_key, struct sp_conn_state, conns, 65536);
-/* Each thread of a traced process keeps its slot from its first hooked syscall until it
- * exits (sched_process_exit deletes it); an exit marks it consumed (op 0). */
+/* Each thread of a selected process keeps its slot from its first hooked syscall until it
+ * exits (sched_process_exit deletes it); an exit marks it consumed (op 0). Tracing every
+ * process, that would be every thread of the host: there an exit deletes its slot. */
 BPF_HASH(active, __u64, struct sp_active, 32768);
 BPF_TABLE("lru_hash", __u64, struct sp_sk_owner, connecting, 4096);
 #if SP_WITH_PORTS
@@ -221,6 +222,9 @@ static __always_inline int output(void *ctx, void *data, __u64 size)
             flags = BPF_RB_FORCE_WAKEUP;
         }
     }
+    /* A record refused by a full buffer takes its wake-up with it: the agent's timer
+     * drains the buffer within poll_interval_ms (keeping the count over the mark for the
+     * next record would cost every call site here, all inlined, more instructions). */
     if (events.ringbuf_output(data, size, flags) != 0) {
         count(SP_CNT_EVENTS_LOST);
         return -1;
@@ -620,11 +624,13 @@ static __always_inline __u32 op_of_nr(__s64 nr)
  * TCP state program, reading it, runs in this thread's connect()). 0 when recorded. */
 static __always_inline int active_put(__u64 pid_tgid, struct sp_active *a)
 {
+#if !SP_TRACE_ALL       /* tracing every process, an exit deletes the slot (sp_on_exit) */
     struct sp_active *slot = active.lookup(&pid_tgid);
     if (slot) {
         *slot = *a;
         return 0;
     }
+#endif
     if (active.update(&pid_tgid, a) != 0) {
         count(SP_CNT_ACTIVE_FULL);
         return -1;
@@ -858,7 +864,11 @@ static __always_inline int sp_on_exit(void *ctx, __s64 ret, __u32 ops, int unsee
     __u8 open_flags = 0;
     if (ap && ap->op) {
         a = *ap;
+#if SP_TRACE_ALL
+        active.delete(&pid_tgid);   /* every thread of the host would keep one */
+#else
         ap->op = 0;     /* consumed; the slot stays the thread's (active_put) */
+#endif
         if (ops != SP_ALL_OPS && !(ops & SP_OPS(a.op)))
             return 0;   /* left by an entry whose exit was never seen (attached in between) */
     } else {
@@ -958,6 +968,12 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
     TP_DATA_LOC_READ_STR(ev.filename, filename, sizeof(ev.filename));
     pyrt.delete(&tgid);   /* a new program image: its interpreter layout is unknown */
+    if (args->old_pid != tgid) {
+        /* a thread other than the leader ran execve and took the leader's id: its own
+         * slot would outlive it (sched_process_exit is not told of that id) */
+        __u64 old = ((__u64)tgid << 32) | (__u32)args->old_pid;
+        active.delete(&old);
+    }
     struct sp_comm key = {};
     __builtin_memcpy(key.name, ev.comm, sizeof(key.name));
     if (exe_names.lookup(&key)) {

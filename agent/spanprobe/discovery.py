@@ -235,7 +235,7 @@ def scan(root: SysRoot, selection: Selection, self_pid: int) -> tuple[list[int],
         if info is None:
             continue
         inodes = root.socket_inodes(pid)
-        netns = _netns(root, pid) if inodes else str(pid)
+        netns = net_namespace(root, pid) if inodes else str(pid)
         by_port = False
         if selection.ports and inodes:
             if netns not in listeners:
@@ -271,14 +271,14 @@ def listening_ports(root: SysRoot, pids: list[int]) -> set[int]:
         inodes = root.socket_inodes(pid)
         if not inodes:
             continue
-        netns = _netns(root, pid)
+        netns = net_namespace(root, pid)
         if netns not in listeners:
             listeners[netns] = {s.inode: s.local_port for s in root.tcp_sockets(pid, listening_only=True)}
         ports.update(listeners[netns][i] for i in inodes.values() if i in listeners[netns])
     return ports
 
 
-def _netns(root: SysRoot, pid: int) -> str:
+def net_namespace(root: SysRoot, pid: int) -> str:
     """"net:[4026531840]": processes in one namespace share one socket table."""
     try:
         return os.readlink(root.path("proc", str(pid), "ns", "net"))
@@ -299,14 +299,9 @@ def listen_address(root: SysRoot, pid: int, fd: int) -> tuple[str, int] | None:
     return None
 
 
-def socket_ends(root: SysRoot, pid: int, fd: int) -> tuple[tuple[str, int], tuple[str, int]] | None:
-    """(local end, peer) of a connected TCP socket, from its inode: for a connection whose
-    accept() the kernel side saw return only, which gives neither end. None once it is
-    closed (a closed socket's row has no inode) or for a socket that is not TCP."""
-    inode = root.socket_inode(pid, fd)
-    if inode is None:
-        return None
-    for s in root.tcp_sockets(pid):
-        if s.inode == inode and s.state != TCP_LISTEN:
-            return (s.local_addr, s.local_port), (s.remote_addr, s.remote_port)
-    return None
+def tcp_ends(root: SysRoot, pid: int) -> dict[int, tuple[tuple[str, int], tuple[str, int]]]:
+    """socket inode -> (local end, peer) of every connected TCP socket in the process's
+    network namespace: the ends of connections whose accept() the kernel side saw return
+    only, which gives neither. A closed socket's row has no inode: not in it."""
+    return {s.inode: ((s.local_addr, s.local_port), (s.remote_addr, s.remote_port))
+            for s in root.tcp_sockets(pid) if s.state != TCP_LISTEN and s.inode}

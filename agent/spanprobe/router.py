@@ -16,7 +16,7 @@ from typing import Callable, Final
 
 from . import events as ev
 from .attributes import Extractor
-from .discovery import ProcessRegistry, Selection, listen_address, socket_ends
+from .discovery import ProcessRegistry, Selection, listen_address, net_namespace, tcp_ends
 from .faults import Faults
 from .procfs import SysRoot
 from .session import (CaptureRequest, ListenPortRequest, ProcessGone, PythonCheckRequest, PythonLinkRequest,
@@ -118,6 +118,8 @@ class HostSockets:
         # (pid, fd, conn_id) -> is that fd still that connection for the kernel side: set
         # to the session's once it is open; until then no ends are taken from /proc
         self.conn_is: Callable[[int, int, int], bool] = lambda pid, fd, conn_id: False
+        # the TCP table last read for an unseen accept: (its namespace, when, inode -> ends)
+        self.ends_table: tuple[str, int, dict] = ("", 0, {})
 
     def own_connection(self, peer: tuple[str, int], local: tuple[str, int] | None, accepted_ns: int) -> bool:
         """Is this accepted connection one the agent itself opened (its OTLP export to a
@@ -160,13 +162,28 @@ class HostSockets:
             self.listen_cache[key] = listen_address(self.root, pid, fd)
         return self.listen_cache[key]
 
-    def socket_ends(self, pid: int, fd: int, conn_id: int) -> tuple[tuple[str, int], tuple[str, int]] | None:
-        """Both ends of connection `conn_id`, `fd` of `pid`, from /proc. The agent reads
-        its records a batch after the kernel wrote them, and by then the fd may have been
-        closed and reused by the next connection, whose ends /proc would give: so they are
-        taken only if the kernel side, asked after the reading, still has that fd as this
-        connection (a close removes it before any reuse)."""
-        ends = socket_ends(self.root, pid, fd)
+    def socket_ends(self, pid: int, fd: int, conn_id: int,
+                    accepted_ns: int) -> tuple[tuple[str, int], tuple[str, int]] | None:
+        """Both ends of connection `conn_id`, `fd` of `pid`, accepted at `accepted_ns`
+        (the kernel's clock), from /proc: the fd's socket inode, then its row of the TCP
+        table. The table is read again only if the last reading (of that namespace) came
+        before the accept: prefork workers all waiting in accept() when the agent starts
+        cost one reading, not one each (with thousands of TIME_WAIT rows, a reading is
+        ~0.1 s). The agent reads records a batch after the kernel wrote them, and by then
+        the fd may be the next connection's: the ends are taken only if the kernel side,
+        asked after the fd was read, still has that fd as this connection (the close it
+        saw removed it; a descriptor replaced without a close it sees, by dup2 or
+        close_range, it cannot tell: Known limits)."""
+        inode = self.root.socket_inode(pid, fd)
+        if inode is None:
+            return None
+        ns = net_namespace(self.root, pid)
+        table_ns, read_ns, table = self.ends_table
+        if table_ns != ns or read_ns < accepted_ns:
+            read_ns = time.monotonic_ns()       # CLOCK_MONOTONIC, the kernel's event clock
+            table = tcp_ends(self.root, pid)
+            self.ends_table = (ns, read_ns, table)
+        ends = table.get(inode)
         if ends is None or not self.conn_is(pid, fd, conn_id):
             return None
         return ends

@@ -220,7 +220,8 @@ class Assembler:
                  *, limits: AssemblerLimits = AssemblerLimits(),
                  sample: Callable[[int, int | None, int, bool], int] | None = None,
                  listen_port: Callable[[int], None] | None = None,
-                 resolve_ends: Callable[[int, int, int], tuple[tuple[str, int], tuple[str, int]] | None] | None = None):
+                 resolve_ends: Callable[[int, int, int, int], tuple[tuple[str, int], tuple[str, int]] | None]
+                 | None = None):
         self.emit = emit
         self.limits = limits
         # head sampling (sampling.HeadSampler): (trace id, parent, its flags, remote) -> the
@@ -231,10 +232,10 @@ class Assembler:
         # a listening socket's address, (pid, fd, read again) -> (address, port): cached by
         # its owner unless asked to read again
         self.resolve_listen = resolve_listen or (lambda pid, fd, fresh: None)
-        # both ends of a connection, (pid, fd, conn_id) -> (local, peer), read from /proc
-        # while the fd is still that connection: for an accept() the kernel side saw
-        # return only (_unseen_accept)
-        self.resolve_ends = resolve_ends or (lambda pid, fd, conn_id: None)
+        # both ends of a connection, (pid, fd, conn_id, accepted at) -> (local, peer), read
+        # from /proc while the fd is still that connection: for an accept() the kernel side
+        # saw return only (_unseen_accept)
+        self.resolve_ends = resolve_ends or (lambda pid, fd, conn_id, accepted_ns: None)
         # the parsers' callbacks, (connection, message), bound once for every connection
         self._on_request_head = self._request_head
         self._on_request_done = self._request_done
@@ -337,10 +338,11 @@ class Assembler:
         thread was blocked in accept() when the agent attached, or when its process was
         selected (a service that binds a selected port and waits in accept() at once).
         Neither its listening socket nor its peer is known, so both ends are read from
-        /proc (a connection closed by then, its fd perhaps another's, is traced without
-        them: counted), and its port is told to the kernel side like any listener's."""
+        /proc (a connection closed by then, its fd perhaps another's, or one that is not
+        TCP, is traced without them: counted), and its port is told to the kernel side
+        like any listener's."""
         self.counts["accepts_unseen"] += 1
-        ends = self.resolve_ends(conn.tgid, conn.fd, conn.conn_id)
+        ends = self.resolve_ends(conn.tgid, conn.fd, conn.conn_id, conn.opened_ts)
         if ends is None:
             self.counts["accepts_unseen_without_ends"] += 1
             return

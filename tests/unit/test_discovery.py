@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import time
 from pathlib import Path
 
 import pytest
 
 from spanprobe import events as ev
 from spanprobe.discovery import (
-    ExistingConnection, ProcessInfo, ProcessRegistry, Selection, listen_address, scan, socket_ends,
+    ExistingConnection, ProcessInfo, ProcessRegistry, Selection, listen_address, scan, tcp_ends,
 )
 from spanprobe.privacy import Redactor
 from spanprobe.procfs import SysRoot
@@ -245,32 +246,47 @@ def test_listen_address(root):
     assert listen_address(root, APP, 7) is None                   # not TCP
 
 
-def test_socket_ends(root):
-    """Both ends of one connected socket, by its fd (an accept() seen returning only)."""
-    assert socket_ends(root, APP, 4) == (("127.0.0.1", 8000), ("127.0.0.1", 40000))
-    assert socket_ends(root, APP, 5) == (("10.0.0.5", 45678), ("10.0.0.8", 5432))
-    assert socket_ends(root, APP, 3) is None        # the listener: no peer
-    assert socket_ends(root, APP, 0) is None        # not a socket
-    assert socket_ends(root, APP, 7) is None        # not TCP
-    assert socket_ends(root, APP, 42) is None       # no such fd (closed since)
-    assert socket_ends(root, 4242, 4) is None       # no such process
+def test_tcp_ends(root):
+    """Every connected TCP socket of the process's namespace by inode: the listener is not
+    one, nor a socket of another kind."""
+    ends = tcp_ends(root, APP)
+    assert ends[1002] == (("127.0.0.1", 8000), ("127.0.0.1", 40000))
+    assert ends[1003] == (("10.0.0.5", 45678), ("10.0.0.8", 5432))
+    assert 1001 not in ends and 99999 not in ends
+    assert tcp_ends(root, 4242) == {}               # no such process
 
 
 def test_host_sockets_take_ends_only_while_the_fd_is_still_that_connection(root):
     """The agent reads an unseen accept's ends a batch after the kernel wrote its record:
-    by then the fd may be another connection's. The kernel side is asked, after the
-    reading, whether the fd is still that connection (a close removes it before any
-    reuse); until a session is there to ask, no ends are taken."""
+    by then the fd may be another connection's. The kernel side is asked, after the fd was
+    read, whether it is still that connection (a close removes it before any reuse); until
+    a session is there to ask, no ends are taken."""
     from spanprobe.router import HostSockets
     sockets = HostSockets(root, SELF)
-    assert sockets.socket_ends(APP, 4, 77) is None             # no session yet
-    order = []
-    read = root.tcp_sockets
-    root.tcp_sockets = lambda *a, **k: order.append("read") or read(*a, **k)
-    sockets.conn_is = lambda pid, fd, conn_id: order.append(("asked", pid, fd, conn_id)) or conn_id == 77
-    assert sockets.socket_ends(APP, 4, 77) == (("127.0.0.1", 8000), ("127.0.0.1", 40000))
-    assert order == ["read", ("asked", APP, 4, 77)]
-    assert sockets.socket_ends(APP, 4, 78) is None              # another connection's fd now
+    assert sockets.socket_ends(APP, 4, 77, 0) is None             # no session yet
+    asked = []
+    sockets.conn_is = lambda pid, fd, conn_id: asked.append((pid, fd, conn_id)) or conn_id == 77
+    assert sockets.socket_ends(APP, 4, 77, 0) == (("127.0.0.1", 8000), ("127.0.0.1", 40000))
+    assert sockets.socket_ends(APP, 4, 78, 0) is None              # another connection's fd now
+    assert asked == [(APP, 4, 77), (APP, 4, 78)]
+    assert sockets.socket_ends(APP, 3, 77, 0) is None              # the listener: no row
+    assert sockets.socket_ends(APP, 42, 77, 0) is None             # no such fd
+
+
+def test_host_sockets_read_the_table_again_only_for_an_accept_after_the_last_reading(root):
+    """Prefork workers all in accept() when the agent starts: one reading of the TCP table
+    serves every accept made before it; an accept after it needs a fresh one."""
+    from spanprobe.router import HostSockets
+    sockets = HostSockets(root, SELF)
+    sockets.conn_is = lambda pid, fd, conn_id: True
+    reads = []
+    real = root.tcp_sockets
+    root.tcp_sockets = lambda *a, **k: reads.append(a) or real(*a, **k)
+    assert sockets.socket_ends(APP, 4, 1, 0) is not None
+    assert sockets.socket_ends(APP, 5, 2, 0) is not None
+    assert len(reads) == 1
+    assert sockets.socket_ends(APP, 4, 3, time.monotonic_ns() + 10**9) is not None
+    assert len(reads) == 2
 
 
 # ---- ProcessRegistry ----

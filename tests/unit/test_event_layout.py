@@ -253,12 +253,18 @@ def conn_record(kind, family, peer: bytes, pport: int, local: bytes, lport: int,
 
 def test_decode_conn_ipv4():
     raw = conn_record(ev.EV_CONN_OPEN, ev.AF_INET, socket.inet_aton("10.1.2.3"), 51234,
-                      socket.inet_aton("127.0.0.1"), 8000, flags=ev.OPEN_EXIT_ONLY)
+                      socket.inet_aton("127.0.0.1"), 8000)
     e = ev.decode(raw)
     assert isinstance(e, ev.ConnEvent)
-    assert (e.listen_fd, e.family, e.role, e.flags) == (3, ev.AF_INET, ev.ROLE_SERVER, ev.OPEN_EXIT_ONLY)
+    assert (e.listen_fd, e.family, e.role, e.flags) == (3, ev.AF_INET, ev.ROLE_SERVER, 0)
     assert e.peer == ("10.1.2.3", 51234)
     assert e.local == ("127.0.0.1", 8000)
+
+
+def test_decode_conn_open_from_an_unseen_accept():
+    """What accept()'s exit alone sends: no listener, no family, no ends, the flag."""
+    e = ev.decode(conn_record(ev.EV_CONN_OPEN, 0, b"", 0, b"", 0, listen_fd=-1, flags=ev.OPEN_EXIT_ONLY))
+    assert (e.listen_fd, e.role, e.flags, e.peer, e.local) == (-1, ev.ROLE_SERVER, ev.OPEN_EXIT_ONLY, None, None)
 
 
 def test_decode_conn_ipv6():

@@ -926,11 +926,11 @@ def test_an_accept_seen_returning_only_takes_both_ends_from_proc():
     lis = Listener(("0.0.0.0", 8000))
     sim = lis.sim()
     asked, own = [], []
-    sim.asm.resolve_ends = lambda pid, fd, conn_id: asked.append((pid, fd, conn_id)) or (LOCAL, PEER)
+    sim.asm.resolve_ends = lambda pid, fd, conn_id, at: asked.append((pid, fd, conn_id, at)) or (LOCAL, PEER)
     sim.asm.own_connection = lambda peer, local, accepted_ns: own.append((peer, local)) or False
     conn = sim.open(1, ev.ROLE_SERVER, fd=7, conn_id=9, flags=ev.OPEN_EXIT_ONLY)
     assert (conn.local, conn.peer) == (LOCAL, PEER)
-    assert asked == [(SRV_TGID, 7, 9)] and lis.calls == [] and lis.told == [LOCAL[1]]
+    assert asked == [(SRV_TGID, 7, 9, 1)] and lis.calls == [] and lis.told == [LOCAL[1]]
     assert own == [(PEER, LOCAL)]
     assert (sim.asm.counts["accepts_unseen"], sim.asm.counts["accepts_unseen_without_ends"]) == (1, 0)
     sim.read(2, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", fd=7, conn_id=9)
@@ -941,13 +941,13 @@ def test_an_accept_seen_returning_only_takes_both_ends_from_proc():
 
 def test_an_accept_seen_returning_only_whose_socket_is_gone_is_traced_without_ends():
     sim = Sim()
-    sim.asm.resolve_ends = lambda pid, fd, conn_id: None    # closed (or reused) before /proc was read
+    sim.asm.resolve_ends = lambda pid, fd, conn_id, at: None    # closed (or reused) before /proc was read
     conn = sim.open(1, ev.ROLE_SERVER, flags=ev.OPEN_EXIT_ONLY)
     assert (conn.local, conn.peer) == (None, None)
     assert (sim.asm.counts["accepts_unseen"], sim.asm.counts["accepts_unseen_without_ends"]) == (1, 1)
     # an ordinary open without ends (accept(fd, NULL, NULL) on a port the kernel side was
     # not told of) is no such case: nothing is read for it
-    sim.asm.resolve_ends = lambda pid, fd, conn_id: pytest.fail("read for an accept the kernel side saw")
+    sim.asm.resolve_ends = lambda pid, fd, conn_id, at: pytest.fail("read for an accept the kernel side saw")
     sim.open(2, ev.ROLE_SERVER, fd=6)
     assert sim.asm.counts["accepts_unseen"] == 1
 
