@@ -144,7 +144,9 @@ class SysRoot:
             target = os.readlink(self.path("proc", str(pid), "fd", str(fd)))
         except OSError:
             return None
-        return int(target[8:-1]) if target.startswith("socket:[") else None
+        if not (target.startswith("socket:[") and target.endswith("]") and target[8:-1].isdigit()):
+            return None
+        return int(target[8:-1])
 
     def socket_inodes(self, pid: int) -> dict[int, int]:
         """fd -> socket inode for every socket the process holds."""

@@ -140,6 +140,16 @@ def test_fd_links_and_socket_inodes(root):
     assert root.fd_links(4321) == {3: "socket:[41234]", 4: "/var/log/app.log",
                                    7: "socket:[50002]", 9: "pipe:[999]"}
     assert root.socket_inodes(4321) == {3: 41234, 7: 50002}
+    # one fd's, by one readlink: a socket's inode, or None for anything else
+    assert [root.socket_inode(4321, fd) for fd in (3, 4, 7, 9, 42)] == [41234, None, 50002, None, None]
+    assert root.socket_inode(999, 3) is None
+
+
+def test_socket_inode_takes_only_a_well_formed_link(root, tmp_path):
+    fd = tmp_path / "proc" / "4321" / "fd"
+    for n, target in ((20, "socket:[12x]"), (21, "socket:[]"), (22, "socket:[5"), (23, "socket:[-5]")):
+        os.symlink(target, fd / str(n))
+        assert root.socket_inode(4321, n) is None, target
 
 
 def test_tcp_sockets(root):
