@@ -852,11 +852,12 @@ static __always_inline void open_conn(void *ctx, __u64 pid_tgid, struct sp_activ
 #define SP_ALL_OPS 0xffffffffu
 #define SP_EXIT_IS(o) ((ops & SP_OPS(o)) && a.op == (o))
 
-/* `unseen_accept`: this exit is accept()'s. Tracepoints tell the syscall's number and
- * fire at every syscall's exit; fexit programs are bound to one syscall, but like
- * kretprobes (which cannot tell, and pass 0) fire only for calls that entered after
- * they were attached: for them, only a process selected while in accept(). */
-static __always_inline int sp_on_exit(void *ctx, __s64 ret, __u32 ops, int unseen_accept)
+/* `is_accept`: this exit is accept()'s, for one whose entry was not seen. Tracepoints
+ * tell the syscall's number and fire at every syscall's exit; fexit programs are bound
+ * to one syscall, but like kretprobes (which cannot tell, and pass 0) fire only for calls
+ * that entered after they were attached: for them, only a process selected while in
+ * accept(). */
+static __always_inline int sp_on_exit(void *ctx, __s64 ret, __u32 ops, int is_accept)
 {
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     struct sp_active *ap = active.lookup(&pid_tgid);
@@ -882,7 +883,7 @@ static __always_inline int sp_on_exit(void *ctx, __s64 ret, __u32 ops, int unsee
          * reads both ends from /proc (SP_OPEN_EXIT_ONLY). The same path as a seen
          * accept's below, so the program carries it once. */
         __u32 capture = 0;
-        if (!unseen_accept || ret < 0 || !selected(pid_tgid >> 32, &capture))
+        if (!is_accept || ret < 0 || !selected(pid_tgid >> 32, &capture))
             return 0;
         a.fd = -1;
         a.op = OP_ACCEPT;
