@@ -45,6 +45,13 @@ def _decode_addr(hexaddr: str) -> str:
     return str(ipaddress.IPv6Address(full))
 
 
+def _socket_inode(link: str) -> int | None:
+    """The inode of an fd's link "socket:[N]"; None for anything else."""
+    if link.startswith("socket:[") and link.endswith("]") and link[8:-1].isdigit():
+        return int(link[8:-1])
+    return None
+
+
 class SysRoot:
     """The machine's /proc and /sys, or a fake copy of them under `root`."""
 
@@ -141,19 +148,17 @@ class SysRoot:
         """The socket inode behind one fd (one readlink, where socket_inodes reads every
         fd of the process); None for a closed fd or one that is not a socket."""
         try:
-            target = os.readlink(self.path("proc", str(pid), "fd", str(fd)))
+            return _socket_inode(os.readlink(self.path("proc", str(pid), "fd", str(fd))))
         except OSError:
             return None
-        if not (target.startswith("socket:[") and target.endswith("]") and target[8:-1].isdigit()):
-            return None
-        return int(target[8:-1])
 
     def socket_inodes(self, pid: int) -> dict[int, int]:
         """fd -> socket inode for every socket the process holds."""
         out = {}
         for fd, target in self.fd_links(pid).items():
-            if target.startswith("socket:["):
-                out[fd] = int(target[8:-1])
+            inode = _socket_inode(target)
+            if inode is not None:
+                out[fd] = inode
         return out
 
     def tcp_sockets(self, pid: int | str = "self", listening_only: bool = False) -> list[Socket]:
